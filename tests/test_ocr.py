@@ -1,0 +1,130 @@
+"""OCR backends on real images (RapidOCR ships its ONNX models in the wheel: runs offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpipe.agents.ocr import (
+    OCR_BACKENDS,
+    PaddleOcrBackend,
+    RapidOcrBackend,
+    TextLine,
+    format_lines,
+    ocr_backend,
+)
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+
+
+def load_rgb(name: str) -> np.ndarray:
+    return np.asarray(Image.open(IMAGES / name).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def ocr() -> RapidOcrBackend:
+    return ocr_backend("rapidocr")
+
+
+@pytest.fixture(scope="module")
+def ch_img() -> np.ndarray:
+    return load_rgb("ch_en_num.jpg")
+
+
+@pytest.fixture(scope="module")
+def ch_lines(ocr, ch_img) -> list[TextLine]:
+    return ocr.read(ch_img)
+
+
+def test_ch_en_num_matches_rapidocr(ch_img, ch_lines):
+    from rapidocr import RapidOCR
+
+    ref = RapidOCR(params={"Global.log_level": "error"})(np.ascontiguousarray(ch_img[:, :, ::-1]))
+    assert len(ch_lines) == len(ref.txts) >= 15
+    assert ch_lines[0].text == "正品促销"
+    assert [ln.text for ln in ch_lines] == list(ref.txts)
+    line = ch_lines[0]
+    assert line.box.shape == (4, 2) and line.box.dtype == np.float32
+    assert 0.0 <= line.score <= 1.0
+    x0, y0, x1, y1 = line.xyxy
+    assert 0 <= x0 < x1 <= ch_img.shape[1] and 0 <= y0 < y1 <= ch_img.shape[0]
+    js = line.to_json()
+    assert js["text"] == "正品促销" and len(js["box"]) == 4 and len(js["box"][0]) == 2
+
+
+def test_en_lines(ocr):
+    lines = ocr.read(load_rgb("en.jpg"))
+    texts = [ln.text for ln in lines if ln.text.strip()]
+    assert texts
+    assert any("shot" in t.lower() for t in texts)
+
+
+def test_transparent_png(ocr):
+    rgba = Image.open(IMAGES / "transparent_text.png").convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    white.alpha_composite(rgba)
+    lines = ocr.read(np.asarray(white.convert("RGB")))
+    assert any(ln.text.strip() for ln in lines)
+
+
+def test_read_full_image_box_equals_whole_read(ocr, ch_img, ch_lines):
+    h, w = ch_img.shape[:2]
+    boxed = ocr.read(ch_img, boxes=np.array([[0, 0, w, h]], dtype=np.float32))
+    assert [ln.text for ln in boxed] == [ln.text for ln in ch_lines]
+    np.testing.assert_allclose(np.stack([ln.box for ln in boxed]), np.stack([ln.box for ln in ch_lines]))
+
+
+def test_read_inside_box_maps_to_full_image(ocr, ch_img, ch_lines):
+    target = next(ln for ln in ch_lines if ln.text == "强力去污符合国标")
+    margin = 20
+    box = target.xyxy + np.array([-margin, -margin, margin, margin], dtype=np.float32)
+    lines = ocr.read(ch_img, boxes=box[None])
+    hit = [ln for ln in lines if ln.text == target.text]
+    assert hit, [ln.text for ln in lines]
+    # The detector sees the crop at another scale, so boxes agree to a few pixels only.
+    assert np.abs(hit[0].xyxy - target.xyxy).max() <= 6
+    # Coordinates are full-image ones, not crop ones.
+    assert hit[0].xyxy[1] > margin + 100
+
+
+def test_text_area_fraction(ocr, ch_img):
+    frac = ocr.text_area_fraction(ch_img)
+    assert 0.05 < frac < 1.0
+    assert ocr.text_area_fraction(np.full((64, 64, 3), 255, np.uint8)) == 0.0
+    # A detection-only call must not switch recognition off for later reads.
+    assert ocr.read(ch_img)[0].text == "正品促销"
+
+
+def test_format_lines_reading_order(ch_lines, ch_img):
+    def line(text, x0, y0, x1, y1):
+        return TextLine(text, 0.9, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32))
+
+    lines = [line("right", 200, 12, 260, 30), line("below", 10, 60, 80, 80), line("left", 10, 10, 80, 30)]
+    assert format_lines(lines, (100, 300)).splitlines() == [
+        '"left" at [10, 10, 80, 30]',
+        '"right" at [200, 12, 260, 30]',
+        '"below" at [10, 60, 80, 80]',
+    ]
+    text = format_lines(ch_lines, ch_img.shape[:2])
+    assert text.splitlines()[0].startswith('"正品促销" at [')
+    assert len(text.splitlines()) == len(ch_lines)
+    assert format_lines([], (10, 10)) == ""
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="rapidocr") as exc:
+        ocr_backend("tesseract")
+    assert "paddleocr" in str(exc.value)
+    assert set(OCR_BACKENDS) == {"rapidocr", "paddleocr"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("paddleocr") is not None, reason="paddleocr installed")
+def test_paddle_missing_is_clear():
+    backend = ocr_backend("paddleocr")
+    assert isinstance(backend, PaddleOcrBackend)
+    with pytest.raises(RuntimeError, match=r'pip install "vlpipe\[paddle\]"'):
+        backend.read(np.zeros((32, 32, 3), np.uint8))

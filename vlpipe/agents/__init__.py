@@ -1,0 +1,1 @@
+"""Expert nodes: each module wraps one expert (MLLM, SAM, Grounding DINO, OCR, ...)."""

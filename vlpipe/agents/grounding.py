@@ -1,0 +1,384 @@
+"""Grounding DINO backend (transformers): open-vocabulary boxes for text phrases.
+
+Phrases of every image are packed into ``"a dog. a cat."`` prompts that fit the model's text
+length; all prompts of all images run through the model in batched forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import supervision as sv
+import torch
+
+__all__ = [
+    "GroundingDinoBackend",
+    "build_tiny_grounding_dino",
+    "load_grounding_dino",
+]
+
+# Grounding DINO hard-codes BERT's ids for these tokens.
+_BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
+    return getattr(torch, aliases.get(name, name))
+
+
+def load_grounding_dino(
+    model: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: Any = None,
+    local_files_only: bool | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(processor, model)`` for a Grounding DINO checkpoint (local dir or hub id).
+
+    The model is put in eval mode on ``device``; ``dtype`` may be a torch dtype or its name.
+    """
+    from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+    kwargs: dict[str, Any] = {}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    processor = AutoProcessor.from_pretrained(str(model), **kwargs)
+    torch_dtype = _resolve_dtype(dtype)
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    net = GroundingDinoForObjectDetection.from_pretrained(str(model), **kwargs)
+    net.to(device).eval()
+    return processor, net
+
+
+@dataclass
+class _Chunk:
+    """One prompt: phrases of one image, with the character span of each phrase in ``text``."""
+
+    image_index: int
+    phrase_indices: list[int]  # indices into that image's phrase list
+    text: str
+    spans: list[tuple[int, int]]  # character span of each phrase within ``text``
+
+
+class GroundingDinoBackend:
+    """Detect boxes for free-text phrases with a transformers Grounding DINO model.
+
+    Args:
+        model: local directory or hub id passed to ``from_pretrained``.
+        device: torch device for the model and inputs.
+        dtype: optional torch dtype (or name such as ``"float16"``).
+        box_threshold: minimum box confidence (max token probability of a query).
+        text_threshold: token probability threshold used by the processor's text labels.
+        max_text_len: upper bound on prompt token length (the model's own limit also applies).
+        batch_size: prompts per forward pass; ``None`` puts all prompts in one pass.
+        local_files_only: forwarded to ``from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: Any = None,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        max_text_len: int = 256,
+        local_files_only: bool | None = None,
+        batch_size: int | None = None,
+    ):
+        processor, net = load_grounding_dino(model, device, dtype, local_files_only)
+        self._setup(processor, net, box_threshold, text_threshold, max_text_len, batch_size)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        processor: Any,
+        model: Any,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        max_text_len: int = 256,
+        batch_size: int | None = None,
+    ) -> "GroundingDinoBackend":
+        """Wrap an already loaded ``(processor, model)`` pair (e.g. from a model pool)."""
+        self = cls.__new__(cls)
+        self._setup(processor, model, box_threshold, text_threshold, max_text_len, batch_size)
+        return self
+
+    def _setup(self, processor, model, box_threshold, text_threshold, max_text_len, batch_size) -> None:
+        self.processor = processor
+        self.model = model
+        self.tokenizer = processor.tokenizer
+        self.box_threshold = float(box_threshold)
+        self.text_threshold = float(text_threshold)
+        model_len = int(getattr(model.config, "max_text_len", max_text_len))
+        self.max_text_len = min(int(max_text_len), model_len)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or None")
+        self.batch_size = batch_size
+        self.forward_calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ------------------------------------------------------------------ prompts
+    def _n_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chunk_phrases(self, phrases: Sequence[str], image_index: int = 0) -> list[_Chunk]:
+        """Pack phrases into ``"a. b."`` prompts whose token length fits ``max_text_len``.
+
+        Empty/duplicate phrases are skipped. A single phrase too long for the budget gets its
+        own prompt and is truncated by the tokenizer.
+        """
+        budget = self.max_text_len - 2  # [CLS] ... [SEP]
+        sep_tokens = self._n_tokens(".")
+        chunks: list[_Chunk] = []
+        cur: list[tuple[int, str]] = []
+        cur_len = 0
+        seen: set[str] = set()
+
+        def flush() -> None:
+            nonlocal cur, cur_len
+            if cur:
+                text, spans, pos = "", [], 0
+                for k, (_, p) in enumerate(cur):
+                    if k:
+                        text += " "
+                        pos += 1
+                    spans.append((pos, pos + len(p)))
+                    text += p + "."
+                    pos += len(p) + 1
+                chunks.append(_Chunk(image_index, [i for i, _ in cur], text, spans))
+            cur, cur_len = [], 0
+
+        for i, phrase in enumerate(phrases):
+            clean = " ".join(str(phrase).replace(".", " ").split()).lower()
+            if not clean or clean in seen:
+                continue
+            seen.add(clean)
+            n = self._n_tokens(clean) + sep_tokens
+            if cur and cur_len + n > budget:
+                flush()
+            cur.append((i, clean))
+            cur_len += n
+        flush()
+        return chunks
+
+    # ---------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray], phrases: Sequence[Sequence[str]]) -> list[sv.Detections]:
+        """Detect ``phrases[i]`` in ``images[i]`` (RGB uint8 HxWx3).
+
+        Returns one ``sv.Detections`` per image: ``xyxy`` in original pixels, ``confidence``,
+        ``class_id`` (index into that image's phrase list) and ``data["class_name"]`` (the phrase).
+        """
+        if len(images) != len(phrases):
+            raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
+        images = [_as_rgb(im) for im in images]
+        chunks = [c for i, ph in enumerate(phrases) for c in self.chunk_phrases(ph, i)]
+        per_image: list[list[sv.Detections]] = [[] for _ in images]
+        if not chunks:
+            return [_empty_detections() for _ in images]
+
+        used = sorted({c.image_index for c in chunks})
+        pix = self.processor.image_processor(images=[images[i] for i in used], return_tensors="pt")
+        row_of = {img_idx: row for row, img_idx in enumerate(used)}
+        bs = self.batch_size or len(chunks)
+
+        for start in range(0, len(chunks), bs):
+            batch = chunks[start : start + bs]
+            rows = torch.tensor([row_of[c.image_index] for c in batch])
+            text = self.tokenizer(
+                [c.text for c in batch],
+                padding="longest",
+                truncation=True,
+                max_length=self.max_text_len,
+                return_offsets_mapping=True,
+                return_tensors="pt",
+            )
+            offsets = text.pop("offset_mapping")
+            inputs = {k: v.to(self.device) for k, v in text.items()}
+            inputs["pixel_values"] = pix["pixel_values"][rows].to(self.device, self.dtype)
+            if "pixel_mask" in pix:
+                inputs["pixel_mask"] = pix["pixel_mask"][rows].to(self.device)
+            outputs = self.model(**inputs)
+            self.forward_calls += 1
+
+            sizes = [images[c.image_index].shape[:2] for c in batch]
+            results = self.processor.post_process_grounded_object_detection(
+                outputs,
+                input_ids=inputs["input_ids"],
+                threshold=self.box_threshold,
+                text_threshold=self.text_threshold,
+                target_sizes=sizes,
+            )
+            probs = outputs.logits.sigmoid().float().cpu()
+            for b, (chunk, res) in enumerate(zip(batch, results)):
+                dets = self._to_detections(chunk, res, probs[b], offsets[b], phrases[chunk.image_index])
+                per_image[chunk.image_index].append(dets)
+
+        out = []
+        for i, parts in enumerate(per_image):
+            dets = sv.Detections.merge(parts) if parts else _empty_detections()
+            if len(dets) == 0:
+                dets = _empty_detections()
+            else:
+                h, w = images[i].shape[:2]
+                dets.xyxy = np.clip(dets.xyxy, 0, [w, h, w, h]).astype(np.float32)
+                order = np.argsort(-dets.confidence, kind="stable")
+                dets = dets[order]
+            out.append(dets)
+        return out
+
+    def _to_detections(self, chunk: _Chunk, res: dict, probs: torch.Tensor, offsets: torch.Tensor,
+                       phrases: Sequence[str]) -> sv.Detections:
+        """Turn one post-processed prompt result into Detections labelled by phrase.
+
+        Each kept query is assigned the phrase whose tokens have the highest probability.
+        """
+        # Re-derive which queries post-processing kept (same rule as the processor).
+        keep = probs.max(dim=-1).values > self.box_threshold
+        q_probs = probs[keep]  # (K, max_text_len)
+        n = len(res["scores"])
+        if n == 0:
+            return _empty_detections()
+        assert q_probs.shape[0] == n, "query selection mismatch with post-processing"
+
+        # Token positions of each phrase (via character offsets; special tokens have (0, 0)).
+        seq_len = min(offsets.shape[0], q_probs.shape[1])
+        phrase_scores = torch.full((n, len(chunk.spans)), -1.0)
+        for j, (c0, c1) in enumerate(chunk.spans):
+            tok = [t for t in range(seq_len)
+                   if offsets[t, 1] > offsets[t, 0] and offsets[t, 0] >= c0 and offsets[t, 1] <= c1]
+            if tok:
+                phrase_scores[:, j] = q_probs[:, tok].max(dim=-1).values
+        best = phrase_scores.argmax(dim=-1).tolist()
+        class_id = np.array([chunk.phrase_indices[j] for j in best], dtype=int)
+        names = np.array([str(phrases[k]) for k in class_id], dtype=object).astype(str)
+        return sv.Detections(
+            xyxy=res["boxes"].float().cpu().numpy().reshape(-1, 4).astype(np.float32),
+            confidence=res["scores"].float().cpu().numpy().astype(np.float32),
+            class_id=class_id,
+            data={"class_name": names, "text_label": np.array(list(res["text_labels"]), dtype=str)},
+        )
+
+    # -------------------------------------------------------------------- crops
+    @staticmethod
+    def crops(image: np.ndarray, dets: sv.Detections, max_crops: int = 4, pad: float = 0.1) -> list[np.ndarray]:
+        """Crop the top-scoring boxes (padded by ``pad`` × box size, clipped to the image)."""
+        if len(dets) == 0 or max_crops <= 0:
+            return []
+        h, w = image.shape[:2]
+        conf = dets.confidence if dets.confidence is not None else np.zeros(len(dets))
+        order = np.argsort(-conf, kind="stable")[:max_crops]
+        out = []
+        for i in order:
+            x0, y0, x1, y1 = dets.xyxy[i].astype(float)
+            px, py = pad * (x1 - x0), pad * (y1 - y0)
+            x0, y0 = int(max(0, math.floor(x0 - px))), int(max(0, math.floor(y0 - py)))
+            x1, y1 = int(min(w, math.ceil(x1 + px))), int(min(h, math.ceil(y1 + py)))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            out.append(image[y0:y1, x0:x1].copy())
+        return out
+
+
+def _empty_detections() -> sv.Detections:
+    """Empty Detections with the same fields as non-empty results (so merging keeps them)."""
+    return sv.Detections(
+        xyxy=np.zeros((0, 4), np.float32),
+        confidence=np.zeros((0,), np.float32),
+        class_id=np.zeros((0,), int),
+        data={"class_name": np.zeros((0,), dtype=str), "text_label": np.zeros((0,), dtype=str)},
+    )
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return image if image.flags.writeable else image.copy()
+
+
+# ---------------------------------------------------------------- tiny model
+_TINY_WORDS = (
+    "a an the of and with on in at to for is are this that "
+    "dog cat person man woman child people car truck bus bicycle bike motorcycle train boat plane "
+    "sign text logo word words letter number price label tag poster board banner "
+    "red blue green yellow black white brown big small left right top bottom front back "
+    "tree house building road street window door wall table chair bed sofa cup bottle bowl "
+    "phone laptop book bag hat shirt shoe hand face head eye bird horse cow sheep ball box "
+    "object thing animal vehicle food fruit apple banana orange pizza cake sky grass water"
+).split()
+
+
+def _tiny_vocab(size: int = 1100) -> dict[str, int]:
+    vocab: dict[str, int] = {tok: i for tok, i in _BERT_SPECIAL_IDS.items()}
+    free = [i for i in range(size) if i not in vocab.values()]
+    free_iter = iter(free)
+    for word in _TINY_WORDS:
+        vocab[word] = next(free_iter)
+    for i in free_iter:
+        vocab[f"[unused{i}]"] = i
+    return vocab
+
+
+def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build a tiny random Grounding DINO (model + processor) offline and save it to ``out_dir``.
+
+    Keeps BERT's special-token ids (the model hard-codes them); tiny Swin backbone, d_model 32,
+    2 decoder layers, 20 queries, max_text_len 32. For tests and examples only.
+    """
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _tiny_vocab()
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=32)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+    backbone = SwinConfig(
+        image_size=224, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+        window_size=4, out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=20, max_text_len=32, disable_custom_kernels=True,
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,67 @@
+"""Loading weights: devices, dtypes, and errors that say how to get missing weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class WeightsNotFound(RuntimeError):
+    """The weights of a model are neither a local path nor in the Hugging Face cache."""
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; others unchanged."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, float16, bfloat16)") from None
+
+
+def hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def fetch_hint(model: str, kind: str) -> str:
+    """The message for weights that could not be found."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return (f"cannot load the {kind} model {model!r}: it is not a local folder and it is not in "
+            f"the Hugging Face cache ({hf_cache_dir()})"
+            + (" and HF_HUB_OFFLINE is set" if offline else "")
+            + f". Fetch it on a machine with internet: `hf download {model}` "
+            f"(or `huggingface-cli download {model}`), or pass a local path.")
+
+
+def from_pretrained(cls: Any, model: str, kind: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(model, **kwargs)`` with a clear error when weights are missing.
+
+    ``trust_remote_code`` is passed through only when the caller set it explicitly.
+    """
+    local = Path(model).expanduser()
+    if local.exists():
+        model = str(local)
+    elif model.startswith((".", "/", "~")):
+        raise WeightsNotFound(f"cannot load the {kind} model: no folder {str(local)!r}")
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except OSError as exc:  # transformers raises OSError for missing repos/files
+        raise WeightsNotFound(fetch_hint(model, kind) + f" ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0]})") from None

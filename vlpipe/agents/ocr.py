@@ -1,0 +1,243 @@
+"""OCR backends: read text lines (quadrilateral + text + score) from RGB images.
+
+``RapidOcrBackend`` (default) runs the ONNX PP-OCR models shipped inside the ``rapidocr`` wheel,
+so it works offline. ``PaddleOcrBackend`` is optional (``pip install "vlpipe[paddle]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "OCR_BACKENDS",
+    "PaddleOcrBackend",
+    "RapidOcrBackend",
+    "TextLine",
+    "format_lines",
+    "ocr_backend",
+]
+
+
+@dataclass
+class TextLine:
+    """One recognised text line.
+
+    Attributes:
+        text: recognised string.
+        score: recognition confidence in [0, 1].
+        box: (4, 2) float32 quadrilateral (clockwise from top-left) in full-image pixels.
+    """
+
+    text: str
+    score: float
+    box: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.box = np.asarray(self.box, dtype=np.float32).reshape(4, 2)
+        self.score = float(self.score)
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        """Axis-aligned bounding box ``[x0, y0, x1, y1]`` (float32)."""
+        return np.concatenate([self.box.min(axis=0), self.box.max(axis=0)]).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "score": self.score, "box": self.box.tolist()}
+
+
+def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Return an (H, W, 3) uint8 RGB view of ``image`` (gray, RGB or RGBA composited on white)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        image = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        image = np.clip(np.rint(image), 0, 255)
+    return image.astype(np.uint8, copy=False)
+
+
+def _crop_boxes(image: np.ndarray, boxes: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """Crop integer-rounded, clipped xyxy boxes; returns (crop, x0, y0) for non-empty crops."""
+    h, w = image.shape[:2]
+    out = []
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
+        x1, y1 = int(min(w, np.ceil(x1))), int(min(h, np.ceil(y1)))
+        if x1 > x0 and y1 > y0:
+            out.append((image[y0:y1, x0:x1], x0, y0))
+    return out
+
+
+class _OcrBase:
+    """Shared ``read`` logic: whole image or inside boxes, quads mapped to full-image pixels."""
+
+    def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self, image: np.ndarray, boxes: np.ndarray | None = None) -> list[TextLine]:
+        """Read text lines from an RGB image, or only inside ``boxes`` ((K, 4) xyxy pixels).
+
+        Lines read inside boxes are returned with quads in full-image coordinates, box by box.
+        """
+        rgb = _to_rgb_uint8(image)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        if boxes is None:
+            return self._read_bgr(bgr)
+        lines: list[TextLine] = []
+        for crop, x0, y0 in _crop_boxes(bgr, boxes):
+            for line in self._read_bgr(np.ascontiguousarray(crop)):
+                line.box = line.box + np.array([x0, y0], dtype=np.float32)
+                lines.append(line)
+        return lines
+
+
+class RapidOcrBackend(_OcrBase):
+    """OCR with ``rapidocr`` (PP-OCR ONNX models bundled in the wheel; offline).
+
+    ``params`` are RapidOCR config keys such as ``{"Global.text_score": 0.6}``; a key without a
+    section (``text_score=0.6``) means ``Global.<key>``. The engine is built on first use.
+
+    RapidOCR treats ndarray input as OpenCV BGR, so RGB images are flipped before reading.
+    """
+
+    def __init__(self, **params: Any):
+        self.params = {"Global.log_level": "error"}
+        self.params.update({(k if "." in k else f"Global.{k}"): v for k, v in params.items()})
+        self._engine = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self):
+        """The underlying ``rapidocr.RapidOCR`` instance (created lazily)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from rapidocr import RapidOCR
+
+                    self._engine = RapidOCR(params=self.params)
+        return self._engine
+
+    def _call(self, bgr: np.ndarray, rec: bool):
+        eng = self.engine
+        # RapidOCR stores per-call flags on the instance, so always pass all of them.
+        use_cls = bool(eng.cfg.Global.use_cls) and rec
+        with self._lock:
+            return eng(bgr, use_det=True, use_cls=use_cls, use_rec=rec)
+
+    def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:
+        res = self._call(bgr, rec=True)
+        if getattr(res, "boxes", None) is None or getattr(res, "txts", None) is None:
+            return []
+        return [TextLine(str(t), float(s), np.asarray(b)) for b, t, s in zip(res.boxes, res.txts, res.scores)]
+
+    def detect_boxes(self, image: np.ndarray) -> np.ndarray:
+        """Text-region quads ((N, 4, 2) float32) from the detection model only (no recognition)."""
+        bgr = np.ascontiguousarray(_to_rgb_uint8(image)[:, :, ::-1])
+        res = self._call(bgr, rec=False)
+        boxes = getattr(res, "boxes", None)
+        if boxes is None or len(boxes) == 0:
+            return np.zeros((0, 4, 2), np.float32)
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4, 2)
+
+    def text_area_fraction(self, image: np.ndarray) -> float:
+        """Fraction of the image area covered by detected text regions (detector only)."""
+        import cv2
+
+        h, w = np.asarray(image).shape[:2]
+        quads = self.detect_boxes(image)
+        if h == 0 or w == 0 or len(quads) == 0:
+            return 0.0
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [np.rint(q).astype(np.int32) for q in quads], 1)
+        return float(mask.mean())
+
+
+class PaddleOcrBackend(_OcrBase):
+    """OCR with PaddleOCR 3.x (optional extra; needs its models, which it downloads)."""
+
+    def __init__(self, **params: Any):
+        self.params = params
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            try:
+                from paddleocr import PaddleOCR
+            except ImportError as e:
+                raise RuntimeError(
+                    'PaddleOCR is not installed: pip install "vlpipe[paddle]" '
+                    "(or use the default 'rapidocr' backend)"
+                ) from e
+            try:
+                self._engine = PaddleOCR(**self.params)
+            except Exception as e:  # offline: "No available model hosting platforms detected"
+                raise RuntimeError(
+                    f"PaddleOCR could not load its models (they are downloaded on first use; "
+                    f"offline machines need them cached locally): {e}"
+                ) from e
+        return self._engine
+
+    def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:
+        lines: list[TextLine] = []
+        for res in self.engine.predict(bgr):
+            texts, scores = res["rec_texts"], res["rec_scores"]
+            polys = res.get("rec_polys", res.get("dt_polys"))
+            for t, s, p in zip(texts, scores, polys):
+                if str(t).strip():
+                    lines.append(TextLine(str(t), float(s), np.asarray(p, dtype=np.float32)))
+        return lines
+
+
+OCR_BACKENDS: dict[str, type] = {"rapidocr": RapidOcrBackend, "paddleocr": PaddleOcrBackend}
+
+
+def ocr_backend(name: str, **params: Any):
+    """Instantiate an OCR backend by name (see ``OCR_BACKENDS``)."""
+    try:
+        cls = OCR_BACKENDS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown OCR backend {name!r}; known: {', '.join(sorted(OCR_BACKENDS))}") from None
+    return cls(**params)
+
+
+def _reading_order(lines: Sequence[TextLine]) -> list[TextLine]:
+    """Sort lines top-to-bottom into rows (overlapping vertical centres), then left-to-right."""
+    if not lines:
+        return []
+    boxes = np.stack([ln.xyxy for ln in lines])
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    heights = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
+    rows: list[list[int]] = []
+    row_cy = 0.0
+    for i in np.argsort(cy, kind="stable"):
+        if rows and cy[i] - row_cy <= 0.5 * min(heights[i], heights[rows[-1][0]]):
+            rows[-1].append(int(i))
+        else:
+            rows.append([int(i)])
+            row_cy = cy[i]
+    return [lines[i] for row in rows for i in sorted(row, key=lambda k: boxes[k, 0])]
+
+
+def format_lines(lines: Sequence[TextLine], image_hw: tuple[int, int] | None = None) -> str:
+    """Format OCR lines for an MLLM prompt, one per line in reading order.
+
+    Example: ``"正品促销" at [0, 0, 322, 108]`` (pixel xyxy, clipped to ``image_hw`` = (H, W)).
+    """
+    out = []
+    for ln in _reading_order(lines):
+        x0, y0, x1, y1 = np.rint(ln.xyxy).astype(int).tolist()
+        if image_hw is not None:
+            h, w = image_hw[:2]
+            x0, x1 = (min(max(v, 0), w) for v in (x0, x1))
+            y0, y1 = (min(max(v, 0), h) for v in (y0, y1))
+        out.append(f"{json.dumps(ln.text, ensure_ascii=False)} at [{x0}, {y0}, {x1}, {y1}]")
+    return "\n".join(out)

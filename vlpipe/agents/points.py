@@ -1,0 +1,171 @@
+"""Point prompts from an attention map (VL-SAM).
+
+Coordinates are continuous (x, y) in pixel units where pixel (row r, column c) covers
+[c, c + 1) x [r, r + 1); a point sampled at that pixel is its centre (c + 0.5, r + 0.5). With this
+convention, moving between resolutions is a pure scale and offset (see :func:`points_to_image`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass
+class PointPrompt:
+    """Point prompts for SAM.
+
+    Attributes:
+        coords: (P, 2) float32 (x, y) pixel centres in the map's coordinates, positives first.
+        labels: (P,) int32, 1 positive / 0 negative.
+        positive_area: (h, w) bool, the largest connected component above the threshold.
+    """
+
+    coords: np.ndarray
+    labels: np.ndarray
+    positive_area: np.ndarray
+
+
+def _as_map(m: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(h, w) tensor or array -> (h, w) finite float64 array."""
+    if isinstance(m, torch.Tensor):
+        m = m.detach().to("cpu", torch.float64).numpy()
+    m = np.asarray(m, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"attention map must be 2-D (h, w), got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("attention map contains NaN or inf values")
+    return m
+
+
+def _pick(m: np.ndarray, allowed: np.ndarray, k: int, largest: bool) -> list[tuple[int, int]]:
+    """Up to k (row, col) extrema of m inside `allowed`, each followed by suppressing a square
+    neighbourhood of radius max(1, min(h, w) // 10) so that the points spread out."""
+    h, w = m.shape
+    radius = max(1, min(h, w) // 10)
+    scores = np.where(allowed, m if largest else -m, -np.inf)
+    picked = []
+    for _ in range(k):
+        idx = int(np.argmax(scores))
+        r, c = divmod(idx, w)
+        if not np.isfinite(scores[r, c]):
+            break
+        picked.append((r, c))
+        scores[max(0, r - radius) : r + radius + 1, max(0, c - radius) : c + radius + 1] = -np.inf
+    return picked
+
+
+def sample_points(
+    m: torch.Tensor | np.ndarray,
+    *,
+    threshold: float = 0.5,
+    n_positive: int = 1,
+    n_negative: int = 1,
+    mask: np.ndarray | None = None,
+) -> PointPrompt:
+    """Sample positive and negative point prompts from an (h, w) attention map.
+
+    The map is cut at ``min + threshold * (max - min)``; the positive area is the largest
+    8-connected component above the cut (ties: the lowest component label). Positives are the
+    highest pixels inside the area, negatives the lowest outside it; further points after the first
+    skip a small neighbourhood of the points already chosen.
+
+    Args:
+        m: (h, w) attention map.
+        threshold: fraction of the map's range, in [0, 1].
+        n_positive: number of positive points wanted (fewer if the area is too small).
+        n_negative: number of negative points wanted (none if the area covers the whole map).
+        mask: optional (h, w) bool, e.g. the previous SAM mask (VL-SAM refinement): the map is set
+            to its minimum outside the mask before sampling. An empty mask is ignored.
+
+    Returns:
+        PointPrompt. A flat map (max == min) has no peak: the centre pixel is returned as the only
+        (positive) point and the positive area is the whole map.
+    """
+    m = _as_map(m)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if n_positive < 0 or n_negative < 0:
+        raise ValueError("n_positive and n_negative must be >= 0")
+    h, w = m.shape
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != m.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match map shape {m.shape}")
+        if mask.any():
+            m = np.where(mask, m, m.min())
+
+    lo, hi = m.min(), m.max()
+    if hi == lo:
+        return PointPrompt(
+            coords=np.array([[w // 2 + 0.5, h // 2 + 0.5]], dtype=np.float32),
+            labels=np.ones(1, dtype=np.int32),
+            positive_area=np.ones((h, w), dtype=bool),
+        )
+
+    above = (m >= lo + threshold * (hi - lo)).astype(np.uint8)
+    _, components, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    area = components == largest
+
+    positives = _pick(m, area, n_positive, largest=True)
+    negatives = _pick(m, ~area, n_negative, largest=False)
+    rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
+    return PointPrompt(
+        coords=rc[:, ::-1] + np.float32(0.5),
+        labels=np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32),
+        positive_area=area,
+    )
+
+
+def _region_scale(grid_hw: tuple[int, int], region_xyxy) -> tuple[float, float, float, float]:
+    """(x0, y0, sx, sy): image x = x0 + sx * map x (continuous coordinates), likewise y."""
+    gh, gw = grid_hw
+    x0, y0, x1, y1 = (float(v) for v in region_xyxy)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"empty region {region_xyxy}")
+    return x0, y0, (x1 - x0) / gw, (y1 - y0) / gh
+
+
+def resize_map(
+    m: torch.Tensor | np.ndarray,
+    region_xyxy: tuple[float, float, float, float],
+    image_hw: tuple[int, int],
+) -> np.ndarray:
+    """Bilinearly place a grid map onto the original image.
+
+    Args:
+        m: (gh, gw) map whose grid covers ``region_xyxy`` (x0, y0, x1, y1) in original image pixel
+            coordinates. The region may extend beyond the image (the model padded) or lie inside it
+            (the model centre-cropped).
+        image_hw: (H, W) of the original image.
+
+    Returns:
+        (H, W) float32; pixels whose centre lies outside the region get the map's minimum.
+    """
+    m = _as_map(m).astype(np.float32)
+    H, W = image_hw
+    x0, y0, sx, sy = _region_scale(m.shape, region_xyxy)
+    # cv2 indexes pixel centres at integers: continuous x = index + 0.5 on both sides.
+    warp = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
+    out = cv2.warpAffine(m, warp, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    xs, ys = np.arange(W) + 0.5, np.arange(H) + 0.5
+    inside = ((ys >= y0) & (ys < region_xyxy[3]))[:, None] & ((xs >= x0) & (xs < region_xyxy[2]))
+    out[~inside] = m.min()
+    return out
+
+
+def points_to_image(
+    prompt: PointPrompt, grid_hw: tuple[int, int], region_xyxy: tuple[float, float, float, float]
+) -> np.ndarray:
+    """Map a prompt's (P, 2) map coordinates to (P, 2) float32 original-image coordinates.
+
+    ``x_img = x0 + x_map * (x1 - x0) / gw`` (likewise y), so the centre of grid cell (r, c) lands on
+    the centre of that patch's rectangle in the image.
+    """
+    x0, y0, sx, sy = _region_scale(grid_hw, region_xyxy)
+    coords = np.asarray(prompt.coords, dtype=np.float64).reshape(-1, 2)
+    return (coords * [sx, sy] + [x0, y0]).astype(np.float32)

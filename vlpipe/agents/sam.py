@@ -1,0 +1,283 @@
+"""SAM: attention-map point prompts -> masks, with VL-SAM's iterative refinement.
+
+Two backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
+package and transformers' ``SamModel``. For each view the image encoder runs once; every
+object's prompt of that view goes through the mask decoder in one batched call per refinement
+round:
+
+1. points from the attention map -> masks;
+2. the same points plus round 1's low-res mask logits as the mask prompt;
+3. the attention map filtered by round 2's mask, points resampled, plus round 2's logits;
+   further rounds repeat step 3.
+
+Score of a detection = SAM's predicted IoU × the attention share of the mask: the mean of the
+min-max normalised attention map (in image space) inside the mask. A mask on the object the
+MLLM attended to scores near its predicted IoU; a mask that drifted off the attention peak
+scores low. Every round's detections are kept (``data["round"]``) for the merge.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import supervision as sv
+import torch
+
+from ..pipeline import Node
+from .hub import WeightsNotFound, from_pretrained, resolve_device
+from .points import points_to_image, resize_map, sample_points
+from .tiles import to_full_image
+from .views import ObjectMap, View
+
+
+class SamBackend(ABC):
+    """One image at a time: ``set_image`` encodes it, ``predict`` decodes K objects at once."""
+
+    decoder_calls: int = 0
+
+    @abstractmethod
+    def set_image(self, image: np.ndarray) -> None:
+        """image (H, W, 3) uint8 RGB; runs the image encoder."""
+
+    @abstractmethod
+    def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None
+                ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """points (K, P, 2) float (x, y) image pixels, labels (K, P) 1/0 (-1 = padding),
+        mask_logits (K, 1, m, m) low-res logits of a previous round or None.
+        Returns masks (K, H, W) bool, predicted IoU (K,), low-res logits (K, 1, m, m).
+        One decoder call for all K."""
+
+
+class OfficialSam(SamBackend):
+    """``segment_anything.SamPredictor`` around a model built from a variant name."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(model)
+        self.decoder_calls = 0
+
+    def set_image(self, image):
+        self.predictor.set_image(image, image_format="RGB")
+
+    @torch.inference_mode()
+    def predict(self, points, labels, mask_logits):
+        p = self.predictor
+        coords = p.transform.apply_coords(points.astype(np.float32), p.original_size)
+        masks, iou, low = p.predict_torch(
+            torch.as_tensor(coords, device=p.device), torch.as_tensor(labels, device=p.device),
+            mask_input=mask_logits, multimask_output=False)
+        self.decoder_calls += 1
+        return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy(), low
+
+
+class HfSam(SamBackend):
+    """transformers ``SamModel`` + ``SamProcessor``."""
+
+    def __init__(self, processor, model) -> None:
+        self.processor, self.model = processor, model
+        self.decoder_calls = 0
+
+    @torch.inference_mode()
+    def set_image(self, image):
+        enc = self.processor(images=image, return_tensors="pt")
+        self.original = enc["original_sizes"]  # (1, 2)
+        self.reshaped = enc["reshaped_input_sizes"]  # (1, 2)
+        pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
+        self.embedding = self.model.get_image_embeddings(pixels)
+
+    @torch.inference_mode()
+    def predict(self, points, labels, mask_logits):
+        k = len(points)
+        scale = (self.reshaped[0] / self.original[0]).flip(0).numpy()  # (x, y) factors
+        pts = torch.as_tensor(points * scale, dtype=torch.float32, device=self.model.device)
+        out = self.model(
+            image_embeddings=self.embedding.expand(k, -1, -1, -1),
+            input_points=pts[:, None].to(self.model.dtype),
+            input_labels=torch.as_tensor(labels, device=self.model.device)[:, None],
+            input_masks=None if mask_logits is None else mask_logits.to(self.model.dtype),
+            multimask_output=False)
+        self.decoder_calls += 1
+        low = out.pred_masks[:, 0]  # (K, 1, m, m)
+        masks = self.processor.image_processor.post_process_masks(  # K x (1, 1, H, W)
+            out.pred_masks.float().cpu(), self.original.repeat(k, 1), self.reshaped.repeat(k, 1))
+        masks = torch.cat(masks)[:, 0].numpy()
+        return masks, out.iou_scores[:, 0, 0].float().cpu().numpy(), low
+
+
+# -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
+def _official_registry() -> dict[str, Callable[[], torch.nn.Module]]:
+    from segment_anything import sam_model_registry
+
+    builders = {name: (lambda n=name: sam_model_registry[n](checkpoint=None))
+                for name in ("vit_h", "vit_l", "vit_b")}
+    builders["tiny"] = build_tiny_official_sam
+    return builders
+
+
+def build_tiny_official_sam() -> torch.nn.Module:
+    """A tiny official-architecture SAM: 256 px input, 16x16 embedding, 64x64 low-res masks."""
+    from functools import partial
+
+    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                           TwoWayTransformer)
+
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2,
+            out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True, window_size=4, global_attn_indexes=[1]),
+        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(16, 16),
+                                     input_image_size=(256, 256), mask_in_chans=8),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3, transformer_dim=32, iou_head_depth=2, iou_head_hidden_dim=32,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2)),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+
+
+def load_official_sam(checkpoint: str, variant: str, device: str) -> OfficialSam:
+    """Build ``variant`` and load ``checkpoint`` (.pth via ``torch.load(weights_only=True)``,
+    or .safetensors)."""
+    registry = _official_registry()
+    if variant not in registry:
+        raise ValueError(f"unknown SAM variant {variant!r} (known: {', '.join(registry)})")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise WeightsNotFound(
+            f"cannot load the SAM checkpoint {checkpoint!r}: no such file. Download the official "
+            "checkpoint (e.g. sam_vit_h_4b8939.pth from the segment-anything README) and pass "
+            "its path, or use backend 'hf' with a Hugging Face id such as facebook/sam-vit-huge.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model = registry[variant]()
+    model.load_state_dict(state)
+    return OfficialSam(model.to(device).eval())
+
+
+def load_hf_sam(model: str, device: str) -> HfSam:
+    from transformers import SamModel, SamProcessor
+
+    processor = from_pretrained(SamProcessor, model, "SAM")
+    net = from_pretrained(SamModel, model, "SAM")
+    return HfSam(processor, net.to(device).eval())
+
+
+# -- refinement -----------------------------------------------------------------------------
+def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
+    """Image mask (H, W) bool -> (gh, gw) bool: a cell is in when over half of its patch
+    (the grid covering ``region`` = x0, y0, x1, y1) is covered."""
+    patch = _crop_pad(mask.astype(np.float32), region)
+    return cv2.resize(patch, grid[::-1], interpolation=cv2.INTER_AREA) > 0.5
+
+
+def _crop_pad(img: np.ndarray, region) -> np.ndarray:
+    """Pixels of ``img`` inside region (x0, y0, x1, y1), zero where the region leaves it."""
+    h, w = img.shape
+    x0, y0, x1, y1 = (int(round(v)) for v in region)
+    out = np.zeros((y1 - y0, x1 - x0), img.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def _pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of (P_k, 2) coords / (P_k,) labels -> (K, P, 2), (K, P) padded with label -1."""
+    p = max(len(c) for c, _ in prompts)
+    coords = np.zeros((len(prompts), p, 2), np.float32)
+    labels = np.full((len(prompts), p), -1, np.int64)
+    for k, (c, lab) in enumerate(prompts):
+        coords[k, :len(c)], labels[k, :len(lab)] = c, lab
+    return coords, labels
+
+
+def _attention_share(heat: np.ndarray, mask: np.ndarray) -> float:
+    return float(heat[mask].mean()) if mask.any() else 0.0
+
+
+class SamNode(Node):
+    """views + maps -> detections (full-image coordinates, every round kept)."""
+
+    inputs = {"views": "views", "maps": "object_maps"}
+    outputs = {"detections": "detections"}
+    max_batch = 1
+
+    def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
+                 rounds: int = 3, threshold: float = 0.5, n_positive: int = 1,
+                 n_negative: int = 1, device: str = "auto", **params) -> None:
+        super().__init__(name, device=resolve_device(device), **params)
+        if backend not in ("hf", "official"):
+            raise ValueError(f"unknown SAM backend {backend!r} (known: hf, official)")
+        if int(rounds) < 1:
+            raise ValueError("rounds must be at least 1")
+        self.model_id, self.backend, self.variant = model, backend, variant
+        self.rounds, self.threshold = int(rounds), float(threshold)
+        self.n_positive, self.n_negative = int(n_positive), int(n_negative)
+
+    @property
+    def sam(self) -> SamBackend:
+        if self.backend == "official":
+            load = lambda: load_official_sam(self.model_id, self.variant, self.device)
+        else:
+            load = lambda: load_hf_sam(self.model_id, self.device)
+        return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
+                             self.device, "float32", load)
+
+    def run(self, batch):
+        sam = self.sam
+        out = []
+        for item in batch:
+            views, maps = item["views"], item["maps"]
+            per_view = [self.segment_view(sam, view, [m for m in maps if m.view == v])
+                        for v, view in enumerate(views)]
+            out.append({"detections": sv.Detections.merge(per_view)})
+        return out
+
+    def segment_view(self, sam: SamBackend, view: View, maps: list[ObjectMap]) -> sv.Detections:
+        """All rounds for the objects of one view, one decoder call per round."""
+        if not maps:
+            return sv.Detections.empty()
+        h, w = view.image.shape[:2]
+        sam.set_image(view.image)
+        heat = [_normalized(resize_map(m.map, m.region, (h, w))) for m in maps]
+        masks, logits, rounds = None, None, []
+        for r in range(self.rounds):
+            if r != 1:  # rounds 1 and 3+ (re)sample points; round 2 reuses round 1's points
+                prompts = [self._points(m, None if masks is None else masks[k])
+                           for k, m in enumerate(maps)]
+            coords, labels = _pad_prompts(prompts)
+            masks, iou, logits = sam.predict(coords, labels, logits)
+            score = iou * np.array([_attention_share(hm, mk) for hm, mk in zip(heat, masks)])
+            rounds.append(_detections(masks, score, maps, r))
+        return to_full_image(sv.Detections.merge(rounds), view.tile, view.full_hw)
+
+    def _points(self, m: ObjectMap, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        grid = tuple(m.map.shape)
+        grid_mask = None if mask is None else mask_to_grid(mask, m.region, grid)
+        p = sample_points(m.map, threshold=self.threshold, n_positive=self.n_positive,
+                          n_negative=self.n_negative, mask=grid_mask)
+        return points_to_image(p, grid, m.region), p.labels
+
+
+def _normalized(m: np.ndarray) -> np.ndarray:
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.ones_like(m)
+
+
+def _detections(masks: np.ndarray, score: np.ndarray, maps: list[ObjectMap], rnd: int):
+    keep = masks.reshape(len(masks), -1).any(1)
+    # pixel-edge boxes: a mask covering columns 3..5 spans x 3.0 to 6.0
+    xyxy = sv.mask_to_xyxy(masks).astype(np.float32) + np.float32([0, 0, 1, 1])
+    dets = sv.Detections(
+        xyxy=xyxy, mask=masks,
+        confidence=score.astype(np.float32),
+        data={"class_name": np.array([m.name for m in maps]),
+              "round": np.full(len(maps), rnd), "question": np.array([m.question for m in maps])})
+    return dets[keep]

@@ -1,0 +1,124 @@
+"""COCO / LVIS / CODA-style evaluation of detection and instance-segmentation results.
+
+A thin wrapper over ``faster_coco_eval.COCOeval_faster`` (C++ matching and accumulation;
+its COCO mode matches pycocotools, ``lvis_style=True`` follows LVIS's federated rules:
+detections of categories neither annotated nor listed negative for an image are dropped, and
+unmatched detections of an image's ``not_exhaustive_category_ids`` are not false positives).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from faster_coco_eval import COCO, COCOeval_faster
+
+__all__ = ["evaluate", "load_gt", "is_lvis"]
+
+_AREAS = ("small", "medium", "large")
+
+
+def load_gt(gt_json: str | Path | dict) -> dict:
+    """The ground truth as a dict (a deep copy when given a dict); ValueError if it is not
+    a readable COCO/LVIS dataset."""
+    where = "ground-truth dict" if isinstance(gt_json, dict) else f"ground-truth file {str(gt_json)!r}"
+    if isinstance(gt_json, dict):
+        data: Any = copy.deepcopy(gt_json)
+    else:
+        try:
+            with open(gt_json, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {where}: {e}") from e
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{where} is not in COCO/LVIS format: missing {', '.join(missing)}")
+    return data
+
+
+def is_lvis(gt: dict) -> bool:
+    """Whether a ground truth carries LVIS fields (category frequencies, federated labels)."""
+    return any("frequency" in c for c in gt["categories"]) or any(
+        "not_exhaustive_category_ids" in im or "neg_category_ids" in im for im in gt["images"]
+    )
+
+
+def _has_segmentation(anns: Sequence[dict]) -> bool:
+    return any(a.get("segmentation") for a in anns)
+
+
+def _run(gt: dict, results: list[dict], iou_type: str, lvis: bool, max_dets: int) -> dict[str, float]:
+    # Both COCO() and loadRes() modify what they are given (ids, boxes turned into polygons),
+    # so every run works on its own copies.
+    coco_gt = COCO(copy.deepcopy(gt))
+    coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=lvis, print_function=logging.getLogger(__name__).debug)
+    # LVIS reports AP at 300 detections per image; COCO keeps its 1/10/100 ladder for AR.
+    ev.params.maxDets = [max_dets] if lvis else sorted({1, 10, max_dets})
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+
+    # all_stats layout (see COCOeval.summarize): AP, AP50, AP75, AP per area range, AR per
+    # maxDets entry (LVIS pads to three entries), AR per area, AR50, AR75, then APr/APc/APf.
+    s = ev.all_stats
+    n_max = max(len(ev.params.maxDets), 3) if lvis else len(ev.params.maxDets)
+    out = {"AP": s[0], "AP50": s[1], "AP75": s[2]}
+    out |= {f"AP{a[0]}": s[3 + i] for i, a in enumerate(_AREAS)}
+    if lvis:
+        out |= dict(zip(("APr", "APc", "APf"), s[-3:]))
+    out["AR"] = s[3 + len(_AREAS) + len(ev.params.maxDets) - 1]
+    assert len(s) == 3 + 2 * len(_AREAS) + n_max + 2 + (3 if lvis else 0)
+    # -1 marks an undefined metric (e.g. no small objects, no rare categories): left out.
+    return {k: float(v) for k, v in out.items() if v > -1}
+
+
+def evaluate(
+    gt_json: str | Path | dict,
+    results: list[dict],
+    *,
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    lvis: bool | None = None,
+    max_dets: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """AP / AR of COCO-format ``results`` against a COCO or LVIS ground truth.
+
+    Args:
+        gt_json: path to a COCO/LVIS json file, or the loaded dict (not modified).
+        results: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+            plus an optional RLE ``"segmentation"``.
+        iou_types: any of ``"bbox"``, ``"segm"``; ``"segm"`` is skipped when the results
+            (or the ground truth) carry no segmentation.
+        lvis: LVIS federated evaluation with APr/APc/APf; by default, when the ground truth
+            has LVIS fields (category ``frequency``, image ``not_exhaustive_category_ids``).
+        max_dets: detections per image; 300 for LVIS, 100 for COCO by default.
+
+    Returns:
+        ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", ["APr", "APc", "APf"], "AR"}}``
+        as floats in [0, 1]; metrics undefined on this data (e.g. APs with no small objects)
+        are left out. Empty results give zeros.
+    """
+    gt = load_gt(gt_json)
+    lvis = is_lvis(gt) if lvis is None else lvis
+    max_dets = max_dets or (300 if lvis else 100)
+    if lvis and not all("frequency" in c for c in gt["categories"]):
+        raise ValueError("LVIS evaluation needs a 'frequency' (r/c/f) for every category")
+    gt_ids = {im["id"] for im in gt["images"]}
+    unknown = {r["image_id"] for r in results} - gt_ids
+    if unknown:
+        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
+
+    metrics = {}
+    for iou_type in iou_types:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"unsupported iou type {iou_type!r}; use 'bbox' or 'segm'")
+        if iou_type == "segm" and (
+            not _has_segmentation(gt["annotations"]) or (results and not _has_segmentation(results))
+        ):
+            continue
+        metrics[iou_type] = _run(gt, list(results), iou_type, lvis, max_dets)
+    return metrics

@@ -1,0 +1,215 @@
+"""Tiny random-weight models for tests and offline smoke runs (``vlpipe models tiny DIR``).
+
+Every model is built from a config, saved with ``save_pretrained`` (or as a safetensors
+checkpoint for the official SAM) and loaded back by the same code path users take. Their outputs
+are meaningless: they prove the plumbing, not the perception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Words the tiny language models can say: mostly object names, so random generations still parse
+# into object lists.
+OBJECT_WORDS = [
+    "dog", "cat", "car", "truck", "person", "tree", "sign", "bus", "bicycle", "bird", "horse",
+    "cup", "bottle", "chair", "table", "window", "door", "road", "building", "sky", "grass",
+    "wheel", "light", "text", "logo", "box", "bag", "phone", "book", "lamp", "red", "blue",
+    "big", "small", "white", "black",
+]
+FILLER_WORDS = [",", ".", "and", "a", "an", "the", "there", "is", "are", "in", "image", "of",
+                "list", "objects", "what", "which", "this", "all", "see", "you", "can", "name",
+                "every", "object", "?", ":", "1", "2", "3", "none", "both", "tools", "yes", "no",
+                "answer", "question", "written", "on", "say", "does", "it", "where", "how", "many",
+                "with", "to", "need", "or", "text_reading", "finding", "reply", "one", "word"]
+SEED = 0
+
+
+def _word_tokenizer(special: list[str], extra_special: list[str], chat_template: str):
+    """A WordLevel fast tokenizer over OBJECT_WORDS + FILLER_WORDS; specials first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(special + extra_special + FILLER_WORDS + OBJECT_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>",
+                                   extra_special_tokens=None)
+    fast.add_special_tokens({"additional_special_tokens": extra_special})
+    fast.chat_template = chat_template
+    return fast
+
+
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %} {% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}"
+    "{% endfor %}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _finish_lm(model, tokenizer, out: Path) -> Path:
+    """Let generation say only object words, commas, "and" and EOS (so random models still
+    answer with parseable object lists) and save."""
+    gen = model.generation_config
+    allowed = {tokenizer.convert_tokens_to_ids(t)
+               for t in [*OBJECT_WORDS, ",", "and", tokenizer.eos_token]}
+    gen.suppress_tokens = [i for i in range(len(tokenizer)) if i not in allowed]
+    comma = tokenizer.convert_tokens_to_ids(",")
+    gen.sequence_bias = [[[tokenizer.convert_tokens_to_ids(w), comma], 20.0] for w in OBJECT_WORDS]
+    gen.max_new_tokens = 12
+    gen.do_sample = False
+    model.save_pretrained(out)
+    return out
+
+
+def build_llava(out: Path, image_size: int = 64) -> Path:
+    """Tiny LLaVA-1.5: CLIP vision tower (patch 8 -> 8x8 grid at 64 px) + Llama text model."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    torch.manual_seed(SEED)
+    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=image_size, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                               vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    processor.save_pretrained(out)
+    return _finish_lm(model, tok, out)
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """Tiny Qwen2-VL: patch 8, 2x2 merge, 32x32..96x96 pixels."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(SEED)
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>", "assistant", "user", "system"]
+    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], specials, QWEN_TEMPLATE)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    cfg = Qwen2VLConfig(
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4,
+                       "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "in_channels": 3},
+        text_config={"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 1024,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                         "mrope_section": [2, 3, 3]},
+                     "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                     "eos_token_id": ids["<|im_end|>"]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    image_processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=32 * 32, max_pixels=96 * 96)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(),
+                                 chat_template=QWEN_TEMPLATE)
+    processor.save_pretrained(out)
+    tok.eos_token = "<|im_end|>"
+    return _finish_lm(model, tok, out)
+
+
+def build_hf_sam(out: Path) -> Path:
+    """Tiny transformers SamModel: 256 px input, 16x16 embedding, 64x64 low-res masks."""
+    from transformers import (SamConfig, SamImageProcessor, SamMaskDecoderConfig, SamModel,
+                              SamProcessor, SamPromptEncoderConfig, SamVisionConfig)
+
+    torch.manual_seed(SEED)
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=256, patch_size=16, window_size=4,
+                                      global_attn_indexes=[1], output_channels=32,
+                                      mlp_dim=128, num_pos_feats=16),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256,
+                                                     patch_size=16, image_embedding_size=16,
+                                                     mask_input_channels=8),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, mlp_dim=64,
+                                                 iou_head_hidden_dim=32))
+    SamModel(cfg).eval().save_pretrained(out)
+    processor = SamProcessor(SamImageProcessor(size={"longest_edge": 256},
+                                               pad_size={"height": 256, "width": 256}))
+    processor.save_pretrained(out)
+    return out
+
+
+def build_official_sam(out: Path) -> Path:
+    """Tiny official-architecture SAM (variant ``tiny``) as a safetensors checkpoint."""
+    from safetensors.torch import save_file
+
+    from .agents.sam import build_tiny_official_sam
+
+    torch.manual_seed(SEED)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sam_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in build_tiny_official_sam().state_dict().items()}, path)
+    return path
+
+
+def tiny_params(models: dict[str, Path]) -> dict[str, dict]:
+    """Per built-in recipe, the params that point it at the tiny models (small and fast)."""
+    return {
+        "detect": {"mllm": str(models["llava"]), "sam": str(models["sam_hf"]),
+                   "sam_backend": "hf", "questions": 2, "tiles": "2x2", "rounds": 3,
+                   "max_new_tokens": 12, "device": "cpu"},
+        "ask": {"mllm": str(models["llava"]), "grounding": str(models["grounding_dino"]),
+                "max_new_tokens": 12, "device": "cpu"},
+        "ground": {"grounding": str(models["grounding_dino"]), "device": "cpu"},
+        "ocr": {},
+    }
+
+
+def build_all(out: str | Path) -> list[Path]:
+    """Every tiny model under ``out`` plus ``out/<recipe>.yaml`` for each built-in recipe."""
+    import yaml
+
+    from .agents.grounding import build_tiny_grounding_dino
+    from .agents.names import build_tiny_clip_text
+    from .pipeline import recipe_names, resolve_pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = {
+        "llava": build_llava(out / "llava"),
+        "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
+        "sam_hf": build_hf_sam(out / "sam_hf"),
+        "sam_official": build_official_sam(out / "sam_official"),
+        "grounding_dino": build_tiny_grounding_dino(out / "grounding_dino"),
+        "clip_text": build_tiny_clip_text(out / "clip_text"),
+    }
+    written = list(models.values())
+    for recipe, params in tiny_params(models).items():
+        if recipe not in recipe_names():
+            continue
+        spec = yaml.safe_load(resolve_pipeline(recipe).read_text())
+        spec["description"] = "Tiny random-weight models: meaningless results. " + spec.get(
+            "description", "")
+        spec["params"] = {**spec.get("params", {}), **params}
+        path = out / f"{recipe}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+        written.append(path)
+    return written
