@@ -63,15 +63,29 @@ def run(
     max_failures: Annotated[Optional[int], typer.Option(help="Stop after this many failed images.")] = None,
     clip: Annotated[Optional[str], typer.Option(help="CLIP model for mapping names to dataset categories.")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Write a Chrome trace of node timings.")] = None,
+    # --- Ray engine (vlpipe/ray_runner.py) ---
+    engine: Annotated[str, typer.Option(help="local, or ray: a pool of Ray actors (pip install 'vlpipe[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (auto, host:6379, ray://host:10001); default: start a local Ray.")] = None,
+    workers: Annotated[int, typer.Option(help="Ray engine: pipeline actors.")] = 2,
+    num_gpus_per_worker: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (1 = one GPU each).")] = 0,
 ):
     """Run PIPELINE on INPUT: one image prints its result; a folder or annotation file (or --out)
     writes OUT/predictions.jsonl and, with image ids, OUT/results.json."""
     params = _params(sets, {"questions": questions, "tiles": tiles, "rounds": rounds,
                             "mllm": mllm, "sam": sam, "device": device})
+    if engine not in ("local", "ray"):
+        _fail(f"--engine is local or ray, not {engine!r}")
     pipe = _load_pipeline(pipeline, params)
     source = Path(input)
     if out is None and source.is_file() and source.suffix.lower() != ".json":
         _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
+    elif engine == "ray":  # --- Ray engine (vlpipe/ray_runner.py) ---
+        from .ray_runner import cli_run
+
+        cli_run(pipeline, params, source, images, out or Path("vlpipe-out"), address=address,
+                workers=workers, num_gpus_per_worker=num_gpus_per_worker, batch_size=batch_size,
+                max_failures=max_failures, save_vis=save_vis, save_attention=save_attention,
+                clip=clip)
     else:
         _run_many(pipe, source, images, out or Path("vlpipe-out"), batch_size, max_failures,
                   save_vis, save_attention, clip)
@@ -82,7 +96,7 @@ def run(
 def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
              save_attention: bool) -> None:
     from .io import ImageLoadError, load_image
-    from .results import annotate, image_record, jsonable
+    from .results import annotate, detections_to_json, image_record, jsonable
     from .runner import save_attention as write_attention
     from .runner import save_image
 
@@ -104,14 +118,22 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
         save_image(path.with_name(path.stem + "_vis.jpg"), annotate(image, dets))
     if outputs.get("maps") and save_attention:
         write_attention(path.parent / f"{path.stem}_attention", path.name, image, outputs["maps"])
-    if "answer" in outputs and not json_out:
+    if json_out:
+        payload = {k: jsonable(v) for k, v in outputs.items()}
+        payload["skipped"] = result.skipped
+        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+    elif "answer" in outputs:
         typer.echo(outputs["answer"])
-    elif "detections" in outputs and set(outputs) <= {"detections", "maps"}:
+    elif "lines" in outputs:
+        for line in outputs["lines"]:
+            typer.echo(line.text)
+    elif "detections" in outputs and "maps" in outputs:  # detect: the documented JSON line
         typer.echo(json.dumps(image_record(str(path), None, image.shape[:2], dets),
                               ensure_ascii=False))
     else:
-        typer.echo(json.dumps({k: jsonable(v) for k, v in outputs.items()}, ensure_ascii=False,
-                              indent=None if not json_out else 2))
+        for det in detections_to_json(dets):
+            box = [round(v, 1) for v in det["bbox"]]
+            typer.echo(f"{det['name']}\t{det['score']:.3f}\tbbox xywh {box}")
 
 
 def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: int,
@@ -143,14 +165,18 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: in
             bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
         try:
-            summary = runner.run(entries, progress=advance)
+            summary, stopped = runner.run(entries, progress=advance), None
         except MaxFailures as exc:
-            _fail(str(exc))
+            summary, stopped = exc.summary, exc
     typer.echo(f"done {summary.done}, skipped {summary.skipped} (already in {out / PREDICTIONS}), "
                f"failed {summary.failed}, {summary.seconds:.1f} s "
                f"({summary.images_per_second:.2f} img/s)", err=True)
     for line in summary.errors[:20]:
         typer.echo(f"  failed: {line}", err=True)
+    if len(summary.errors) > 20:
+        typer.echo(f"  ... and {len(summary.errors) - 20} more (see {out / PREDICTIONS})", err=True)
+    if stopped is not None:
+        _fail(str(stopped))
     if gt is not None:
         path = write_results(out, gt, clip)
         typer.echo(f"wrote {path}", err=True)
@@ -187,6 +213,46 @@ def models_tiny(out: Annotated[Path, typer.Argument(help="Folder to write the mo
                 fg="yellow", err=True)
 
 
+@app.command()
+def calibrate(
+    labelled: Annotated[Path, typer.Argument(help='JSONL: {"image": path, "question": str, "label": none|objects|text|both} per line.')],
+    out: Annotated[Path, typer.Option(help="Where to write the calibrator JSON.")] = Path("calibrator.json"),
+    pipeline: Annotated[str, typer.Option(help="Pipeline whose need_tool node gives the features.")] = "ask",
+    sets: Annotated[list[str], typer.Option("--set", "-s", help="key=value")] = [],
+):
+    """Fit the need-tool calibrator (logistic model on the MLLM's option probabilities, OCR text
+    area and question cues) on labelled questions; use it with --set policy=calibrated
+    --set calibrator=FILE."""
+    import numpy as np
+
+    from .agents.need_tool import Calibrator, NeedToolNode
+    from .io import ImageLoadError, load_image
+
+    pipe = _load_pipeline(pipeline, _params(sets, {}))
+    nodes = [n for n in pipe.graph.nodes.values() if isinstance(n, NeedToolNode)]
+    if not nodes:
+        _fail(f"pipeline {pipe.name!r} has no need_tool node")
+    node = nodes[0]
+    X, labels = [], []
+    for k, line in enumerate(labelled.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+            image = load_image(labelled.parent / ex["image"])
+            X.append(node.features(image, ex["question"]))
+            labels.append(ex["label"])
+        except (json.JSONDecodeError, KeyError, ImageLoadError) as exc:
+            _fail(f"{labelled}:{k}: {type(exc).__name__}: {exc}")
+    try:
+        calibrator = Calibrator.fit(np.stack(X), labels)
+    except ValueError as exc:
+        _fail(f"{labelled}: {exc}")
+    calibrator.save(out)
+    agree = np.mean([calibrator.decide(x) == y for x, y in zip(X, labels)])
+    typer.echo(f"wrote {out}: {len(labels)} examples, training agreement {agree:.2f}")
+
+
 @app.command("eval")
 def eval_cmd(
     out: Annotated[Path, typer.Argument(help="A run's output folder (with results.json) or a results .json file.")],
@@ -201,7 +267,13 @@ def eval_cmd(
     if not path.is_file():
         _fail(f"no results file '{path}' (run `vlpipe run detect ANNOTATIONS.json --out DIR` first)")
     try:
-        metrics = evaluate(gt, json.loads(path.read_text()))
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(f"cannot read results file '{path}': {exc}")
+    if not isinstance(results, list):
+        _fail(f"'{path}' is not a COCO results file (a JSON list of detections)")
+    try:
+        metrics = evaluate(gt, results)
     except ValueError as exc:
         _fail(str(exc))
     if json_out:

@@ -49,9 +49,9 @@ def list_inputs(source: str | Path, images_root: str | Path | None = None) -> tu
         root = Path(images_root) if images_root is not None else source.parent
         entries = []
         for img in gt["images"]:
-            name = img.get("file_name") or Path(img.get("coco_url", "")).name
+            name = img.get("file_name") or _from_url(root, img.get("coco_url", ""))
             if not name:
-                raise ValueError(f"{source}: image {img.get('id')} has no file_name")
+                raise ValueError(f"{source}: image {img.get('id')} has no file_name or coco_url")
             entries.append(Entry(name, _inside(root, name, source), int(img["id"])))
         return entries, gt
     if not source.exists():
@@ -60,6 +60,16 @@ def list_inputs(source: str | Path, images_root: str | Path | None = None) -> tu
         raise ValueError(f"'{source}' is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "a folder, or a COCO/LVIS .json annotation file")
     return [Entry(str(source), source)], None
+
+
+def _from_url(root: Path, url: str) -> str:
+    """The file of an image known by its ``coco_url`` only (LVIS): ``split/name`` (e.g.
+    ``val2017/000000000139.jpg``; LVIS val mixes COCO's train and val images) when that exists
+    under ``root``, else the bare name."""
+    parts = [p for p in url.split("/") if p][-2:]
+    if len(parts) == 2 and (root / parts[0] / parts[1]).is_file():
+        return "/".join(parts)
+    return parts[-1] if parts else ""
 
 
 def _inside(root: Path, name: str, source: Path) -> Path:
@@ -96,7 +106,11 @@ class Summary:
 
 
 class MaxFailures(RuntimeError):
-    pass
+    """Raised by :meth:`BatchRunner.run` past ``max_failures``; ``summary`` is the run so far."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class BatchRunner:
@@ -139,7 +153,7 @@ class BatchRunner:
                 if self.max_failures is not None and summary.failed > self.max_failures:
                     summary.seconds = time.perf_counter() - start
                     raise MaxFailures(f"stopped after {summary.failed} failures "
-                                      f"(--max-failures {self.max_failures})")
+                                      f"(--max-failures {self.max_failures})", summary)
         summary.seconds = time.perf_counter() - start
         return summary
 

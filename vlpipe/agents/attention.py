@@ -85,7 +85,8 @@ class AttentionFlow:
 
     @property
     def result(self) -> Tensor:
-        """(N, N) float32 flow R_L after the last layer seen."""
+        """(N, N) float32 flow R_L after the last layer seen (the live buffer: later updates
+        change it in place; clone it to keep a snapshot)."""
         if self._flow is None:
             raise RuntimeError("AttentionFlow.result: no layer has been given to update()")
         return self._flow

@@ -15,6 +15,8 @@ import numpy as np
 import supervision as sv
 import torch
 
+from .hub import from_pretrained, resolve_dtype
+
 __all__ = [
     "GroundingDinoBackend",
     "build_tiny_grounding_dino",
@@ -25,36 +27,15 @@ __all__ = [
 _BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
 
 
-def _resolve_dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
-    return getattr(torch, aliases.get(name, name))
-
-
-def load_grounding_dino(
-    model: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: Any = None,
-    local_files_only: bool | None = None,
-) -> tuple[Any, Any]:
-    """Load ``(processor, model)`` for a Grounding DINO checkpoint (local dir or hub id).
-
-    The model is put in eval mode on ``device``; ``dtype`` may be a torch dtype or its name.
-    """
+def load_grounding_dino(model: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+    """Load ``(processor, model)`` for a Grounding DINO checkpoint (local dir or hub id), in eval
+    mode on ``device``; ``dtype`` is a torch dtype, its name, or "auto"."""
     from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-    kwargs: dict[str, Any] = {}
-    if local_files_only is not None:
-        kwargs["local_files_only"] = local_files_only
-    processor = AutoProcessor.from_pretrained(str(model), **kwargs)
-    torch_dtype = _resolve_dtype(dtype)
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
-    net = GroundingDinoForObjectDetection.from_pretrained(str(model), **kwargs)
-    net.to(device).eval()
-    return processor, net
+    processor = from_pretrained(AutoProcessor, str(model), "Grounding DINO")
+    net = from_pretrained(GroundingDinoForObjectDetection, str(model), "Grounding DINO",
+                          dtype=resolve_dtype(dtype, str(device)))
+    return processor, net.to(device).eval()
 
 
 @dataclass
@@ -78,7 +59,6 @@ class GroundingDinoBackend:
         text_threshold: token probability threshold used by the processor's text labels.
         max_text_len: upper bound on prompt token length (the model's own limit also applies).
         batch_size: prompts per forward pass; ``None`` puts all prompts in one pass.
-        local_files_only: forwarded to ``from_pretrained``.
     """
 
     def __init__(
@@ -89,10 +69,9 @@ class GroundingDinoBackend:
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
         max_text_len: int = 256,
-        local_files_only: bool | None = None,
         batch_size: int | None = None,
     ):
-        processor, net = load_grounding_dino(model, device, dtype, local_files_only)
+        processor, net = load_grounding_dino(model, device, dtype)
         self._setup(processor, net, box_threshold, text_threshold, max_text_len, batch_size)
 
     @classmethod

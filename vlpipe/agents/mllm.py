@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from ..pipeline import Node
-from ..prompts import load_questions
+from ..prompts import load_prompt, load_questions
+from ..results import detections_to_json
 from .attention import AttentionFlow, object_map
 from .hub import from_pretrained, resolve_device, resolve_dtype
 from .names import parse_object_names
+from .ocr import format_lines
 from .views import ObjectMap, View
 
 # -- image-token layouts, one per family -------------------------------------------------------
@@ -110,16 +112,17 @@ class Mllm:
         return self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                   add_generation_prompt=True)
 
-    def encode(self, images: list[np.ndarray], prompts: list[str]) -> dict:
-        """Processor call: one prompt per entry; ``images`` holds each prompt's images in order."""
+    def encode(self, images: list, prompts: list[str]) -> dict:
+        """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images."""
         self.tokenizer.padding_side = "left"
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
         return inputs.to(self.device)
 
     @torch.inference_mode()
-    def generate(self, images: list[np.ndarray], prompts: list[str],
+    def generate(self, images: list, prompts: list[str],
                  max_new_tokens: int | None = None) -> list[Generation]:
-        """Batched generation: ``prompts[i]`` (a chat prompt with one image) about ``images[i]``."""
+        """Batched generation: ``prompts[i]`` about ``images[i]`` (an image, or a list of images
+        when the prompt has several)."""
         inputs = self.encode(images, prompts)
         kw = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         out = self.model.generate(**inputs, **kw)
@@ -286,4 +289,64 @@ class AttentionMapNode(_MllmNode):
                     m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
                     maps.append(ObjectMap(name, obj.view, obj.question, m, region))
             out.append({"maps": maps})
+        return out
+
+
+class PhrasesNode(_MllmNode):
+    """image + question -> phrases: the objects the MLLM says it must locate to answer."""
+
+    inputs = {"image": "image", "question": "text"}
+    outputs = {"phrases": "phrases"}
+
+    def __init__(self, name: str, *, max_new_tokens: int = 48, **kw) -> None:
+        super().__init__(name, **kw)
+        self.max_new_tokens = int(max_new_tokens)
+
+    def run(self, batch):
+        mllm = self.mllm
+        template = load_prompt("ground_phrases")
+        gens = mllm.generate([item["image"] for item in batch],
+                             [mllm.prompt(template.format(question=item["question"]))
+                              for item in batch], self.max_new_tokens)
+        return [{"phrases": [n.name for n in parse_object_names(g.text)]} for g in gens]
+
+
+class AnswerNode(_MllmNode):
+    """image + question [+ crops of grounded objects, OCR lines, decision] -> answer, evidence.
+
+    The MLLM sees the global image, then up to ``max_crops`` crops as extra images, and the OCR
+    lines with their pixel boxes as text (P²G's final call)."""
+
+    inputs = {"image": "image", "question": "text", "crops": "crops", "lines": "text_lines",
+              "detections": "detections"}
+    outputs = {"answer": "text", "evidence": "evidence"}
+    optional = frozenset({"crops", "lines", "detections"})
+
+    def __init__(self, name: str, *, max_crops: int = 4, max_new_tokens: int = 128, **kw) -> None:
+        super().__init__(name, **kw)
+        self.max_crops, self.max_new_tokens = int(max_crops), int(max_new_tokens)
+
+    def prompt_for(self, item) -> tuple[list[np.ndarray], str]:
+        crops = (item["crops"] or [])[: self.max_crops]
+        lines = item["lines"] or []
+        evidence = ""
+        if lines:
+            evidence = ("Text read in the image (OCR), with pixel boxes [x0, y0, x1, y1]:\n"
+                        + format_lines(lines, item["image"].shape[:2]) + "\n")
+        hint = f" and the {len(crops)} zoomed-in crops after it" if crops else ""
+        text = load_prompt("answer").format(evidence=evidence, question=item["question"],
+                                            crops_hint=hint)
+        return [item["image"], *crops], self.mllm.prompt(text, n_images=1 + len(crops))
+
+    def run(self, batch):
+        prompts = [self.prompt_for(item) for item in batch]
+        gens = self.mllm.generate([images for images, _ in prompts], [p for _, p in prompts],
+                                  self.max_new_tokens)
+        out = []
+        for item, gen in zip(batch, gens):
+            dets = item["detections"]
+            evidence = {"crops": len((item["crops"] or [])[: self.max_crops]),
+                        "lines": [line.to_json() for line in item["lines"] or []],
+                        "boxes": [] if dets is None else detections_to_json(dets)}
+            out.append({"answer": gen.text.strip(), "evidence": evidence})
         return out

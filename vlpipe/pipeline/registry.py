@@ -19,6 +19,7 @@ _TYPES: dict[str, str | type[Node]] = {
     "mllm_objects": "vlpipe.agents.mllm:ObjectListNode",
     "attention_maps": "vlpipe.agents.mllm:AttentionMapNode",
     "mllm_answer": "vlpipe.agents.mllm:AnswerNode",
+    "mllm_phrases": "vlpipe.agents.mllm:PhrasesNode",
     "need_tool": "vlpipe.agents.need_tool:NeedToolNode",
     "sam": "vlpipe.agents.sam:SamNode",
     "merge": "vlpipe.agents.tiles_node:MergeNode",

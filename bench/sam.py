@@ -1,0 +1,108 @@
+"""SAM decoder: K objects in one batched ``predict`` call vs one call per object.
+
+    python bench/sam.py [--image PATH] [--objects 1 10 50] [--repeats 3] [--device cpu]
+    python bench/sam.py --hf-model PATH_TO_LOCAL_SAM      # time a real transformers SAM instead
+
+By default both backends are built with random weights by :mod:`vlpipe.tiny` (256 px input,
+16x16 embedding) into a temp dir and loaded by the same code users take
+(:func:`~vlpipe.agents.sam.load_hf_sam`, :func:`~vlpipe.agents.sam.load_official_sam`). Each
+object's prompt is one positive and one negative point (SamNode's default). ``set_image`` (the
+image encoder, once per image) is timed on its own; the decoder columns are the time for all K
+objects of one image, including mask post-processing to full image size. Median of
+``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlpipe.agents.sam import SamBackend, load_hf_sam, load_official_sam
+from vlpipe.io import load_image
+
+IMAGE = Path(__file__).resolve().parents[2] / "shared/data/images/truck.jpg"
+
+
+def test_image(path: Path) -> tuple[str, np.ndarray]:
+    if path.is_file():
+        return path.name, load_image(path)
+    rng = np.random.default_rng(0)
+    return "generated 1200x1800", rng.integers(0, 256, (1200, 1800, 3), dtype=np.uint8)
+
+
+def prompts(k: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2, 2) random (x, y) points, labels (K, 2) = [1, 0]."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform([0, 0], [w, h], (k, 2, 2)).astype(np.float32)
+    return points, np.tile(np.array([1, 0], np.int64), (k, 1))
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of ``fn()`` (synchronising CUDA around each call)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(name: str, sam: SamBackend, image: np.ndarray, objects: list[int], repeats: int,
+          device: str) -> None:
+    h, w = image.shape[:2]
+    encode = timed(lambda: sam.set_image(image), repeats, device)
+    for k in objects:
+        points, labels = prompts(k, h, w)
+        batched = timed(lambda: sam.predict(points, labels, None), repeats, device)
+        one_by_one = timed(lambda: [sam.predict(points[i:i + 1], labels[i:i + 1], None)
+                                    for i in range(k)], repeats, device)
+        print(f"{name:14s} {k:4d} {encode * 1e3:12.1f} {batched * 1e3:12.1f} "
+              f"{one_by_one * 1e3:12.1f} {one_by_one / batched:7.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", type=Path, default=IMAGE)
+    ap.add_argument("--objects", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hf-model", help="a local transformers SAM (e.g. a facebook/sam-vit-base "
+                                       "snapshot): time it instead of the tiny models")
+    args = ap.parse_args()
+
+    image_name, image = test_image(args.image)
+    print(f"image: {image_name} {image.shape[1]}x{image.shape[0]}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(f"{'backend':14s} {'K':>4s} {'set_image ms':>12s} {'batched ms':>12s} "
+          f"{'1-by-1 ms':>12s} {'ratio':>7s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.hf_model:
+            backends = {"hf (local)": lambda: load_hf_sam(args.hf_model, args.device)}
+        else:
+            from transformers.utils import logging as hf_logging
+
+            from vlpipe.tiny import build_hf_sam, build_official_sam
+
+            hf_logging.disable_progress_bar()
+
+            hf_dir = build_hf_sam(Path(tmp) / "sam_hf")
+            ckpt = build_official_sam(Path(tmp) / "sam_official")
+            backends = {"hf tiny": lambda: load_hf_sam(str(hf_dir), args.device),
+                        "official tiny": lambda: load_official_sam(str(ckpt), "tiny", args.device)}
+        for name, load in backends.items():
+            bench(name, load(), image, args.objects, args.repeats, args.device)
+    print("ratio = one predict call per object / one batched call for all K (decoder only)")
+
+
+if __name__ == "__main__":
+    main()

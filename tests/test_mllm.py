@@ -1,0 +1,122 @@
+"""The MLLM agent on tiny LLaVA and Qwen2-VL: generation, token spans, streamed attention maps."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlpipe.agents.attention import attention_flow, object_map
+from vlpipe.agents.mllm import Mllm, _center_crop_region, token_spans
+from vlpipe.agents.tiles_node import TilesNode
+from vlpipe.io import load_image
+from vlpipe.pipeline import ModelPool, Pipeline
+
+FAMILIES = ["llava", "qwen2_vl"]
+
+
+@pytest.fixture(scope="module")
+def image(shared_images):
+    return load_image(shared_images / "dog.jpg")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def mllm(request, tiny_models):
+    return request.param, Mllm.load(str(tiny_models / request.param), "cpu", "float32")
+
+
+def test_generation_is_batched_and_names_map_to_their_tokens(mllm, image):
+    family, m = mllm
+    prompt = m.prompt("List every object in this image, separated by commas.")
+    gens = m.generate([image, image[:100, :200]], [prompt, prompt], max_new_tokens=8)
+    assert len(gens) == 2
+    for gen in gens:
+        assert gen.text and len(gen.answer_ids) <= 8
+        # each word of the answer maps back to exactly the token that spelled it
+        words = gen.text.replace(",", " ,").split()
+        starts = [gen.text.index(w) for w in words[:1]]
+        spans = token_spans(gen.answer_ids, m.tokenizer, [(starts[0], starts[0] + len(words[0]))])
+        assert m.tokenizer.decode(gen.answer_ids[spans[0]]) == words[0]
+
+
+def test_streamed_flow_equals_flow_over_eager_attentions(mllm, image):
+    """The hook-based, layer-by-layer flow must equal attention_flow over the full stack of
+    attentions that transformers returns with output_attentions=True (eager)."""
+    family, m = mllm
+    prompt = m.prompt("List every object in this image, separated by commas.")
+    gen = m.generate([image], [prompt], max_new_tokens=6)[0]
+    R, positions, grid, region, prompt_len = m.flow(image, prompt, gen.answer_ids)
+    n = prompt_len + len(gen.answer_ids)
+    assert R.shape == (n, n) and R.dtype == torch.float32
+    assert len(positions) == grid[0] * grid[1]
+    # reference: one eager forward returning every layer's attention
+    inputs = m.encode([image], [prompt])
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], gen.answer_ids[None]], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        pad = torch.zeros_like(gen.answer_ids[None])
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], 1)
+    m.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = m.model(**inputs, output_attentions=True)
+    finally:
+        m.model.set_attn_implementation("sdpa")
+    text_layers = m.model.config.text_config.num_hidden_layers
+    attns = [a[0] for a in out.attentions]
+    assert len(attns) == text_layers
+    assert all(a.shape[-1] == n for a in attns)
+    torch.testing.assert_close(R, attention_flow(attns), rtol=1e-5, atol=1e-5)
+    # generation afterwards still uses the fast implementation
+    assert m.model.config._attn_implementation == "sdpa"
+
+
+def test_image_token_layout_per_family(mllm, image):
+    family, m = mllm
+    h, w = image.shape[:2]  # 534 x 800
+    prompt = m.prompt("List every object.")
+    _, positions, grid, region, _ = m.flow(image, prompt, torch.tensor([], dtype=torch.long))
+    if family == "llava":
+        # CLIP: shortest edge to 64, centre crop 64x64, patch 8 -> 8x8; the crop covers the
+        # central 534x534 square of the image
+        assert grid == (8, 8)
+        assert region == pytest.approx(((800 - 534) / 2, 0, (800 + 534) / 2, 534), abs=1.0)
+    else:
+        # Qwen2-VL: whole image, resized within 96x96 px to multiples of 16 -> 64x112 px,
+        # patches 8x14, merged 2x2 -> 4x7
+        assert grid == (4, 7)
+        assert region == (0.0, 0.0, float(w), float(h))
+    # the image tokens are one contiguous run
+    assert (positions[1:] - positions[:-1] == 1).all()
+
+
+def test_center_crop_region_by_hand():
+    # 600x400 (h x w), crop 200: scale 0.5 -> 300x200, top offset 50 px resized = 100 px original
+    assert _center_crop_region((600, 400), 200) == (0.0, 100.0, 400.0, 500.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_map_per_parsed_object_end_to_end(tiny_models, image, family):
+    pipe = Pipeline.load(tiny_models / "detect.yaml", mllm=str(tiny_models / family),
+                         tiles="1x1", questions=2)
+    graph_nodes = pipe.graph.nodes
+    views = TilesNode("v", tiles="1x1").run([{"image": image}])[0]["views"]
+    objects = graph_nodes["objects"]
+    objects.pool = graph_nodes["maps"].pool = ModelPool()
+    lists = objects.run([{"views": views}])[0]["objects"]
+    maps = graph_nodes["maps"].run([{"views": views, "objects": lists}])[0]["maps"]
+    names = [name for obj in lists for name, _ in obj.names]
+    assert names and [m.name for m in maps] == names
+    grid = (8, 8) if family == "llava" else (4, 7)
+    assert all(tuple(m.map.shape) == grid and torch.isfinite(m.map).all() for m in maps)
+    # the model was loaded once and shared by both MLLM nodes
+    assert objects.pool.loads == 1
+
+
+def test_object_map_matches_manual_read_out(mllm, image):
+    family, m = mllm
+    prompt = m.prompt("List every object.")
+    gen = m.generate([image], [prompt], max_new_tokens=4)[0]
+    R, positions, grid, _, prompt_len = m.flow(image, prompt, gen.answer_ids)
+    rows = [prompt_len, prompt_len + 1][: len(gen.answer_ids)]
+    manual = R[rows][:, positions].mean(0).reshape(grid)
+    torch.testing.assert_close(object_map(R, rows, positions, grid), manual)
+    assert np.isfinite(manual.numpy()).all()

@@ -1,0 +1,137 @@
+"""SAM backends and the refinement loop, on tiny models of both backends."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlpipe.agents.sam import SamNode, load_hf_sam, load_official_sam, mask_to_grid
+from vlpipe.agents.tiles import Tile
+from vlpipe.agents.views import ObjectMap, View
+from vlpipe.io import load_image
+from vlpipe.pipeline import ModelPool
+
+
+@pytest.fixture(scope="module")
+def image(shared_images):
+    return load_image(shared_images / "truck.jpg")[::4, ::4].copy()  # 300 x 450
+
+
+def backends(tiny_models):
+    return {"hf": lambda: load_hf_sam(str(tiny_models / "sam_hf"), "cpu"),
+            "official": lambda: load_official_sam(
+                str(tiny_models / "sam_official" / "sam_tiny.safetensors"), "tiny", "cpu")}
+
+
+@pytest.fixture(scope="module", params=["hf", "official"])
+def sam(request, tiny_models):
+    return backends(tiny_models)[request.param]()
+
+
+def test_masks_have_the_image_size_and_low_res_logits_feed_back(sam, image):
+    h, w = image.shape[:2]
+    sam.set_image(image)
+    points = np.array([[[50, 40], [300, 200]], [[200, 100], [0, 0]]], np.float32)
+    labels = np.array([[1, 0], [1, -1]])
+    masks, iou, low = sam.predict(points, labels, None)
+    assert masks.shape == (2, h, w) and masks.dtype == bool
+    assert iou.shape == (2,) and low.shape == (2, 1, 64, 64)
+    masks2, _, _ = sam.predict(points, labels, low)
+    assert masks2.shape == (2, h, w)
+
+
+def test_one_batched_call_equals_one_call_per_object(sam, image):
+    sam.set_image(image)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 300, (5, 2, 2)).astype(np.float32)
+    labels = np.tile([1, 0], (5, 1))
+    masks, iou, low = sam.predict(points, labels, None)
+    for k in range(5):
+        m1, i1, l1 = sam.predict(points[k:k + 1], labels[k:k + 1], None)
+        assert (m1[0] == masks[k]).mean() > 0.999
+        np.testing.assert_allclose(i1[0], iou[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(l1[0], low[k], rtol=1e-3, atol=1e-3)
+
+
+def planted_maps(n: int, grid=(6, 9)) -> list[ObjectMap]:
+    """n maps, each peaking on a different grid cell."""
+    maps = []
+    for k in range(n):
+        m = torch.rand(grid, generator=torch.Generator().manual_seed(k)) * 0.1
+        m[k % grid[0], (2 * k) % grid[1]] = 1.0
+        maps.append(ObjectMap(f"obj{k}", 0, 0, m, (0.0, 0.0, 450.0, 300.0)))
+    return maps
+
+
+class Recorder:
+    """Wraps a backend, recording every predict call's mask prompt and returned logits."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def set_image(self, image):
+        self.inner.set_image(image)
+
+    def predict(self, points, labels, mask_logits):
+        out = self.inner.predict(points, labels, mask_logits)
+        self.calls.append((points, mask_logits, out[2]))
+        return out
+
+
+@pytest.mark.parametrize("n_objects", [1, 7])
+@pytest.mark.parametrize("backend", ["hf", "official"])
+def test_decoder_calls_equal_rounds_and_each_round_gets_the_last_logits(
+        tiny_models, image, backend, n_objects):
+    node = SamNode("sam", model="unused", backend=backend, rounds=3, device="cpu")
+    recorder = Recorder(backends(tiny_models)[backend]())
+    view = View(image, Tile(0, 0, image.shape[1], image.shape[0]), image.shape[:2])
+    dets = node.segment_view(recorder, view, planted_maps(n_objects))
+    assert len(recorder.calls) == 3  # one decoder call per round, whatever the object count
+    assert all(len(points) == n_objects for points, _, _ in recorder.calls)
+    assert recorder.calls[0][1] is None
+    assert recorder.calls[1][1] is recorder.calls[0][2]  # round 2 gets round 1's logits
+    assert recorder.calls[2][1] is recorder.calls[1][2]
+    # round 2 reuses round 1's points; round 3 resamples inside round 2's masks
+    np.testing.assert_array_equal(recorder.calls[0][0], recorder.calls[1][0])
+    assert set(dets.data["round"]) <= {0, 1, 2}
+    assert len(dets) <= 3 * n_objects
+    h, w = image.shape[:2]
+    assert dets.mask.shape[1:] == (h, w)
+    assert (dets.xyxy[:, [0, 2]] <= w).all() and (dets.xyxy[:, [1, 3]] <= h).all()
+
+
+def test_first_points_sit_on_the_attention_peaks(tiny_models, image):
+    node = SamNode("sam", model="unused", backend="hf", rounds=1, device="cpu")
+    recorder = Recorder(backends(tiny_models)["hf"]())
+    view = View(image, Tile(0, 0, 450, 300), (300, 450))
+    node.segment_view(recorder, view, planted_maps(3))
+    points = recorder.calls[0][0]
+    # map cell (r, c) of a 6x9 grid over 450x300 px is the 50x50 px patch at (50c, 50r)
+    for k in range(3):
+        r, c = k % 6, (2 * k) % 9
+        np.testing.assert_allclose(points[k, 0], [50 * c + 25, 50 * r + 25])
+
+
+def test_sam_node_loads_through_the_pool_once(tiny_models, image):
+    pool = ModelPool()
+    nodes = [SamNode(f"s{k}", model=str(tiny_models / "sam_hf"), backend="hf", device="cpu")
+             for k in range(2)]
+    for node in nodes:
+        node.pool = pool
+    assert nodes[0].sam is nodes[1].sam and pool.loads == 1
+
+
+def test_mask_to_grid_by_hand():
+    mask = np.zeros((40, 60), bool)
+    mask[0:20, 30:60] = True  # the top-right quarter
+    np.testing.assert_array_equal(mask_to_grid(mask, (0, 0, 60, 40), (2, 2)),
+                                  [[False, True], [False, False]])
+    # region = the right half only: a 2x2 grid over it has its top row covered
+    np.testing.assert_array_equal(mask_to_grid(mask, (30, 0, 60, 40), (2, 2)),
+                                  [[True, True], [False, False]])
+
+
+def test_bad_backend_and_rounds_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown SAM backend 'sam9'"):
+        SamNode("s", model="m", backend="sam9")
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        SamNode("s", model="m", rounds=0)
