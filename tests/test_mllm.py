@@ -10,7 +10,8 @@ from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
 
-FAMILIES = ["llava", "qwen2_vl"]
+FAMILIES = ["llava", "llava_next", "qwen2_vl"]
+GRIDS = {"llava": (8, 8), "llava_next": (6, 8), "qwen2_vl": (4, 7)}  # for dog.jpg, 534 x 800
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +75,27 @@ def test_image_token_layout_per_family(mllm, image):
     h, w = image.shape[:2]  # 534 x 800
     prompt = m.prompt("List every object.")
     _, positions, grid, region, _ = m.flow(image, prompt, torch.tensor([], dtype=torch.long))
+    all_image = (m.encode([image], [prompt])["input_ids"][0] == m.image_token_id).nonzero()[:, 0]
+    steps = (positions[1:] - positions[:-1]).tolist()
+    assert grid == GRIDS[family]
     if family == "llava":
         # CLIP: shortest edge to 64, centre crop 64x64, patch 8 -> 8x8; the crop covers the
         # central 534x534 square of the image
-        assert grid == (8, 8)
         assert region == pytest.approx(((800 - 534) / 2, 0, (800 + 534) / 2, 534), abs=1.0)
+        assert positions.tolist() == all_image.tolist() and set(steps) == {1}
+    elif family == "llava_next":
+        # base view 32 px -> 4x4 = 16 tokens; then tiles of 32 px on the 64x64 pinpoint (2x2
+        # tiles -> 8x8 patches), unpadded to the 534:800 aspect -> 6 rows of 8, each row closed
+        # by a newline token: 16 + 6 * 9 = 70 image tokens, the map skips base and newlines
+        assert len(all_image) == 16 + 6 * 9
+        assert region == (0.0, 0.0, float(w), float(h))
+        assert positions[0] == all_image[16]
+        assert steps == ([1] * 7 + [2]) * 5 + [1] * 7
     else:
         # Qwen2-VL: whole image, resized within 96x96 px to multiples of 16 -> 64x112 px,
         # patches 8x14, merged 2x2 -> 4x7
-        assert grid == (4, 7)
         assert region == (0.0, 0.0, float(w), float(h))
-    # the image tokens are one contiguous run
-    assert (positions[1:] - positions[:-1] == 1).all()
+        assert positions.tolist() == all_image.tolist() and set(steps) == {1}
 
 
 def test_center_crop_region_by_hand():
@@ -105,7 +115,7 @@ def test_one_map_per_parsed_object_end_to_end(tiny_models, image, family):
     maps = graph_nodes["maps"].run([{"views": views, "objects": lists}])[0]["maps"]
     names = [name for obj in lists for name, _ in obj.names]
     assert names and [m.name for m in maps] == names
-    grid = (8, 8) if family == "llava" else (4, 7)
+    grid = GRIDS[family]
     assert all(tuple(m.map.shape) == grid and torch.isfinite(m.map).all() for m in maps)
     # the model was loaded once and shared by both MLLM nodes
     assert objects.pool.loads == 1

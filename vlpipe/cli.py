@@ -56,6 +56,7 @@ def run(
     mllm: Annotated[Optional[str], typer.Option(help="MLLM: Hugging Face id or local folder.")] = None,
     sam: Annotated[Optional[str], typer.Option(help="SAM: Hugging Face id, folder or checkpoint.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow model code from the hub (off by default).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the structured result.")] = False,
     save_vis: Annotated[bool, typer.Option(help="Write annotated images.")] = False,
     save_attention: Annotated[bool, typer.Option(help="Write attention heat-map overlays.")] = False,
@@ -72,7 +73,8 @@ def run(
     """Run PIPELINE on INPUT: one image prints its result; a folder or annotation file (or --out)
     writes OUT/predictions.jsonl and, with image ids, OUT/results.json."""
     params = _params(sets, {"questions": questions, "tiles": tiles, "rounds": rounds,
-                            "mllm": mllm, "sam": sam, "device": device})
+                            "mllm": mllm, "sam": sam, "device": device,
+                            "trust_remote_code": trust_remote_code or None})
     if engine not in ("local", "ray"):
         _fail(f"--engine is local or ray, not {engine!r}")
     pipe = _load_pipeline(pipeline, params)

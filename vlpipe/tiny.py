@@ -99,6 +99,36 @@ def build_llava(out: Path, image_size: int = 64) -> Path:
     return _finish_lm(model, tok, out)
 
 
+def build_llava_next(out: Path, image_size: int = 32) -> Path:
+    """Tiny LLaVA-NeXT: any-resolution tiles of 32 px (patch 8 -> 4x4 per tile) + base view."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                              LlavaNextProcessor)
+
+    torch.manual_seed(SEED)
+    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE)
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size],
+                 [2 * image_size, 2 * image_size]]
+    cfg = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=image_size, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-1)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                   vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    processor.save_pretrained(out)
+    return _finish_lm(model, tok, out)
+
+
 def build_qwen2_vl(out: Path) -> Path:
     """Tiny Qwen2-VL: patch 8, 2x2 merge, 32x32..96x96 pixels."""
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
@@ -195,6 +225,7 @@ def build_all(out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     models = {
         "llava": build_llava(out / "llava"),
+        "llava_next": build_llava_next(out / "llava_next"),
         "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_official": build_official_sam(out / "sam_official"),

@@ -29,10 +29,12 @@ from .ocr import format_lines
 from .views import ObjectMap, View
 
 # -- image-token layouts, one per family -------------------------------------------------------
-# Each returns (grid (gh, gw), region (x0, y0, x1, y1) in input-image pixels) for image `index`
-# of a processed batch: the image tokens, in order, are that grid in row-major order, and the
-# grid covers that region of the input image.
-Layout = Callable[[object, dict, int, tuple[int, int]], tuple[tuple[int, int], tuple]]
+# Each returns, for image `index` of a processed batch of original size hw = (h, w):
+#   index (gh·gw,) — which of the image's placeholder tokens (counted from its first one) hold
+#                    grid cells, in row-major order (newline tokens and other views skipped);
+#   grid (gh, gw);
+#   region (x0, y0, x1, y1) — the part of the input image, in its pixels, that the grid covers.
+Layout = Callable[[object, dict, int, tuple[int, int]], tuple[torch.Tensor, tuple, tuple]]
 
 
 def _center_crop_region(hw: tuple[int, int], crop: int) -> tuple[float, float, float, float]:
@@ -45,12 +47,27 @@ def _center_crop_region(hw: tuple[int, int], crop: int) -> tuple[float, float, f
 
 
 def llava_layout(processor, inputs, index, hw):
-    """LLaVA-1.5: a CLIP grid of (S/p)²; the CLS token is dropped ("default" strategy).
-    LLaVA-NeXT: the same base view comes first, then the any-resolution tiles; maps use the base
-    view (the first (S/p)² image tokens)."""
+    """LLaVA-1.5: one CLIP grid of (S/p)² tokens over the centre crop (CLS dropped, "default")."""
     crop = processor.image_processor.crop_size["height"]
     side = crop // processor.patch_size
-    return (side, side), _center_crop_region(hw, crop)
+    return torch.arange(side * side), (side, side), _center_crop_region(hw, crop)
+
+
+def llava_next_layout(processor, inputs, index, hw):
+    """LLaVA-NeXT: the base view's (S/p)² tokens, then the any-resolution tiles stitched into one
+    grid, unpadded to the image's aspect ratio, with a newline token closing each row. The map
+    uses the stitched high-resolution grid, which covers the whole image."""
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape, unpad_image)
+
+    ip = processor.image_processor
+    tile = ip.crop_size["height"]
+    side = tile // processor.patch_size
+    n_h, n_w = get_anyres_image_grid_shape(list(hw), ip.image_grid_pinpoints, tile)
+    gh, gw = unpad_image(torch.empty(1, n_h * side, n_w * side), list(hw)).shape[1:]
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    order = side * side + rows * (gw + 1) + cols
+    return order.flatten(), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
 
 
 def qwen2_vl_layout(processor, inputs, index, hw):
@@ -58,12 +75,13 @@ def qwen2_vl_layout(processor, inputs, index, hw):
     merged (h/merge, w/merge) grid of ``image_grid_thw``."""
     t, gh, gw = (int(v) for v in inputs["image_grid_thw"][index])
     merge = processor.image_processor.merge_size
-    return (gh // merge, gw // merge), (0.0, 0.0, float(hw[1]), float(hw[0]))
+    gh, gw = gh // merge, gw // merge
+    return torch.arange(gh * gw), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
 
 
 LAYOUTS: dict[str, Layout] = {
     "llava": llava_layout,
-    "llava_next": llava_layout,
+    "llava_next": llava_next_layout,
     "qwen2_vl": qwen2_vl_layout,
     "qwen2_5_vl": qwen2_vl_layout,
 }
@@ -149,9 +167,9 @@ class Mllm:
         acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize)
         with self._eager(), self._text_attention_hook(lambda w: acc.update(w[0])):
             self.model(**inputs)
-        grid, region = self.layout(self.processor, inputs, 0, image.shape[:2])
+        order, grid, region = self.layout(self.processor, inputs, 0, image.shape[:2])
         positions = (inputs["input_ids"][0] == self.image_token_id).nonzero()[:, 0]
-        return acc.result, positions[: grid[0] * grid[1]], grid, region, prompt_len
+        return acc.result, positions[order.to(positions.device)], grid, region, prompt_len
 
     @torch.inference_mode()
     def option_probs(self, image: np.ndarray, prompt: str, options: list[str]) -> np.ndarray:
