@@ -73,14 +73,13 @@ def _finish_lm(model, tokenizer, out: Path) -> Path:
     return out
 
 
-def build_llava(out: Path, image_size: int = 64) -> Path:
-    """Tiny LLaVA-1.5: CLIP vision tower (patch 8 -> 8x8 grid at 64 px) + Llama text model."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+def _llava_parts(image_size: int) -> tuple:
+    """Tokenizer and the config pieces LLaVA-1.5 and LLaVA-NeXT share (CLIP patch 8, Llama)."""
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     torch.manual_seed(SEED)
     tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE)
-    cfg = LlavaConfig(
+    common = dict(
         vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=image_size, patch_size=8),
         text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
@@ -89,43 +88,36 @@ def build_llava(out: Path, image_size: int = 64) -> Path:
                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                         crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
-                               vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    processor.save_pretrained(out)
+    processor_kw = dict(tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    sizes = dict(size={"shortest_edge": image_size},
+                 crop_size={"height": image_size, "width": image_size})
+    return tok, common, processor_kw, sizes
+
+
+def build_llava(out: Path, image_size: int = 64) -> Path:
+    """Tiny LLaVA-1.5: CLIP vision tower (patch 8 -> 8x8 grid at 64 px) + Llama text model."""
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+
+    tok, common, processor_kw, sizes = _llava_parts(image_size)
+    model = LlavaForConditionalGeneration(LlavaConfig(**common)).eval()
+    LlavaProcessor(image_processor=CLIPImageProcessor(**sizes), **processor_kw).save_pretrained(out)
     return _finish_lm(model, tok, out)
 
 
 def build_llava_next(out: Path, image_size: int = 32) -> Path:
     """Tiny LLaVA-NeXT: any-resolution tiles of 32 px (patch 8 -> 4x4 per tile) + base view."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
-                              LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
-                              LlavaNextProcessor)
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
 
-    torch.manual_seed(SEED)
-    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE)
+    tok, common, processor_kw, sizes = _llava_parts(image_size)
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size],
                  [2 * image_size, 2 * image_size]]
-    cfg = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, image_size=image_size, patch_size=8),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="default", vision_feature_layer=-1)
-    model = LlavaNextForConditionalGeneration(cfg).eval()
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        image_grid_pinpoints=pinpoints)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
-                                   vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    processor.save_pretrained(out)
+    model = LlavaNextForConditionalGeneration(
+        LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)).eval()
+    image_processor = LlavaNextImageProcessor(**sizes, image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=image_processor, **processor_kw).save_pretrained(out)
     return _finish_lm(model, tok, out)
 
 
