@@ -86,7 +86,7 @@ def main() -> None:
         for N in args.sizes:
             a, b = f"{tmp}/naive.pt", f"{tmp}/stream.pt"
             naive, stream = measure("naive", L, H, N, T, a), measure("stream", L, H, N, T, b)
-            Ra, Rb = torch.load(a), torch.load(b)
+            Ra, Rb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
             rel = ((Ra - Rb).abs().max() / Ra.abs().max()).item()
             print(
                 f"{N:>5} {naive['seconds']:>8.2f} {stream['seconds']:>9.2f} "

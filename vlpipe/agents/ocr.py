@@ -6,6 +6,8 @@ so it works offline. ``PaddleOcrBackend`` is optional (``pip install "vlpipe[pad
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import threading
 from dataclasses import dataclass
@@ -76,11 +78,12 @@ def _crop_boxes(image: np.ndarray, boxes: np.ndarray) -> list[tuple[np.ndarray, 
     return out
 
 
-class _OcrBase:
+class _OcrBase(ABC):
     """Shared ``read`` logic: whole image or inside boxes, quads mapped to full-image pixels."""
 
-    def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:
+        """Text lines of a BGR uint8 image."""
 
     def read(self, image: np.ndarray, boxes: np.ndarray | None = None) -> list[TextLine]:
         """Read text lines from an RGB image, or only inside ``boxes`` ((K, 4) xyxy pixels).

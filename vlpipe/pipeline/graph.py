@@ -131,11 +131,10 @@ class Graph:
             problems += self._check_source(ref, f"node {name!r} condition 'when'")
         for key, ref in self.outputs.items():
             problems += self._check_source(ref, f"pipeline output {key!r}")
-        try:
-            cycle = nx.find_cycle(self.dependency_graph())
+        deps = self.dependency_graph()
+        if not nx.is_directed_acyclic_graph(deps):
+            cycle = nx.find_cycle(deps)
             problems.append("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]]))
-        except nx.NetworkXNoCycle:
-            pass
         if problems:
             raise GraphError(problems)
 
