@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.sam import SamNode, load_hf_sam, load_official_sam, mask_to_grid
+from vlpipe.agents.sam import SamNode, load_hf_sam, load_hf_sam2, load_official_sam, mask_to_grid
 from vlpipe.agents.tiles import Tile
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image
@@ -18,11 +18,12 @@ def image(shared_images):
 
 def backends(tiny_models):
     return {"hf": lambda: load_hf_sam(str(tiny_models / "sam_hf"), "cpu"),
+            "hf2": lambda: load_hf_sam2(str(tiny_models / "sam_hf2"), "cpu"),
             "official": lambda: load_official_sam(
                 str(tiny_models / "sam_official" / "sam_tiny.safetensors"), "tiny", "cpu")}
 
 
-@pytest.fixture(scope="module", params=["hf", "official"])
+@pytest.fixture(scope="module", params=["hf", "hf2", "official"])
 def sam(request, tiny_models):
     return backends(tiny_models)[request.param]()
 
@@ -78,7 +79,7 @@ class Recorder:
 
 
 @pytest.mark.parametrize("n_objects", [1, 7])
-@pytest.mark.parametrize("backend", ["hf", "official"])
+@pytest.mark.parametrize("backend", ["hf", "hf2", "official"])
 def test_decoder_calls_equal_rounds_and_each_round_gets_the_last_logits(
         tiny_models, image, backend, n_objects):
     node = SamNode("sam", model="unused", backend=backend, rounds=3, device="cpu")
@@ -135,3 +136,19 @@ def test_bad_backend_and_rounds_are_clear_errors():
         SamNode("s", model="m", backend="sam9")
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         SamNode("s", model="m", rounds=0)
+
+
+def test_hf2_batched_call_matches_the_processor_path(tiny_models, image):
+    """Pixel points scaled to SAM 2's square (x and y apart) equal the processor's prompts."""
+    sam = backends(tiny_models)["hf2"]()
+    sam.set_image(image)
+    points = np.array([[[50, 40], [300, 200]], [[200, 100], [0, 0]]], np.float32)
+    labels = np.array([[1, 0], [1, -1]])
+    _, iou, low = sam.predict(points, labels, None)
+    enc = sam.processor(images=image, input_points=points[None].tolist(),
+                        input_labels=labels[None].tolist(), return_tensors="pt")
+    with torch.inference_mode():
+        ref = sam.model(**enc, multimask_output=False)  # K objects as one image's point batch
+    np.testing.assert_allclose(iou, ref.iou_scores[0, :, 0].numpy(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(low[:, 0], ref.pred_masks[0, :, 0].clamp(-32, 32),
+                               rtol=1e-3, atol=1e-3)

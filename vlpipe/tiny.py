@@ -179,6 +179,37 @@ def build_hf_sam(out: Path) -> Path:
     return out
 
 
+def build_hf_sam2(out: Path, image_size: int = 256) -> Path:
+    """Tiny transformers Sam2Model: a one-block-per-stage Hiera (windowed attention only),
+    256 px square input, 16x16 embedding, 64x64 low-res masks."""
+    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2ImageProcessor,
+                              Sam2MaskDecoderConfig, Sam2Model, Sam2Processor,
+                              Sam2PromptEncoderConfig, Sam2VisionConfig)
+
+    torch.manual_seed(SEED)
+    s = image_size
+    # no global-attention block: one that opens a pooled stage divides by a zero window
+    backbone = Sam2HieraDetConfig(
+        hidden_size=16, num_attention_heads=1, image_size=[s, s], blocks_per_stage=[1, 1, 1, 1],
+        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[],
+        window_positional_embedding_background_size=[4, 4])
+    cfg = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+            fpn_hidden_size=32),
+        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16,
+                                                      mask_input_channels=8),
+        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64,
+                                                  num_attention_heads=2, iou_head_hidden_dim=32))
+    Sam2Model(cfg).eval().save_pretrained(out)
+    processor = Sam2Processor(Sam2ImageProcessor(size={"height": s, "width": s},
+                                                 mask_size={"height": s // 4, "width": s // 4}))
+    processor.save_pretrained(out)
+    return out
+
+
 def build_official_sam(out: Path) -> Path:
     """Tiny official-architecture SAM (variant ``tiny``) as a safetensors checkpoint."""
     from safetensors.torch import save_file
@@ -220,6 +251,7 @@ def build_all(out: str | Path) -> list[Path]:
         "llava_next": build_llava_next(out / "llava_next"),
         "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
         "sam_hf": build_hf_sam(out / "sam_hf"),
+        "sam_hf2": build_hf_sam2(out / "sam_hf2"),
         "sam_official": build_official_sam(out / "sam_official"),
         "grounding_dino": build_tiny_grounding_dino(out / "grounding_dino"),
         "clip_text": build_tiny_clip_text(out / "clip_text"),

@@ -1,9 +1,9 @@
 """SAM: attention-map point prompts -> masks, with VL-SAM's iterative refinement.
 
-Two backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
-package and transformers' ``SamModel``. For each view the image encoder runs once; every
-object's prompt of that view goes through the mask decoder in one batched call per refinement
-round:
+Three backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
+package, transformers' ``SamModel`` and transformers' ``Sam2Model`` (SAM 2). For each view the
+image encoder runs once; every object's prompt of that view goes through the mask decoder in one
+batched call per refinement round:
 
 1. points from the attention map -> masks;
 2. the same points plus round 1's low-res mask logits as the mask prompt;
@@ -109,6 +109,47 @@ class HfSam(SamBackend):
         return masks, out.iou_scores[:, 0, 0].float().cpu().numpy(), low
 
 
+class HfSam2(SamBackend):
+    """transformers ``Sam2Model`` + ``Sam2Processor`` (SAM 2, single images).
+
+    SAM 2 resizes every image to a fixed square (``processor.target_size``, 1024 for the
+    released checkpoints) without keeping the aspect ratio, so x and y scale separately.
+    Per-object mask prompts need one image per object: the decoder adds the dense (mask)
+    embedding to the image embedding before repeating it over the point batch, so the K objects
+    go along the batch axis (every feature level expanded to K), one point set each."""
+
+    def __init__(self, processor, model) -> None:
+        self.processor, self.model = processor, model
+        self.decoder_calls = 0
+
+    @torch.inference_mode()
+    def set_image(self, image):
+        enc = self.processor(images=image, return_tensors="pt")
+        self.original = enc["original_sizes"]  # (1, 2) = (H, W)
+        pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
+        # [(1, C0, 4e, 4e), (1, C1, 2e, 2e), (1, C, e, e)]: high-res features + embedding
+        self.embedding = self.model.get_image_embeddings(pixels)
+
+    @torch.inference_mode()
+    def predict(self, points, labels, mask_logits):
+        k = len(points)
+        h, w = self.original[0].tolist()
+        size = self.processor.target_size
+        scale = np.array([size / w, size / h], np.float32)  # (x, y) factors to the square
+        pts = torch.as_tensor(points * scale, device=self.model.device)  # (K, P, 2)
+        # label -1 = "not a point", as in the official predictor (the processor's pad is -10)
+        out = self.model(
+            image_embeddings=[e.expand(k, -1, -1, -1) for e in self.embedding],
+            input_points=pts[:, None].to(self.model.dtype),  # (K, 1, P, 2)
+            input_labels=torch.as_tensor(labels, device=self.model.device)[:, None],
+            input_masks=None if mask_logits is None else mask_logits.to(self.model.dtype),
+            multimask_output=False)
+        self.decoder_calls += 1
+        low = out.pred_masks[:, 0].clamp(-32.0, 32.0)  # (K, 1, m, m); clamped as SAM 2 does
+        masks = self.processor.post_process_masks([low.float().cpu()], self.original)[0]
+        return masks[:, 0].numpy(), out.iou_scores[:, 0, 0].float().cpu().numpy(), low
+
+
 # -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
 def _official_registry() -> dict[str, Callable[[], torch.nn.Module]]:
     from segment_anything import sam_model_registry
@@ -170,6 +211,14 @@ def load_hf_sam(model: str, device: str) -> HfSam:
     return HfSam(processor, net.to(device).eval())
 
 
+def load_hf_sam2(model: str, device: str) -> HfSam2:
+    from transformers import Sam2Model, Sam2Processor
+
+    processor = from_pretrained(Sam2Processor, model, "SAM 2")
+    net = from_pretrained(Sam2Model, model, "SAM 2")
+    return HfSam2(processor, net.to(device).eval())
+
+
 # -- refinement -----------------------------------------------------------------------------
 def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
     """Image mask (H, W) bool -> (gh, gw) bool: a cell is in when over half of its patch
@@ -213,8 +262,8 @@ class SamNode(Node):
                  rounds: int = 3, threshold: float = 0.5, n_positive: int = 1,
                  n_negative: int = 1, device: str = "auto", **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
-        if backend not in ("hf", "official"):
-            raise ValueError(f"unknown SAM backend {backend!r} (known: hf, official)")
+        if backend not in ("hf", "hf2", "official"):
+            raise ValueError(f"unknown SAM backend {backend!r} (known: hf, hf2, official)")
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
         self.model_id, self.backend, self.variant = model, backend, variant
@@ -225,6 +274,8 @@ class SamNode(Node):
     def sam(self) -> SamBackend:
         if self.backend == "official":
             load = lambda: load_official_sam(self.model_id, self.variant, self.device)
+        elif self.backend == "hf2":
+            load = lambda: load_hf_sam2(self.model_id, self.device)
         else:
             load = lambda: load_hf_sam(self.model_id, self.device)
         return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
