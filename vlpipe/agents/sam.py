@@ -219,6 +219,14 @@ def load_hf_sam2(model: str, device: str) -> HfSam2:
     return HfSam2(processor, net.to(device).eval())
 
 
+# backend name -> loader(model, variant, device); ``variant`` matters to the official one only
+SAM_BACKENDS: dict[str, Callable[[str, str, str], SamBackend]] = {
+    "hf": lambda model, variant, device: load_hf_sam(model, device),
+    "hf2": lambda model, variant, device: load_hf_sam2(model, device),
+    "official": load_official_sam,
+}
+
+
 # -- refinement -----------------------------------------------------------------------------
 def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
     """Image mask (H, W) bool -> (gh, gw) bool: a cell is in when over half of its patch
@@ -262,8 +270,9 @@ class SamNode(Node):
                  rounds: int = 3, threshold: float = 0.5, n_positive: int = 1,
                  n_negative: int = 1, device: str = "auto", **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
-        if backend not in ("hf", "hf2", "official"):
-            raise ValueError(f"unknown SAM backend {backend!r} (known: hf, hf2, official)")
+        if backend not in SAM_BACKENDS:
+            raise ValueError(f"unknown SAM backend {backend!r} "
+                             f"(known: {', '.join(SAM_BACKENDS)})")
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
         self.model_id, self.backend, self.variant = model, backend, variant
@@ -272,12 +281,7 @@ class SamNode(Node):
 
     @property
     def sam(self) -> SamBackend:
-        if self.backend == "official":
-            load = lambda: load_official_sam(self.model_id, self.variant, self.device)
-        elif self.backend == "hf2":
-            load = lambda: load_hf_sam2(self.model_id, self.device)
-        else:
-            load = lambda: load_hf_sam(self.model_id, self.device)
+        load = lambda: SAM_BACKENDS[self.backend](self.model_id, self.variant, self.device)
         return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
                              self.device, "float32", load)
 
