@@ -76,47 +76,10 @@ class OfficialSam(SamBackend):
 
 
 class HfSam(SamBackend):
-    """transformers ``SamModel`` + ``SamProcessor``."""
+    """transformers ``SamModel`` + ``SamProcessor``. The K objects go along the batch axis (the
+    image embedding expanded to K), so each object can carry its own mask prompt."""
 
-    def __init__(self, processor, model) -> None:
-        self.processor, self.model = processor, model
-        self.decoder_calls = 0
-
-    @torch.inference_mode()
-    def set_image(self, image):
-        enc = self.processor(images=image, return_tensors="pt")
-        self.original = enc["original_sizes"]  # (1, 2)
-        self.reshaped = enc["reshaped_input_sizes"]  # (1, 2)
-        pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
-        self.embedding = self.model.get_image_embeddings(pixels)
-
-    @torch.inference_mode()
-    def predict(self, points, labels, mask_logits):
-        k = len(points)
-        scale = (self.reshaped[0] / self.original[0]).flip(0).numpy()  # (x, y) factors
-        pts = torch.as_tensor(points * scale, dtype=torch.float32, device=self.model.device)
-        out = self.model(
-            image_embeddings=self.embedding.expand(k, -1, -1, -1),
-            input_points=pts[:, None].to(self.model.dtype),
-            input_labels=torch.as_tensor(labels, device=self.model.device)[:, None],
-            input_masks=None if mask_logits is None else mask_logits.to(self.model.dtype),
-            multimask_output=False)
-        self.decoder_calls += 1
-        low = out.pred_masks[:, 0]  # (K, 1, m, m)
-        masks = self.processor.image_processor.post_process_masks(  # K x (1, 1, H, W)
-            out.pred_masks.float().cpu(), self.original.repeat(k, 1), self.reshaped.repeat(k, 1))
-        masks = torch.cat(masks)[:, 0].numpy()
-        return masks, out.iou_scores[:, 0, 0].float().cpu().numpy(), low
-
-
-class HfSam2(SamBackend):
-    """transformers ``Sam2Model`` + ``Sam2Processor`` (SAM 2, single images).
-
-    SAM 2 resizes every image to a fixed square (``processor.target_size``, 1024 for the
-    released checkpoints) without keeping the aspect ratio, so x and y scale separately.
-    Per-object mask prompts need one image per object: the decoder adds the dense (mask)
-    embedding to the image embedding before repeating it over the point batch, so the K objects
-    go along the batch axis (every feature level expanded to K), one point set each."""
+    logit_limit: float | None = None  # clamp returned low-res logits to ±this
 
     def __init__(self, processor, model) -> None:
         self.processor, self.model = processor, model
@@ -126,28 +89,63 @@ class HfSam2(SamBackend):
     def set_image(self, image):
         enc = self.processor(images=image, return_tensors="pt")
         self.original = enc["original_sizes"]  # (1, 2) = (H, W)
+        self.reshaped = enc.get("reshaped_input_sizes")  # (1, 2); SAM 1 only
         pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
-        # [(1, C0, 4e, 4e), (1, C1, 2e, 2e), (1, C, e, e)]: high-res features + embedding
         self.embedding = self.model.get_image_embeddings(pixels)
+
+    def _point_scale(self) -> np.ndarray:
+        """(x, y) factors from image pixels to the model's input frame (longest side resized)."""
+        return (self.reshaped[0] / self.original[0]).flip(0).numpy()
+
+    def _embeddings(self, k: int):
+        return self.embedding.expand(k, -1, -1, -1)
+
+    def _upscale(self, low: torch.Tensor) -> np.ndarray:
+        """(K, 1, m, m) logits -> (K, H, W) bool masks of the original image."""
+        k = len(low)
+        masks = self.processor.image_processor.post_process_masks(  # K x (1, 1, H, W)
+            low[:, None].float().cpu(), self.original.repeat(k, 1), self.reshaped.repeat(k, 1))
+        return torch.cat(masks)[:, 0].numpy()
 
     @torch.inference_mode()
     def predict(self, points, labels, mask_logits):
         k = len(points)
-        h, w = self.original[0].tolist()
-        size = self.processor.target_size
-        scale = np.array([size / w, size / h], np.float32)  # (x, y) factors to the square
-        pts = torch.as_tensor(points * scale, device=self.model.device)  # (K, P, 2)
-        # label -1 = "not a point", as in the official predictor (the processor's pad is -10)
+        pts = torch.as_tensor(points * self._point_scale(), dtype=torch.float32,
+                              device=self.model.device)
         out = self.model(
-            image_embeddings=[e.expand(k, -1, -1, -1) for e in self.embedding],
+            image_embeddings=self._embeddings(k),
             input_points=pts[:, None].to(self.model.dtype),  # (K, 1, P, 2)
             input_labels=torch.as_tensor(labels, device=self.model.device)[:, None],
             input_masks=None if mask_logits is None else mask_logits.to(self.model.dtype),
             multimask_output=False)
         self.decoder_calls += 1
-        low = out.pred_masks[:, 0].clamp(-32.0, 32.0)  # (K, 1, m, m); clamped as SAM 2 does
-        masks = self.processor.post_process_masks([low.float().cpu()], self.original)[0]
-        return masks[:, 0].numpy(), out.iou_scores[:, 0, 0].float().cpu().numpy(), low
+        low = out.pred_masks[:, 0]  # (K, 1, m, m)
+        if self.logit_limit is not None:
+            low = low.clamp(-self.logit_limit, self.logit_limit)
+        return self._upscale(low), out.iou_scores[:, 0, 0].float().cpu().numpy(), low
+
+
+class HfSam2(HfSam):
+    """transformers ``Sam2Model`` + ``Sam2Processor`` (SAM 2, single images).
+
+    SAM 2 resizes every image to a fixed square (``processor.target_size``, 1024 for the
+    released checkpoints) without keeping the aspect ratio, so x and y scale separately. Its
+    image embedding is a list of levels [(1, C0, 4e, 4e), (1, C1, 2e, 2e), (1, C, e, e)], each
+    expanded to K. Point padding uses label -1 ("not a point") as the official predictor does;
+    returned logits are clamped to ±32 as SAM 2 does."""
+
+    logit_limit = 32.0
+
+    def _point_scale(self) -> np.ndarray:
+        h, w = self.original[0].tolist()
+        size = self.processor.target_size
+        return np.array([size / w, size / h], np.float32)
+
+    def _embeddings(self, k: int):
+        return [e.expand(k, -1, -1, -1) for e in self.embedding]
+
+    def _upscale(self, low: torch.Tensor) -> np.ndarray:
+        return self.processor.post_process_masks([low.float().cpu()], self.original)[0][:, 0].numpy()
 
 
 # -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
