@@ -7,7 +7,10 @@ temporary folder, loads the detect pipeline once (tiles 1x1, 1 question, 1 SAM r
 warms it up, then on the same ``--images`` images:
 
 * plain loop: ``for f in files: pipe.run(image=load_image(f))`` + one JSON line per image;
-* BatchRunner: prefetched decoding, ``--batch-size`` images per graph run, fsynced JSON lines.
+* BatchRunner: prefetched decoding, ``--batch-size`` images per graph run, fsynced JSON lines;
+
+alternating in 5 chunks (so that load from other processes on a shared machine hits both
+alike), reporting images per wall second and per CPU second of the process.
 
 Then, in a fresh subprocess, the process's peak RSS (``ru_maxrss``) after ``--images`` images
 through a BatchRunner and again after continuing (resume) to ``--big`` images: no growth with
@@ -56,37 +59,57 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def plain_loop(pipe, files: list[Path], out: Path) -> float:
+def plain_loop(pipe, files: list[Path], out: Path) -> None:
     from vlpipe.io import load_image
     from vlpipe.results import image_record
 
-    start = time.perf_counter()
-    with open(out, "w", encoding="utf-8") as sink:
+    with open(out, "a", encoding="utf-8") as sink:
         for f in files:
             image = load_image(f)
             result = pipe.run(image=image)
             rec = image_record(f.name, None, image.shape[:2],
                                None if result.error else result.outputs["detections"], result.error)
             sink.write(json.dumps(rec) + "\n")
-    return time.perf_counter() - start
 
 
-def batch_runner(pipe, folder: Path, out: Path, batch_size: int, limit: int | None = None):
-    from vlpipe.runner import BatchRunner, list_inputs
+def batch_runner(pipe, entries, out: Path, batch_size: int):
+    from vlpipe.runner import BatchRunner
 
-    entries, _ = list_inputs(folder)
-    summary = BatchRunner(pipe, out, batch_size=batch_size).run(entries[:limit])
+    summary = BatchRunner(pipe, out, batch_size=batch_size).run(entries)
     assert summary.failed == 0, summary.errors[:3]
     return summary
 
 
+def compare(pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 5) -> dict[str, list[float]]:
+    """Wall and CPU seconds of both ways over the same images, alternating in ``chunks`` so
+    that load from other processes on a shared machine hits both alike."""
+    from vlpipe.runner import list_inputs
+
+    entries, _ = list_inputs(folder)
+    times = {"loop": [0.0, 0.0], "batch": [0.0, 0.0]}
+    bounds = np.linspace(0, len(entries), chunks + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for way in ("loop", "batch"):
+            wall, cpu = time.perf_counter(), time.process_time()
+            if way == "loop":
+                plain_loop(pipe, [e.path for e in entries[lo:hi]], tmp / "loop.jsonl")
+            else:
+                batch_runner(pipe, entries[lo:hi], tmp / "batch", batch_size)
+            times[way][0] += time.perf_counter() - wall
+            times[way][1] += time.process_time() - cpu
+    return times
+
+
 def rss_worker(tiny: Path, folder: Path, out: Path, first: int, total: int, batch_size: int) -> None:
     """Peak RSS after ``first`` images, then after resuming up to ``total`` (JSON on stdout)."""
+    from vlpipe.runner import list_inputs
+
     pipe = load_pipeline(tiny)
+    entries, _ = list_inputs(folder)
     start = time.perf_counter()
-    s1 = batch_runner(pipe, folder, out, batch_size, first)
+    s1 = batch_runner(pipe, entries[:first], out, batch_size)
     after_first = rss_mb()
-    s2 = batch_runner(pipe, folder, out, batch_size, total)
+    s2 = batch_runner(pipe, entries[:total], out, batch_size)
     after_total = rss_mb()
     lines = sum(1 for _ in open(out / "predictions.jsonl", encoding="utf-8"))
     print(json.dumps({"first": first, "total": total, "rss_first_mb": after_first,
@@ -110,6 +133,7 @@ def main() -> None:
     import torch
 
     from vlpipe.io import load_image
+    from vlpipe.runner import read_predictions
     from vlpipe.tiny import build_all
 
     with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:
@@ -130,13 +154,18 @@ def main() -> None:
             pipe.run(image=load_image(f))
 
         n = args.images
-        loop_s = plain_loop(pipe, files[:n], tmp / "loop.jsonl")
-        batch_s = batch_runner(pipe, small, tmp / "batch", args.batch_size).seconds
-        print(f"\nthroughput on {n} images:")
-        print(f"  plain per-image loop        : {n / loop_s:6.2f} img/s ({loop_s:.1f} s)")
-        print(f"  BatchRunner (batch {args.batch_size}, prefetch): {n / batch_s:6.2f} img/s "
-              f"({batch_s:.1f} s)")
-        print(f"  ratio BatchRunner / loop    : {loop_s / batch_s:.2f}x")
+        t = compare(pipe, small, tmp, args.batch_size)
+        (lw, lc), (bw, bc) = t["loop"], t["batch"]
+        print(f"\nthroughput on the same {n} images (the two ways alternate in 5 chunks):")
+        for label, (w, c) in (("plain per-image loop", t["loop"]),
+                              (f"BatchRunner (batch {args.batch_size}, prefetch)", t["batch"])):
+            print(f"  {label:34s}: {n / w:6.2f} img/s wall ({w:.1f} s), {n / c:6.2f} img/CPU-s")
+        print(f"  {'ratio BatchRunner / loop':34s}: {lw / bw:.2f}x wall, {lc / bc:.2f}x CPU")
+        loop = {r["file"]: r for r in map(json.loads, open(tmp / "loop.jsonl", encoding="utf-8"))}
+        batch = read_predictions(tmp / "batch" / "predictions.jsonl")
+        same = sum(sorted(d["name"] for d in r["detections"])
+                   == sorted(d["name"] for d in loop[r["file"]]["detections"]) for r in batch)
+        print(f"  {'same detected names, both ways':34s}: {same} of {len(batch)} images")
 
         worker = subprocess.run(
             [sys.executable, __file__, "--images", str(n), "--big", str(args.big),

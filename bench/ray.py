@@ -1,26 +1,27 @@
 """The Ray engine against the local runner on the same folder (tiny detect pipeline, CPU).
 
-    python bench/ray.py [--images 48] [--size 96] [--models DIR] [--cpus 2] [--batch-size 4]
-                        [--set key=value ...]
+    python bench/ray.py [--images 128] [--size 96] [--models DIR] [--cpus 2] [--batch-size 4]
+                        [--local-threads 1 0] [--set key=value ...]
 
 Writes ``--images`` random ``--size`` px images to a temporary folder, builds the tiny models (or
 uses ``--models DIR`` from ``vlpipe models tiny DIR``), then runs the detect pipeline over the
-folder three ways, each into a fresh output folder: the local :class:`~vlpipe.runner.BatchRunner`,
-(with torch's default thread count, then 1 thread as a Ray
-worker gets), Ray with 1 worker and Ray with 2 workers (``--cpu-per-worker`` CPUs each, on a local Ray started
-with ``--cpus`` CPUs; its start-up is shown on its own line).
+folder, each run into a fresh output folder: the local :class:`~vlpipe.runner.BatchRunner` (torch
+on 1 thread, as in a Ray worker with fewer than 2 CPUs; ``--local-threads 1 0`` adds a row with
+torch's default count), then Ray with 1 worker and with 2 workers (``--cpu-per-worker`` CPUs
+each, on a local Ray started with ``--cpus`` CPUs; ``ray.init`` is timed on its own line).
 
 Columns: ``total s`` from the start of the run to the last line written; ``img/s`` = images /
 total s; ``first s``: time to the first result (actor start, pipeline build, model loading, first
 batch: the start-up cost); ``steady img/s`` = (images - 1) / (total - first), the rate once
-results flow; ``worker init s``: per Ray actor, its constructor (imports + pipeline build) and
-``+`` its first batch (model loading + the batch).
+results flow; last column: per Ray actor, its constructor (imports + pipeline build) ``+`` its
+first batch (model loading + the batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,12 +64,14 @@ def row(label: str, n: int, clock: Clock, extra: str = "") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--models", type=Path, default=None)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--cpu-per-worker", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--local-threads", type=int, nargs="+", default=[1],
+                    help="torch threads for the local runner, one row each (0: torch's default)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="pipeline param key=value (default: the tiny detect.yaml's own params)")
     args = ap.parse_args()
@@ -105,13 +108,16 @@ def main() -> None:
 
     import torch
 
+    import vlpipe.agents.mllm  # noqa: F401  (Python imports: paid once per process, not timed)
+    import vlpipe.agents.sam  # noqa: F401
+
     default_threads = torch.get_num_threads()
-    for threads in dict.fromkeys((default_threads, 1)):
-        torch.set_num_threads(threads)
+    for threads in args.local_threads:
+        torch.set_num_threads(threads or default_threads)
         clock = Clock()
         BatchRunner(Pipeline.load(detect, **params), tmp / f"out-local{threads}",
                     batch_size=args.batch_size).run(entries, progress=clock)
-        print(row(f"local {threads} thr", n, clock,
+        print(row(f"local {torch.get_num_threads()} thr", n, clock,
                   "(in-process: pipeline build + model load are in 'first s')"), flush=True)
     torch.set_num_threads(default_threads)
 
@@ -134,6 +140,7 @@ def main() -> None:
     print(f"(once per process) ray.init(num_cpus={args.cpus}): {ray_init:.2f} s; Ray workers: "
           f"{args.cpu_per_worker} CPU each (torch then runs 1 thread per worker)")
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

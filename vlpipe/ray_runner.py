@@ -19,6 +19,7 @@ Ray is an optional extra: ``pip install 'vlpipe[ray]'``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -113,9 +114,13 @@ class PipelineWorker:
         from .pipeline import Pipeline
 
         if spec_text is not None:  # a pipeline file: rebuilt from its text, wherever this runs
-            folder = Path(tempfile.mkdtemp(prefix="vlpipe-ray-"))
-            path = folder / Path(pipeline).name
-            path.write_text(spec_text)
+            digest = hashlib.sha256(spec_text.encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"vlpipe-ray-{digest}" / Path(pipeline).name
+            if not path.is_file() or path.read_text() != spec_text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(spec_text)
+                tmp.replace(path)
             pipeline = str(path)
         self.pipeline = Pipeline.load(pipeline, **params)
         self.out = Path(out_dir)
