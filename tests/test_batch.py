@@ -7,6 +7,7 @@ on a synthetic LVIS-format dataset with hand-worked AP values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -21,8 +22,8 @@ from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
 from vlpipe.cli import app
-from vlpipe.io import safe_filename
-from vlpipe.runner import PREDICTIONS, RESULTS, list_inputs, read_predictions, write_results
+from vlpipe.runner import (PREDICTIONS, RESULTS, list_inputs, output_name, read_predictions,
+                           write_results)
 from vlpipe.tiny import OBJECT_WORDS
 
 FAST = ["--tiles", "1x1", "--questions", "1", "--set", "rounds=1"]
@@ -207,8 +208,9 @@ def test_annotation_file_input(tiny_models, tmp_path):
 
     # --save-vis: one flat, sanitized file per image under out/vis
     vis = sorted(p.relative_to(out / "vis").as_posix() for p in (out / "vis").rglob("*"))
-    assert vis == sorted(safe_filename(r["file"]) + ".jpg" for r in records)
-    assert "nested_dir_x_y_1.jpg.jpg" in vis
+    assert vis == sorted(output_name(r["file"], ".jpg") for r in records)
+    digest = hashlib.sha1(b"nested/dir/x y#1.jpg").hexdigest()[:8]
+    assert f"nested_dir_x_y_1-{digest}.jpg" in vis
     # nothing written outside the output folder
     assert all(p.is_relative_to(out) for p in set(tmp_path.rglob("*")) - before)
 
@@ -343,3 +345,14 @@ def test_max_failures_stops_the_run(tiny_models, tmp_path):
     res = detect(tiny_models, src, out, "--max-failures", "1")
     assert res.exit_code == 0, res.output
     assert "done 1, skipped 1" in res.output
+
+
+def test_output_names_are_flat_distinct_and_keep_one_suffix():
+    names = ["a.jpg", "a.png", "a/b.jpg", "a_b.jpg", "../../etc/passwd", "/abs/x.jpg"]
+    outs = [output_name(n, ".jpg") for n in names]
+    assert len(set(outs)) == len(names)  # same stem, other folder or suffix: no overwrite
+    for name, out in zip(names, outs):
+        assert "/" not in out and not out.startswith(".") and out.endswith(".jpg")
+        assert out.count(".jpg") == 1
+        assert out.endswith(f"-{hashlib.sha1(name.encode()).hexdigest()[:8]}.jpg")
+    assert outs[0].startswith("a-") and outs[2].startswith("a_b-")

@@ -64,7 +64,7 @@ def run(
     max_failures: Annotated[Optional[int], typer.Option(help="Stop after this many failed images.")] = None,
     clip: Annotated[Optional[str], typer.Option(help="CLIP model for mapping names to dataset categories.")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Write a Chrome trace of node timings.")] = None,
-    # --- Ray engine (vlpipe/ray_runner.py) ---
+    top_k: Annotated[int, typer.Option(help="Dataset categories kept per detection name.")] = 1,
     engine: Annotated[str, typer.Option(help="local, or ray: a pool of Ray actors (pip install 'vlpipe[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (auto, host:6379, ray://host:10001); default: start a local Ray.")] = None,
     workers: Annotated[int, typer.Option(help="Ray engine: pipeline actors.")] = 2,
@@ -81,16 +81,14 @@ def run(
     source = Path(input)
     if out is None and source.is_file() and source.suffix.lower() != ".json":
         _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
-    elif engine == "ray":  # --- Ray engine (vlpipe/ray_runner.py) ---
-        from .ray_runner import cli_run
-
-        cli_run(pipeline, params, source, images, out or Path("vlpipe-out"), address=address,
-                workers=workers, num_gpus_per_worker=num_gpus_per_worker, batch_size=batch_size,
-                max_failures=max_failures, save_vis=save_vis, save_attention=save_attention,
-                clip=clip)
     else:
-        _run_many(pipe, source, images, out or Path("vlpipe-out"), batch_size, max_failures,
-                  save_vis, save_attention, clip)
+        options = {"batch_size": batch_size, "max_failures": max_failures, "save_vis": save_vis,
+                   "save_attention": save_attention}
+        if engine == "ray":
+            options.update(address=address, workers=workers,
+                           num_gpus_per_worker=num_gpus_per_worker)
+        _run_many(pipe, source, images, out or Path("vlpipe-out"), clip, top_k, options,
+                  ray_pipeline=(pipeline, params) if engine == "ray" else None)
     if trace is not None:
         pipe.trace.save_chrome(trace)
 
@@ -99,8 +97,7 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
              save_attention: bool) -> None:
     from .io import ImageLoadError, load_image
     from .results import annotate, detections_to_json, image_record, jsonable
-    from .runner import save_attention as write_attention
-    from .runner import save_image
+    from .runner import save_attention_maps, save_image
 
     image_inputs = [k for k, t in pipe.graph.inputs.items() if t == "image"]
     others = [k for k in pipe.graph.inputs if k not in image_inputs]
@@ -119,7 +116,7 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
     if dets is not None and save_vis:
         save_image(path.with_name(path.stem + "_vis.jpg"), annotate(image, dets))
     if outputs.get("maps") and save_attention:
-        write_attention(path.parent / f"{path.stem}_attention", path.name, image, outputs["maps"])
+        save_attention_maps(path.parent / f"{path.stem}_attention", path.name, image, outputs["maps"])
     if json_out:
         payload = {k: jsonable(v) for k, v in outputs.items()}
         payload["skipped"] = result.skipped
@@ -138,13 +135,15 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
             typer.echo(f"{det['name']}\t{det['score']:.3f}\tbbox xywh {box}")
 
 
-def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: int,
-              max_failures: int | None, save_vis: bool, save_attention: bool,
-              clip: str | None) -> None:
+def _run_many(pipe, source: Path, images: Path | None, out: Path, clip: str | None, top_k: int,
+              options: dict, ray_pipeline: tuple[str, dict] | None = None) -> None:
+    """A folder or annotation file through the local runner or, with ``ray_pipeline``
+    (pipeline name/path and params, rebuilt in each worker), on Ray."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from .runner import PREDICTIONS, BatchRunner, MaxFailures, list_inputs, write_results
+    from .runner import (PREDICTIONS, BatchRunner, MaxFailures, list_inputs, pending,
+                         write_results)
 
     if "detections" not in pipe.graph.outputs:
         _fail(f"pipeline {pipe.name!r} has no 'detections' output: batch runs need one")
@@ -152,14 +151,24 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: in
         entries, gt = list_inputs(source, images)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    runner = BatchRunner(pipe, out, batch_size=batch_size, max_failures=max_failures,
-                         save_vis=save_vis, save_attention=save_attention)
-    todo, _ = runner.pending(entries)
+    if ray_pipeline is None:
+        runner = BatchRunner(pipe, out, **options)
+        execute = lambda progress: runner.run(entries, progress)
+        engine_errors: tuple = ()
+    else:
+        from .ray_runner import RayNotInstalled, RayRunError, import_ray, run_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            _fail(str(exc))
+        execute = lambda progress: run_ray(*ray_pipeline, entries, out, progress=progress,
+                                           **options)
+        engine_errors = (RayRunError,)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("[cyan]{task.fields[rate]}"),
-               TimeRemainingColumn()]
+               TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn()]
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("detect", total=len(todo), rate="")
+        task = bar.add_task("detect", total=len(pending(entries, out)[0]), rate="")
 
         def advance(n: int) -> None:
             bar.advance(task, n)
@@ -167,12 +176,15 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: in
             bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
         try:
-            summary, stopped = runner.run(entries, progress=advance), None
+            summary, stopped = execute(advance), None
         except MaxFailures as exc:
             summary, stopped = exc.summary, exc
+        except engine_errors as exc:
+            _fail(str(exc))
+    engine = "" if ray_pipeline is None else f" on Ray, {options['workers']} worker(s)"
     typer.echo(f"done {summary.done}, skipped {summary.skipped} (already in {out / PREDICTIONS}), "
                f"failed {summary.failed}, {summary.seconds:.1f} s "
-               f"({summary.images_per_second:.2f} img/s)", err=True)
+               f"({summary.images_per_second:.2f} img/s){engine}", err=True)
     for line in summary.errors[:20]:
         typer.echo(f"  failed: {line}", err=True)
     if len(summary.errors) > 20:
@@ -180,8 +192,7 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, batch_size: in
     if stopped is not None:
         _fail(str(stopped))
     if gt is not None:
-        path = write_results(out, gt, clip)
-        typer.echo(f"wrote {path}", err=True)
+        typer.echo(f"wrote {write_results(out, gt, clip, top_k)}", err=True)
 
 
 @app.command()

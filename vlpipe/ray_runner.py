@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from .runner import PREDICTIONS, Entry, MaxFailures, Summary, read_predictions
+from .runner import (PREDICTIONS, Entry, MaxFailures, Summary, append_record, make_record,
+                     pending)
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'vlpipe[ray]'"
 
 
 class RayNotInstalled(ImportError):
-    pass
+    """``--engine ray`` without the ``ray`` extra; the message says how to install it."""
 
 
 class RayRunError(RuntimeError):
@@ -70,21 +71,6 @@ class RaySummary(Summary):
     first_result_seconds: float | None = None
     worker_init_seconds: dict[int, float] = field(default_factory=dict)
     worker_first_batch_seconds: dict[int, float] = field(default_factory=dict)
-
-
-def append_record(sink, record: dict[str, Any]) -> None:
-    """One JSON line, one ``write``, flushed and fsynced (the BatchRunner contract)."""
-    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-    sink.flush()
-    os.fsync(sink.fileno())
-
-
-def pending(entries: list[Entry], out_dir: str | Path) -> tuple[list[Entry], int]:
-    """Entries not yet in ``out_dir/predictions.jsonl`` and how many were skipped (the
-    BatchRunner resume rule; a torn last line is cut off)."""
-    done = {rec["file"] for rec in read_predictions(Path(out_dir) / PREDICTIONS)}
-    todo = [e for e in entries if e.file not in done]
-    return todo, len(entries) - len(todo)
 
 
 # --- what runs inside Ray ------------------------------------------------------------------
@@ -142,8 +128,10 @@ class PipelineWorker:
             except Exception:  # noqa: BLE001 - one image's problem must not sink the batch
                 results = [self._run_one(images[k]) for k in ok]
             outcomes.update(zip(ok, results))
-        records = [json.dumps(self._record(str(files[k]), images[k], outcomes[k]),
-                              ensure_ascii=False) for k in range(len(idx))]
+        records = [make_record(str(files[k]), None, images[k] if images[k].size else None,
+                               outcomes[k], self.out, self.save_vis, self.save_attention)
+                   for k in range(len(idx))]
+        records = [json.dumps(r, ensure_ascii=False) for r in records]
         first = self.batches == 0
         self.batches += 1
         n = len(idx)
@@ -156,23 +144,6 @@ class PipelineWorker:
             return self.pipeline.run_batch([{"image": image}])[0]
         except Exception as exc:  # noqa: BLE001
             return f"{type(exc).__name__}: {exc}"
-
-    def _record(self, file: str, image: np.ndarray, outcome) -> dict[str, Any]:
-        from .results import annotate, image_record
-        from .runner import save_attention, save_image
-
-        hw = image.shape[:2] if image.size else None
-        if isinstance(outcome, str) or outcome.error is not None:
-            return image_record(file, None, hw, None,
-                                outcome if isinstance(outcome, str) else outcome.error)
-        dets = outcome.outputs["detections"]
-        if self.save_vis:
-            from .io import safe_filename
-
-            save_image(self.out / "vis" / f"{safe_filename(file)}.jpg", annotate(image, dets))
-        if self.save_attention and outcome.outputs.get("maps"):
-            save_attention(self.out / "attention", file, image, outcome.outputs["maps"])
-        return image_record(file, None, hw, dets)
 
     def _maybe_crash(self) -> None:
         """Testing only: the first actor to find ``crash_marker`` removes it and dies hard."""
@@ -284,16 +255,9 @@ def _execute(ray, todo: list[Entry], out: Path, summary: RaySummary, *, pipeline
                 summary.worker_init_seconds.setdefault(pid, float(row["init_s"]))
                 if float(row["first_batch_s"]) >= 0:
                     summary.worker_first_batch_seconds.setdefault(pid, float(row["first_batch_s"]))
-                if record["error"] is None:
-                    summary.done += 1
-                else:
-                    summary.failed += 1
-                    summary.errors.append(f"{entry.file}: {record['error']}")
                 if progress is not None:
                     progress(1)
-                if max_failures is not None and summary.failed > max_failures:
-                    raise MaxFailures(f"stopped after {summary.failed} failures "
-                                      f"(--max-failures {max_failures})", summary)
+                summary.add(record, max_failures)
     except (MaxFailures, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker deaths in several types
@@ -314,51 +278,3 @@ def _rows(ds) -> Iterable[dict[str, Any]]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
-
-
-def cli_run(pipeline: str, params: dict[str, Any], source: Path, images: Path | None, out: Path, *,
-            address: str | None, workers: int, num_gpus_per_worker: float, batch_size: int,
-            max_failures: int | None, save_vis: bool, save_attention: bool,
-            clip: str | None) -> None:
-    """``vlpipe run ... --engine ray``: run_ray plus the local runner's report and results.json."""
-    import typer
-
-    from .runner import write_results
-
-    def fail(message: str):
-        typer.secho(f"error: {message}", fg="red", err=True)
-        raise typer.Exit(2)
-
-    try:
-        import_ray()
-    except RayNotInstalled:
-        fail(INSTALL_HINT)
-    from .pipeline import GraphError
-    from .runner import list_inputs
-
-    try:
-        entries, gt = list_inputs(source, images)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    stopped = None
-    try:
-        summary = run_ray(pipeline, params, entries, out, address=address, workers=workers,
-                          num_gpus_per_worker=num_gpus_per_worker, batch_size=batch_size,
-                          max_failures=max_failures, save_vis=save_vis,
-                          save_attention=save_attention)
-    except (GraphError, ValueError, RayRunError) as exc:
-        fail(str(exc))
-    except MaxFailures as exc:
-        summary, stopped = exc.summary, exc
-    typer.echo(f"done {summary.done}, skipped {summary.skipped} (already in {out / PREDICTIONS}), "
-               f"failed {summary.failed}, {summary.seconds:.1f} s "
-               f"({summary.images_per_second:.2f} img/s) on Ray, {len(summary.worker_init_seconds)} "
-               f"worker(s)", err=True)
-    for line in summary.errors[:20]:
-        typer.echo(f"  failed: {line}", err=True)
-    if len(summary.errors) > 20:
-        typer.echo(f"  ... and {len(summary.errors) - 20} more (see {out / PREDICTIONS})", err=True)
-    if stopped is not None:
-        fail(str(stopped))
-    if gt is not None:
-        typer.echo(f"wrote {write_results(out, gt, clip)}", err=True)

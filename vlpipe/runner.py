@@ -9,6 +9,7 @@ duplicated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -104,6 +105,17 @@ class Summary:
     def images_per_second(self) -> float:
         return (self.done + self.failed) / self.seconds if self.seconds else 0.0
 
+    def add(self, record: dict[str, Any], max_failures: int | None = None) -> None:
+        """Count one written record; raise :class:`MaxFailures` past ``max_failures``."""
+        if record["error"] is None:
+            self.done += 1
+            return
+        self.failed += 1
+        self.errors.append(f"{record['file']}: {record['error']}")
+        if max_failures is not None and self.failed > max_failures:
+            raise MaxFailures(f"stopped after {self.failed} failures "
+                              f"(--max-failures {max_failures})", self)
+
 
 class MaxFailures(RuntimeError):
     """Raised by :meth:`BatchRunner.run` past ``max_failures``; ``summary`` is the run so far."""
@@ -125,36 +137,23 @@ class BatchRunner:
         self.save_vis, self.save_attention = save_vis, save_attention
         self.prefetch_depth = prefetch_depth
 
-    def pending(self, entries: list[Entry]) -> tuple[list[Entry], int]:
-        """Entries not yet in predictions.jsonl, and how many were skipped."""
-        done = {rec["file"] for rec in read_predictions(self.out / PREDICTIONS)}
-        todo = [e for e in entries if e.file not in done]
-        return todo, len(entries) - len(todo)
-
     def run(self, entries: list[Entry], progress=None) -> Summary:
         """Process every pending entry; ``progress(n)`` is called after each image."""
         self.out.mkdir(parents=True, exist_ok=True)
-        todo, skipped = self.pending(entries)
+        todo, skipped = pending(entries, self.out)
         summary = Summary(skipped=skipped)
         start = time.perf_counter()
-        with open(self.out / PREDICTIONS, "a", encoding="utf-8") as sink:
-            for entry, image, error in self._results(todo):
-                record = self._record(entry, image, error)
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-                if record["error"] is None:
-                    summary.done += 1
-                else:
-                    summary.failed += 1
-                    summary.errors.append(f"{entry.file}: {record['error']}")
-                if progress is not None:
-                    progress(1)
-                if self.max_failures is not None and summary.failed > self.max_failures:
-                    summary.seconds = time.perf_counter() - start
-                    raise MaxFailures(f"stopped after {summary.failed} failures "
-                                      f"(--max-failures {self.max_failures})", summary)
-        summary.seconds = time.perf_counter() - start
+        try:
+            with open(self.out / PREDICTIONS, "a", encoding="utf-8") as sink:
+                for entry, image, outcome in self._results(todo):
+                    record = make_record(entry.file, entry.image_id, image, outcome, self.out,
+                                         self.save_vis, self.save_attention)
+                    append_record(sink, record)
+                    if progress is not None:
+                        progress(1)
+                    summary.add(record, self.max_failures)
+        finally:
+            summary.seconds = time.perf_counter() - start
         return summary
 
     def _load(self, entries: list[Entry]) -> Iterator[tuple[Entry, np.ndarray | None, str | None]]:
@@ -180,17 +179,42 @@ class BatchRunner:
         for entry, image, error in batch:
             yield entry, image, (error if error is not None else next(results))
 
-    def _record(self, entry: Entry, image: np.ndarray | None, outcome) -> dict[str, Any]:
-        hw = None if image is None else image.shape[:2]
-        if isinstance(outcome, str) or outcome.error is not None:
-            error = outcome if isinstance(outcome, str) else outcome.error
-            return image_record(entry.file, entry.image_id, hw, None, error)
-        dets = outcome.outputs["detections"]
-        if self.save_vis:
-            save_image(self.out / "vis" / f"{safe_filename(entry.file)}.jpg", annotate(image, dets))
-        if self.save_attention and outcome.outputs.get("maps"):
-            save_attention(self.out / "attention", entry.file, image, outcome.outputs["maps"])
-        return image_record(entry.file, entry.image_id, hw, dets)
+
+def pending(entries: list[Entry], out_dir: str | Path) -> tuple[list[Entry], int]:
+    """Entries not yet in ``out_dir/predictions.jsonl``, and how many were skipped."""
+    done = {rec["file"] for rec in read_predictions(Path(out_dir) / PREDICTIONS)}
+    todo = [e for e in entries if e.file not in done]
+    return todo, len(entries) - len(todo)
+
+
+def append_record(sink, record: dict[str, Any]) -> None:
+    """One JSON line in one ``write``, flushed and fsynced."""
+    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
+def make_record(file: str, image_id: int | None, image: np.ndarray | None, outcome,
+                out: Path, save_vis: bool = False, save_attention: bool = False) -> dict[str, Any]:
+    """The JSON line for one image from a pipeline Result or a load-error message; writes the
+    annotated image / attention overlays when asked."""
+    hw = None if image is None else image.shape[:2]
+    if isinstance(outcome, str) or outcome.error is not None:
+        error = outcome if isinstance(outcome, str) else outcome.error
+        return image_record(file, image_id, hw, None, error)
+    dets = outcome.outputs["detections"]
+    if save_vis:
+        save_image(out / "vis" / output_name(file, ".jpg"), annotate(image, dets))
+    if save_attention and outcome.outputs.get("maps"):
+        save_attention_maps(out / "attention", file, image, outcome.outputs["maps"])
+    return image_record(file, image_id, hw, dets)
+
+
+def output_name(file: str, suffix: str) -> str:
+    """A safe, collision-free flat file name for an output derived from dataset entry ``file``:
+    ``a/b.jpg`` -> ``a_b-<8 hex of the entry's hash>.jpg``."""
+    digest = hashlib.sha1(file.encode("utf-8")).hexdigest()[:8]
+    return f"{safe_filename(str(Path(file).with_suffix('')))}-{digest}{suffix}"
 
 
 def save_image(path: Path, rgb: np.ndarray) -> None:
@@ -200,7 +224,7 @@ def save_image(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path, quality=90)
 
 
-def save_attention(folder: Path, file: str, image: np.ndarray, maps) -> None:
+def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> None:
     """One heat-map overlay per object map (full-image views only)."""
     from .agents.points import resize_map
 
@@ -208,8 +232,8 @@ def save_attention(folder: Path, file: str, image: np.ndarray, maps) -> None:
         heat = resize_map(m.map, m.region, image.shape[:2])
         lo, hi = float(heat.min()), float(heat.max())
         heat = (heat - lo) / (hi - lo) if hi > lo else heat * 0
-        name = safe_filename(f"{file}_{k:03d}_{m.name}") + ".jpg"
-        save_image(folder / name, heatmap_overlay(image, heat))
+        save_image(folder / output_name(file, f"-{k:03d}-{safe_filename(m.name)}.jpg"),
+                   heatmap_overlay(image, heat))
 
 
 def write_results(out_dir: str | Path, gt: dict, clip: str | None = None, top_k: int = 1) -> Path:
