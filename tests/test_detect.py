@@ -81,6 +81,10 @@ def test_bad_image_and_bad_params_are_clear_errors(tiny_models, tmp_path):
     assert code == 2 and "has no param 'nope'" in err
     code, _, err = invoke("run", "no-such-recipe", broken)
     assert code == 2 and "no built-in recipe" in err
+    # a value the node itself rejects: named with its node, no traceback
+    code, _, err = invoke("run", "detect", broken, "--set", "sam_backend=hf3")
+    assert code == 2 and "node 'sam' (sam): bad params: unknown SAM backend 'hf3'" in err
+    assert "Traceback" not in err
 
 
 def test_graph_and_help():

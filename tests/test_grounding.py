@@ -10,7 +10,8 @@ import pytest
 import supervision as sv
 from PIL import Image
 
-from vlpipe.agents.grounding import GroundingDinoBackend, build_tiny_grounding_dino, load_grounding_dino
+from vlpipe.agents.grounding import (GroundingDinoBackend, build_tiny_grounding_dino, crop_boxes,
+                                    load_grounding_dino)
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
@@ -102,7 +103,7 @@ def test_no_phrases(loaded, images):
 def test_backend_from_path_and_crops(tiny_dir, images):
     backend = GroundingDinoBackend(str(tiny_dir), box_threshold=0.0)
     dets = backend.detect(images[:1], [["a dog", "a cat"]])[0]
-    crops = backend.crops(images[0], dets, max_crops=4, pad=0.1)
+    crops = crop_boxes(images[0], dets, max_crops=4, pad=0.1)
     assert 0 < len(crops) <= 4
     for crop in crops:
         assert crop.ndim == 3 and crop.shape[2] == 3 and crop.dtype == np.uint8
@@ -110,4 +111,4 @@ def test_backend_from_path_and_crops(tiny_dir, images):
     # top-scoring first: the first crop is the best box (padded)
     x0, y0, x1, y1 = dets.xyxy[0]
     assert crops[0].shape[0] >= int(y1 - y0) - 1 and crops[0].shape[1] >= int(x1 - x0) - 1
-    assert backend.crops(images[0], sv.Detections.empty()) == []
+    assert crop_boxes(images[0], sv.Detections.empty()) == []

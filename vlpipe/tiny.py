@@ -242,6 +242,7 @@ def build_all(out: str | Path) -> list[Path]:
 
     from .agents.grounding import build_tiny_grounding_dino
     from .agents.names import build_tiny_clip_text
+    from .agents.owlv2 import build_tiny_owlv2
     from .pipeline import recipe_names, resolve_pipeline
 
     out = Path(out)
@@ -254,6 +255,7 @@ def build_all(out: str | Path) -> list[Path]:
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),
         "sam_official": build_official_sam(out / "sam_official"),
         "grounding_dino": build_tiny_grounding_dino(out / "grounding_dino"),
+        "owlv2": build_tiny_owlv2(out / "owlv2"),
         "clip_text": build_tiny_clip_text(out / "clip_text"),
     }
     written = list(models.values())

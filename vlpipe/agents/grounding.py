@@ -20,6 +20,7 @@ from .hub import from_pretrained, resolve_dtype
 __all__ = [
     "GroundingDinoBackend",
     "build_tiny_grounding_dino",
+    "crop_boxes",
     "load_grounding_dino",
 ]
 
@@ -164,11 +165,11 @@ class GroundingDinoBackend:
         """
         if len(images) != len(phrases):
             raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
-        images = [_as_rgb(im) for im in images]
+        images = [as_rgb(im) for im in images]
         chunks = [c for i, ph in enumerate(phrases) for c in self.chunk_phrases(ph, i)]
         per_image: list[list[sv.Detections]] = [[] for _ in images]
         if not chunks:
-            return [_empty_detections() for _ in images]
+            return [empty_detections() for _ in images]
 
         used = sorted({c.image_index for c in chunks})
         pix = self.processor.image_processor(images=[images[i] for i in used], return_tensors="pt")
@@ -209,9 +210,9 @@ class GroundingDinoBackend:
 
         out = []
         for i, parts in enumerate(per_image):
-            dets = sv.Detections.merge(parts) if parts else _empty_detections()
+            dets = sv.Detections.merge(parts) if parts else empty_detections()
             if len(dets) == 0:
-                dets = _empty_detections()
+                dets = empty_detections()
             else:
                 h, w = images[i].shape[:2]
                 dets.xyxy = np.clip(dets.xyxy, 0, [w, h, w, h]).astype(np.float32)
@@ -231,7 +232,7 @@ class GroundingDinoBackend:
         q_probs = probs[keep]  # (K, max_text_len)
         n = len(res["scores"])
         if n == 0:
-            return _empty_detections()
+            return empty_detections()
         assert q_probs.shape[0] == n, "query selection mismatch with post-processing"
 
         # Token positions of each phrase (via character offsets; special tokens have (0, 0)).
@@ -252,28 +253,29 @@ class GroundingDinoBackend:
             data={"class_name": names, "text_label": np.array(list(res["text_labels"]), dtype=str)},
         )
 
-    # -------------------------------------------------------------------- crops
-    @staticmethod
-    def crops(image: np.ndarray, dets: sv.Detections, max_crops: int = 4, pad: float = 0.1) -> list[np.ndarray]:
-        """Crop the top-scoring boxes (padded by ``pad`` × box size, clipped to the image)."""
-        if len(dets) == 0 or max_crops <= 0:
-            return []
-        h, w = image.shape[:2]
-        conf = dets.confidence if dets.confidence is not None else np.zeros(len(dets))
-        order = np.argsort(-conf, kind="stable")[:max_crops]
-        out = []
-        for i in order:
-            x0, y0, x1, y1 = dets.xyxy[i].astype(float)
-            px, py = pad * (x1 - x0), pad * (y1 - y0)
-            x0, y0 = int(max(0, math.floor(x0 - px))), int(max(0, math.floor(y0 - py)))
-            x1, y1 = int(min(w, math.ceil(x1 + px))), int(min(h, math.ceil(y1 + py)))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            out.append(image[y0:y1, x0:x1].copy())
-        return out
+
+def crop_boxes(image: np.ndarray, dets: sv.Detections, max_crops: int = 4,
+               pad: float = 0.1) -> list[np.ndarray]:
+    """Crops (RGB uint8) of the top-scoring boxes of ``dets``, best first, each padded by
+    ``pad`` × its box size and clipped to the image."""
+    if len(dets) == 0 or max_crops <= 0:
+        return []
+    h, w = image.shape[:2]
+    conf = dets.confidence if dets.confidence is not None else np.zeros(len(dets))
+    order = np.argsort(-conf, kind="stable")[:max_crops]
+    out = []
+    for i in order:
+        x0, y0, x1, y1 = dets.xyxy[i].astype(float)
+        px, py = pad * (x1 - x0), pad * (y1 - y0)
+        x0, y0 = int(max(0, math.floor(x0 - px))), int(max(0, math.floor(y0 - py)))
+        x1, y1 = int(min(w, math.ceil(x1 + px))), int(min(h, math.ceil(y1 + py)))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        out.append(image[y0:y1, x0:x1].copy())
+    return out
 
 
-def _empty_detections() -> sv.Detections:
+def empty_detections() -> sv.Detections:
     """Empty Detections with the same fields as non-empty results (so merging keeps them)."""
     return sv.Detections(
         xyxy=np.zeros((0, 4), np.float32),
@@ -283,7 +285,7 @@ def _empty_detections() -> sv.Detections:
     )
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
+def as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)

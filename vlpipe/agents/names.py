@@ -361,18 +361,13 @@ refrigerator book clock vase scissors teddy hair drier toothbrush red blue green
 child""".split()
 
 
-def build_tiny_clip_text(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random CLIP text model and an offline word-level tokenizer to ``out_dir``.
-
-    For tests and wiring only (the weights are random). CLIP pools the hidden state at the
-    first ``eos_token_id`` (or at ``argmax(input_ids)`` for old configs with id 2), so the
-    tokenizer puts an EOS, which also has the largest id, at the end of every sequence.
-    """
+def tiny_clip_tokenizer(max_len: int = 32):
+    """An offline word-level CLIP-style tokenizer over a small vocabulary: ``<|startoftext|> ...
+    <|endoftext|>``, EOS with the largest id (CLIP and OWLv2 pool the text at the EOS, found as
+    ``eos_token_id`` or ``argmax(input_ids)``), ``[PAD]`` id 0. For tiny models only."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pad, unk, bos, eos = "[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>"
     words = list(dict.fromkeys(_TINY_WORDS))
     vocab = {tok: i for i, tok in enumerate([pad, unk, *words, bos, eos])}  # EOS has the largest id
@@ -383,22 +378,31 @@ def build_tiny_clip_text(out_dir: str | Path, seed: int = 0) -> Path:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
     )
-    max_len = 32
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=unk, pad_token=pad, bos_token=bos, eos_token=eos, model_max_length=max_len
     )
 
+
+def build_tiny_clip_text(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random CLIP text model and an offline word-level tokenizer to ``out_dir``.
+
+    For tests and wiring only (the weights are random)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_clip_tokenizer(max_len=32)
     config = CLIPTextConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=max_len,
+        max_position_embeddings=tokenizer.model_max_length,
         projection_dim=16,
-        pad_token_id=vocab[pad],
-        bos_token_id=vocab[bos],
-        eos_token_id=vocab[eos],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
     CLIPTextModelWithProjection(config).save_pretrained(out)

@@ -88,7 +88,7 @@ class PipelineSpec(BaseModel):
             cls = registry.get(spec.type)
             try:
                 node = cls(name, **_substitute(spec.params, params))
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:  # the node's own check of its params
                 raise GraphError([f"node {name!r} ({spec.type}): bad params: {exc}"]) from None
             graph.add(node, when=spec.when, **spec.inputs)
         for key, ref in self.outputs.items():
