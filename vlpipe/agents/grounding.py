@@ -354,12 +354,9 @@ def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
         num_queries=20, max_text_len=32, disable_custom_kernels=True,
     )
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -135,12 +135,9 @@ def build_tiny_owlv2(out_dir: str | Path, seed: int = 0) -> Path:
         vision_config={**tower, "image_size": 64, "patch_size": 16},
         projection_dim=32,  # OWL's class head compares text embeddings at the text width
     )
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
         torch.manual_seed(seed)
         model = Owlv2ForObjectDetection(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
