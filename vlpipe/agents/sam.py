@@ -101,11 +101,11 @@ class HfSam(SamBackend):
         return self.embedding.expand(k, -1, -1, -1)
 
     def _upscale(self, low: torch.Tensor) -> np.ndarray:
-        """(K, 1, m, m) logits -> (K, H, W) bool masks of the original image."""
-        k = len(low)
-        masks = self.processor.image_processor.post_process_masks(  # K x (1, 1, H, W)
-            low[:, None].float().cpu(), self.original.repeat(k, 1), self.reshaped.repeat(k, 1))
-        return torch.cat(masks)[:, 0].numpy()
+        """(K, 1, m, m) logits -> (K, H, W) bool masks of the original image, upscaled all K
+        at once on the model's device; only the bool masks cross to the CPU."""
+        masks = self.processor.image_processor.post_process_masks(
+            [low.float()], self.original, self.reshaped)[0]  # (K, 1, H, W)
+        return masks[:, 0].cpu().numpy()
 
     @torch.inference_mode()
     def predict(self, points, labels, mask_logits):
@@ -145,7 +145,7 @@ class HfSam2(HfSam):
         return [e.expand(k, -1, -1, -1) for e in self.embedding]
 
     def _upscale(self, low: torch.Tensor) -> np.ndarray:
-        return self.processor.post_process_masks([low.float().cpu()], self.original)[0][:, 0].numpy()
+        return self.processor.post_process_masks([low.float()], self.original)[0][:, 0].cpu().numpy()
 
 
 # -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
