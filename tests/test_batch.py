@@ -100,6 +100,21 @@ def test_folder_with_corrupt_and_non_image_files(tiny_models, tmp_path):
     assert "done 0, skipped 5" in again.output and "failed 0" in again.output
     assert len(read_predictions(out / PREDICTIONS)) == 5
 
+    # --retry-failed: the failures run again (one is fixed now); their new lines supersede
+    write_image(src / "corrupt.jpg", 40, 56, seed=9)
+    retry = detect(tiny_models, src, out, "--retry-failed")
+    assert retry.exit_code == 0, retry.output
+    assert "done 1, skipped 3" in retry.output and "failed 1" in retry.output
+    lines = (out / PREDICTIONS).read_text().splitlines()
+    assert len(lines) == 7  # append-only: 5 + the 2 retried
+    records = read_predictions(out / PREDICTIONS)
+    by_file = {r["file"]: r for r in records}
+    assert len(records) == 5 and set(by_file) == {*sizes, "corrupt.jpg", "sub/empty.png"}
+    fixed = by_file["corrupt.jpg"]
+    assert fixed["error"] is None and (fixed["height"], fixed["width"]) == (40, 56)
+    check_detections(fixed)
+    assert "empty" in by_file["sub/empty.png"]["error"]
+
 
 # -- (b) SIGKILL and resume -----------------------------------------------------------------------
 

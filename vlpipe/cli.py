@@ -62,6 +62,7 @@ def run(
     save_attention: Annotated[bool, typer.Option(help="Write attention heat-map overlays.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch through the graph.")] = 4,
     max_failures: Annotated[Optional[int], typer.Option(help="Stop after this many failed images.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run again the images whose record in OUT is a failure.")] = False,
     clip: Annotated[Optional[str], typer.Option(help="CLIP model for mapping names to dataset categories.")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Write a Chrome trace of node timings.")] = None,
     top_k: Annotated[int, typer.Option(help="Dataset categories kept per detection name.")] = 1,
@@ -83,7 +84,7 @@ def run(
         _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
     else:
         options = {"batch_size": batch_size, "max_failures": max_failures, "save_vis": save_vis,
-                   "save_attention": save_attention}
+                   "save_attention": save_attention, "retry_failed": retry_failed}
         if engine == "ray":
             options.update(address=address, workers=workers,
                            num_gpus_per_worker=num_gpus_per_worker)
@@ -168,7 +169,8 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, clip: str | No
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn()]
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("detect", total=len(pending(entries, out)[0]), rate="")
+        task = bar.add_task("detect", total=len(pending(entries, out, options["retry_failed"])[0]),
+                            rate="")
 
         def advance(n: int) -> None:
             bar.advance(task, n)

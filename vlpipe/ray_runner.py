@@ -169,7 +169,8 @@ def run_ray(pipeline: str, params: dict[str, Any], entries: list[Entry], out_dir
             address: str | None = None, workers: int = 2, num_gpus_per_worker: float = 0,
             num_cpus_per_worker: float = 0.5, batch_size: int = 4, max_retries: int = 2,
             max_failures: int | None = None, save_vis: bool = False,
-            save_attention: bool = False, progress: Callable[[int], None] | None = None,
+            save_attention: bool = False, retry_failed: bool = False,
+            progress: Callable[[int], None] | None = None,
             runtime_env: dict[str, Any] | None = None,
             _crash_marker: str | None = None) -> RaySummary:
     """Run a detect-style pipeline (recipe name or pipeline file + params) over ``entries`` on
@@ -179,6 +180,7 @@ def run_ray(pipeline: str, params: dict[str, Any], entries: list[Entry], out_dir
     starts a local Ray instance unless one is already initialised in this process. ``workers``
     actors each take ``num_cpus_per_worker`` CPUs and ``num_gpus_per_worker`` GPUs (1 puts each on
     its own GPU). A dead actor is restarted and its batch retried up to ``max_retries`` times.
+    ``retry_failed`` sends images whose record is a failure again, as the local runner does.
     Returns a :class:`RaySummary`; raises :class:`MaxFailures` past ``max_failures`` failed
     images, :class:`RayRunError` when the run could not finish, :class:`RayNotInstalled`."""
     ray = import_ray()
@@ -190,7 +192,7 @@ def run_ray(pipeline: str, params: dict[str, Any], entries: list[Entry], out_dir
     spec_text = _spec_text(pipeline)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo, skipped = pending(entries, out)
+    todo, skipped = pending(entries, out, retry_failed)
     summary = RaySummary(skipped=skipped)
     if not todo:
         return summary

@@ -82,7 +82,8 @@ def _inside(root: Path, name: str, source: Path) -> Path:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of a predictions file; a torn last line (killed mid-write) is cut off."""
+    """One record per file from a predictions file: the last complete line for a file wins (a
+    failure run again with ``retry_failed``); a torn last line (killed mid-write) is cut off."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -90,7 +91,12 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     if len(good) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(good))
-    return [json.loads(line) for line in good.splitlines() if line.strip()]
+    latest: dict[str, dict[str, Any]] = {}
+    for line in good.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[record["file"]] = record
+    return list(latest.values())
 
 
 @dataclass
@@ -130,17 +136,19 @@ class BatchRunner:
 
     def __init__(self, pipeline: Pipeline, out_dir: str | Path, *, batch_size: int = 4,
                  max_failures: int | None = None, save_vis: bool = False,
-                 save_attention: bool = False, prefetch_depth: int = 8) -> None:
+                 save_attention: bool = False, retry_failed: bool = False,
+                 prefetch_depth: int = 8) -> None:
         self.pipeline = pipeline
         self.out = Path(out_dir)
         self.batch_size, self.max_failures = batch_size, max_failures
         self.save_vis, self.save_attention = save_vis, save_attention
+        self.retry_failed = retry_failed
         self.prefetch_depth = prefetch_depth
 
     def run(self, entries: list[Entry], progress=None) -> Summary:
         """Process every pending entry; ``progress(n)`` is called after each image."""
         self.out.mkdir(parents=True, exist_ok=True)
-        todo, skipped = pending(entries, self.out)
+        todo, skipped = pending(entries, self.out, self.retry_failed)
         summary = Summary(skipped=skipped)
         start = time.perf_counter()
         try:
@@ -180,9 +188,12 @@ class BatchRunner:
             yield entry, image, (error if error is not None else next(results))
 
 
-def pending(entries: list[Entry], out_dir: str | Path) -> tuple[list[Entry], int]:
-    """Entries not yet in ``out_dir/predictions.jsonl``, and how many were skipped."""
-    done = {rec["file"] for rec in read_predictions(Path(out_dir) / PREDICTIONS)}
+def pending(entries: list[Entry], out_dir: str | Path,
+            retry_failed: bool = False) -> tuple[list[Entry], int]:
+    """Entries not yet in ``out_dir/predictions.jsonl`` (with ``retry_failed``, also those whose
+    record is a failure), and how many were skipped."""
+    done = {rec["file"] for rec in read_predictions(Path(out_dir) / PREDICTIONS)
+            if not (retry_failed and rec["error"] is not None)}
     todo = [e for e in entries if e.file not in done]
     return todo, len(entries) - len(todo)
 
