@@ -316,3 +316,53 @@ def test_large_nms_iou_greedy_path_matches_torchvision(agnostic):
     else:
         ref = torchvision.ops.batched_nms(tb, ts, torch.from_numpy((d.data["class_name"] == "b").astype(np.int64)), 0.5)
     np.testing.assert_array_equal(out.xyxy, boxes[ref.numpy()])
+
+
+# --------------------------------------------------------------------------- crop-RLE masks
+
+
+def _blob_masks(boxes, hw, seed):
+    """(N, H, W) random blobs, each inside its (integer) box."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((len(boxes), *hw), dtype=bool)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        m[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.6
+        m[y0, x0] = m[y1 - 1, x1 - 1] = True  # the blob spans its whole box
+    return masks
+
+
+def _compact(d: sv.Detections, hw) -> sv.Detections:
+    out = dets(d.xyxy, d.confidence, d.data["class_name"])
+    out.mask = sv.CompactMask.from_dense(d.mask, sv.mask_to_xyxy(d.mask), hw)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nmm_on_compact_masks_ors_each_group(seed):
+    hw = (120, 160)
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 120, (60, 2))
+    wh = rng.integers(4, 40, (60, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [160, 120])], 1)
+    dense = dets(boxes, rng.random(60), rng.choice(["a", "b"], 60), _blob_masks(boxes, hw, seed))
+    groups = _ref_greedy(dense.xyxy.tolist(), dense.confidence.tolist(),
+                         list(dense.data["class_name"]), "ios", 0.5)
+    assert any(groups.values()), "no group to merge: pick another seed"
+    out = merge_detections(_compact(dense, hw))
+    assert isinstance(out.mask, sv.CompactMask) and out.mask.shape == (len(groups), *hw)
+    for got, (k, members) in zip(np.asarray(out.mask), groups.items()):
+        np.testing.assert_array_equal(got, dense.mask[[k, *members]].any(0))
+    np.testing.assert_array_equal(out.xyxy, merge_detections(dense).xyxy)
+
+
+def test_compact_masks_map_from_a_tile_without_a_full_image_array():
+    H, W = 480, 640
+    tile = split_tiles(H, W)[4]  # offset (320, 240)
+    boxes = [(80, 60, 130, 110), (0, 0, 5, 7)]
+    masks = _blob_masks(boxes, (tile.height, tile.width), 3)
+    d_tile = _compact(dets(boxes, [0.9, 0.8], ["cat", "dog"], masks), (tile.height, tile.width))
+    d_full = to_full_image(d_tile, tile, (H, W))
+    assert isinstance(d_full.mask, sv.CompactMask) and d_full.mask.shape == (2, H, W)
+    expected = np.zeros((2, H, W), dtype=bool)
+    expected[:, 240:, 320:] = masks
+    np.testing.assert_array_equal(np.asarray(d_full.mask), expected)

@@ -325,11 +325,15 @@ def _normalized(m: np.ndarray) -> np.ndarray:
 
 
 def _detections(masks: np.ndarray, score: np.ndarray, maps: list[ObjectMap], rnd: int):
+    """(K, h, w) bool masks of one round -> Detections of the non-empty ones, masks stored as
+    crop-RLE ``sv.CompactMask`` (every view, question and round is kept for the merge: dense
+    full-image masks would take K·H·W bytes each round)."""
     keep = masks.reshape(len(masks), -1).any(1)
+    inclusive = sv.mask_to_xyxy(masks)
     # pixel-edge boxes: a mask covering columns 3..5 spans x 3.0 to 6.0
-    xyxy = sv.mask_to_xyxy(masks).astype(np.float32) + np.float32([0, 0, 1, 1])
+    xyxy = inclusive.astype(np.float32) + np.float32([0, 0, 1, 1])
     dets = sv.Detections(
-        xyxy=xyxy, mask=masks,
+        xyxy=xyxy, mask=sv.CompactMask.from_dense(masks, inclusive, masks.shape[1:]),
         confidence=score.astype(np.float32),
         data={"class_name": np.array([m.name for m in maps]),
               "round": np.full(len(maps), rnd), "question": np.array([m.question for m in maps])})

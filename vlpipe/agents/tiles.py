@@ -128,8 +128,9 @@ def parse_grid(spec: str) -> tuple[int, int]:
 def to_full_image(dets: sv.Detections, tile: Tile, full_hw: tuple[int, int]) -> sv.Detections:
     """Map detections made on ``tile.crop(image)`` to full-image coordinates.
 
-    xyxy (N, 4) is shifted by ``(x0, y0)``; masks (N, tile.height, tile.width) are pasted
-    into (N, H, W) bool masks; confidence, class_id, data etc. are kept.
+    xyxy (N, 4) is shifted by ``(x0, y0)``; masks (N, tile.height, tile.width) become
+    (N, H, W): a ``sv.CompactMask`` is re-anchored (its crops stay as they are), a dense array
+    is pasted into zeros; confidence, class_id, data etc. are kept.
     """
     H, W = full_hw
     xyxy = dets.xyxy.astype(np.float64, copy=True).reshape(-1, 4)
@@ -139,8 +140,11 @@ def to_full_image(dets: sv.Detections, tile: Tile, full_hw: tuple[int, int]) -> 
     if dets.mask is not None:
         if dets.mask.shape[1:] != (tile.height, tile.width):
             raise ValueError(f"mask shape {dets.mask.shape[1:]} != tile shape {(tile.height, tile.width)}")
-        mask = np.zeros((len(dets), H, W), dtype=bool)
-        mask[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = dets.mask
+        if isinstance(dets.mask, sv.CompactMask):
+            mask = dets.mask.with_offset(tile.x0, tile.y0, new_image_shape=(H, W))
+        else:
+            mask = np.zeros((len(dets), H, W), dtype=bool)
+            mask[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = dets.mask
     return replace(dets, xyxy=xyxy, mask=mask, data=dict(dets.data), metadata=dict(dets.metadata))
 
 
@@ -295,12 +299,42 @@ def merge_detections(
     out.xyxy = merged
     if out.mask is not None:
         absorbed = np.flatnonzero(owner != np.arange(n))
-        mask = out.mask.copy()
-        for i in absorbed:
-            mask[group[i]] |= dets.mask[i]
-        out.mask = mask
+        if isinstance(out.mask, sv.CompactMask):
+            out.mask = _compact_union(dets.mask, keep, group, absorbed)
+        else:
+            mask = out.mask.copy()
+            for i in absorbed:
+                mask[group[i]] |= dets.mask[i]
+            out.mask = mask
     if out.confidence is not None:
         conf = out.confidence.astype(np.float64, copy=True)
         np.maximum.at(conf, group, scores)
         out.confidence = conf.astype(out.confidence.dtype)
     return out
+
+
+def _compact_union(masks: sv.CompactMask, keep: np.ndarray, group: np.ndarray,
+                   absorbed: np.ndarray) -> sv.CompactMask:
+    """NMM's mask OR on crop-RLE masks: keeper ``keep[g]`` ORed with every ``absorbed`` ``i`` of
+    ``group[i] == g``, each union painted on the crop that spans its members' crops only."""
+    members: dict[int, list[int]] = {}
+    for i in absorbed:
+        members.setdefault(int(group[i]), []).append(int(i))
+    boxes = masks.bbox_xyxy  # (N, 4) inclusive crop boxes
+    out = []
+    for g, k in enumerate(keep):
+        if g not in members:
+            out.append(masks[[k]])
+            continue
+        idx = [int(k), *members[g]]
+        x0, y0 = boxes[idx, :2].min(0)
+        x1, y1 = boxes[idx, 2:].max(0)
+        canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
+        for i in idx:
+            bx, by = boxes[i, 0] - x0, boxes[i, 1] - y0
+            crop = masks.crop(i)
+            canvas[by:by + crop.shape[0], bx:bx + crop.shape[1]] |= crop
+        whole = np.array([[0, 0, canvas.shape[1] - 1, canvas.shape[0] - 1]])
+        out.append(sv.CompactMask.from_dense(canvas[None], whole, canvas.shape)
+                   .with_offset(int(x0), int(y0), new_image_shape=masks.image_shape))
+    return sv.CompactMask.merge(out)
