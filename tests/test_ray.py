@@ -148,3 +148,8 @@ def test_without_ray_says_how_to_install(monkeypatch, tiny_models, folder, tmp_p
                                       "--out", str(tmp_path), "--engine", "ray"])
     assert result.exit_code == 2
     assert "pip install 'vlpipe[ray]'" in result.output
+    result = CliRunner().invoke(app, ["run", str(tiny_models / "detect.yaml"), str(folder),
+                                      "--out", str(tmp_path), "--engine", "ray",
+                                      "--trace", str(tmp_path / "trace.json")])
+    assert result.exit_code == 2 and "--trace records the local engine" in result.output
+    assert not (tmp_path / "trace.json").exists()

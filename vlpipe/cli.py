@@ -78,6 +78,8 @@ def run(
                             "trust_remote_code": trust_remote_code or None})
     if engine not in ("local", "ray"):
         _fail(f"--engine is local or ray, not {engine!r}")
+    if engine == "ray" and trace is not None:
+        _fail("--trace records the local engine's nodes only; the Ray actors keep their own")
     pipe = _load_pipeline(pipeline, params)
     source = Path(input)
     if out is None and source.is_file() and source.suffix.lower() != ".json":
