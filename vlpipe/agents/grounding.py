@@ -15,7 +15,7 @@ import numpy as np
 import supervision as sv
 import torch
 
-from .hub import from_pretrained, resolve_dtype
+from .hub import from_pretrained, resolve_dtype, save_seeded
 
 __all__ = [
     "GroundingDinoBackend",
@@ -354,9 +354,4 @@ def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
         num_queries=20, max_text_len=32, disable_custom_kernels=True,
     )
-    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = GroundingDinoForObjectDetection(config).eval()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_seeded(GroundingDinoForObjectDetection, config, processor, out, seed)

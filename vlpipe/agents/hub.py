@@ -1,4 +1,5 @@
-"""Loading weights: devices, dtypes, and errors that say how to get missing weights."""
+"""Loading weights (devices, dtypes, errors that say how to get missing weights) and saving the
+tiny random ones."""
 
 from __future__ import annotations
 
@@ -65,3 +66,14 @@ def from_pretrained(cls: Any, model: str, kind: str, **kwargs: Any) -> Any:
     except OSError as exc:  # transformers raises OSError for missing repos/files
         raise WeightsNotFound(fetch_hint(model, kind) + f" ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]})") from None
+
+
+def save_seeded(model_cls: Any, config: Any, processor: Any, out: Path, seed: int) -> Path:
+    """Build ``model_cls(config)`` with random weights from ``seed`` (the caller's RNG state is
+    left as it was) and save it with ``processor`` to ``out``: the tiny test models."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

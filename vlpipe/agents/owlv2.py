@@ -16,7 +16,7 @@ import supervision as sv
 import torch
 
 from .grounding import as_rgb, empty_detections
-from .hub import from_pretrained, resolve_dtype
+from .hub import from_pretrained, resolve_dtype, save_seeded
 
 __all__ = ["Owlv2Backend", "build_tiny_owlv2", "load_owlv2"]
 
@@ -135,9 +135,4 @@ def build_tiny_owlv2(out_dir: str | Path, seed: int = 0) -> Path:
         vision_config={**tower, "image_size": 64, "patch_size": 16},
         projection_dim=32,  # OWL's class head compares text embeddings at the text width
     )
-    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = Owlv2ForObjectDetection(config).eval()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_seeded(Owlv2ForObjectDetection, config, processor, out, seed)
