@@ -128,10 +128,10 @@ class PipelineWorker:
             except Exception:  # noqa: BLE001 - one image's problem must not sink the batch
                 results = [self._run_one(images[k]) for k in ok]
             outcomes.update(zip(ok, results))
-        records = [make_record(str(files[k]), None, images[k] if images[k].size else None,
-                               outcomes[k], self.out, self.save_vis, self.save_attention)
-                   for k in range(len(idx))]
-        records = [json.dumps(r, ensure_ascii=False) for r in records]
+        records = [json.dumps(make_record(str(files[k]), None,
+                                          images[k] if images[k].size else None, outcomes[k],
+                                          self.out, self.save_vis, self.save_attention),
+                              ensure_ascii=False) for k in range(len(idx))]
         first = self.batches == 0
         self.batches += 1
         n = len(idx)
