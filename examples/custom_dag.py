@@ -27,7 +27,7 @@ from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import iter_image_files, load_image
 from vlpipe.pipeline import Graph, Node, Pipeline, PipelineSpec, registry
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared/data/images"
+IMAGES = Path(__file__).resolve().parents[1] / "tests/data/images"
 
 PALETTE = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128),
            "red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 200),

@@ -20,12 +20,10 @@ def tiny_models(tmp_path_factory) -> Path:
     return folder
 
 
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
+
+
 @pytest.fixture(scope="session")
 def shared_images() -> Path:
-    """The real test images in ../shared/data/images (see SOURCES.md there), or the folder
-    named by ``VLPIPE_TEST_IMAGES`` (a machine where ../shared is not mounted)."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
-    folder = Path(os.environ.get("VLPIPE_TEST_IMAGES", default))
-    if not folder.is_dir():
-        pytest.skip(f"shared test images not found at {folder}")
-    return folder
+    """The real test images shipped in tests/data/images (sources and licences in SOURCES.md)."""
+    return IMAGES

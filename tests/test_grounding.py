@@ -13,7 +13,7 @@ from PIL import Image
 from vlpipe.agents.grounding import (GroundingDinoBackend, build_tiny_grounding_dino, crop_boxes,
                                     load_grounding_dino)
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
 WORDS = "dog cat person car truck sign text logo red blue tree house road window door table chair bed cup bottle".split()
 MANY = [f"a {w}" for w in WORDS] + [f"the big {w}" for w in WORDS]  # 40 phrases

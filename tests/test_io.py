@@ -12,8 +12,7 @@ from PIL import Image, features
 
 from vlpipe.io import IMAGE_SUFFIXES, ImageLoadError, iter_image_files, load_image, safe_filename
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
-needs_shared = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="shared test images missing")
+SHARED_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
 
 def _pattern(h: int = 32, w: int = 48) -> np.ndarray:
@@ -107,7 +106,6 @@ def test_exif_orientation_3_rotates_180(tmp_path):
     assert out[2, 20, 1] < 40 and out[17, 20, 1] > 215  # green is now at the bottom
 
 
-@needs_shared
 def test_exif_orientation_shared_file():
     path = SHARED_IMAGES / "exif_orientation.jpg"
     with Image.open(path) as im:
@@ -118,7 +116,6 @@ def test_exif_orientation_shared_file():
     np.testing.assert_array_equal(out, np.rot90(raw, 2))
 
 
-@needs_shared
 @pytest.mark.parametrize("name", ["cat_dog.jpeg", "ch_en_num.jpg", "dog.jpg", "en.jpg", "truck.jpg"])
 def test_shared_jpegs_load(name):
     path = SHARED_IMAGES / name
@@ -153,7 +150,6 @@ def test_la_composited_on_white(tmp_path):
     assert out[0].tolist() == [[255, 255, 255], [0, 0, 0], [100, 100, 100]]
 
 
-@needs_shared
 def test_shared_transparent_png():
     path = SHARED_IMAGES / "transparent_text.png"
     with Image.open(path) as im:

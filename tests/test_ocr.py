@@ -18,7 +18,7 @@ from vlpipe.agents.ocr import (
     ocr_backend,
 )
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
 
 def load_rgb(name: str) -> np.ndarray:
