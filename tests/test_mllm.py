@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vlpipe.agents.attention import attention_flow, object_map
-from vlpipe.agents.mllm import Mllm, _center_crop_region, token_spans
+from vlpipe.agents.layouts import _center_crop_region
+from vlpipe.agents.mllm import Mllm, token_spans
 from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
@@ -79,10 +80,14 @@ def test_image_token_layout_per_family(mllm, image):
     steps = (positions[1:] - positions[:-1]).tolist()
     assert grid == GRIDS[family]
     if family == "llava":
-        # CLIP: shortest edge to 64, centre crop 64x64, patch 8 -> 8x8; the crop covers the
-        # central 534x534 square of the image
-        assert region == pytest.approx(((800 - 534) / 2, 0, (800 + 534) / 2, 534), abs=1.0)
+        # padded to an 800x800 square (133 rows of mean colour above, 133 below), then CLIP:
+        # shortest edge to 64, centre crop 64x64 (all of it), patch 8 -> 8x8
+        assert region == (0.0, -133.0, 800.0, 667.0)
         assert positions.tolist() == all_image.tolist() and set(steps) == {1}
+        # the processor's own behaviour: the centre crop covers the central 534x534 square
+        _, _, _, native, _ = m.flow(image, prompt, torch.tensor([], dtype=torch.long),
+                                    fit="native")
+        assert native == pytest.approx(((800 - 534) / 2, 0, (800 + 534) / 2, 534), abs=1.0)
     elif family == "llava_next":
         # base view 32 px -> 4x4 = 16 tokens; then tiles of 32 px on the 64x64 pinpoint (2x2
         # tiles -> 8x8 patches), unpadded to the 534:800 aspect -> 6 rows of 8, each row closed

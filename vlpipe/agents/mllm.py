@@ -2,7 +2,7 @@
 
 Any Hugging Face image-text-to-text model loads through ``AutoModelForImageTextToText``. What
 differs between families is where the image tokens sit and which part of the image they see;
-:data:`LAYOUTS` holds one small function per family for that.
+:mod:`vlpipe.agents.layouts` holds one small function per family for that.
 
 Generation runs with the model's default (fast) attention. Attention maps come from one
 teacher-forced forward pass over prompt + answer with eager attention, each text layer's
@@ -24,68 +24,10 @@ from ..prompts import load_prompt, load_questions
 from ..results import detections_to_json
 from .attention import AttentionFlow, object_map
 from .hub import from_pretrained, resolve_device, resolve_dtype
+from .layouts import FITS, LAYOUTS, fit_image, token_grid
 from .names import parse_object_names
 from .ocr import format_lines
 from .views import ObjectMap, View
-
-# -- image-token layouts, one per family -------------------------------------------------------
-# Each returns, for image `index` of a processed batch of original size hw = (h, w):
-#   index (gh·gw,) — which of the image's placeholder tokens (counted from its first one) hold
-#                    grid cells, in row-major order (newline tokens and other views skipped);
-#   grid (gh, gw);
-#   region (x0, y0, x1, y1) — the part of the input image, in its pixels, that the grid covers.
-Layout = Callable[[object, dict, int, tuple[int, int]], tuple[torch.Tensor, tuple, tuple]]
-
-
-def _center_crop_region(hw: tuple[int, int], crop: int) -> tuple[float, float, float, float]:
-    """Region seen after 'resize shortest edge to crop, centre-crop crop x crop' (CLIP style)."""
-    h, w = hw
-    scale = crop / min(h, w)
-    rw, rh = round(w * scale), round(h * scale)
-    left, top = (rw - crop) // 2, (rh - crop) // 2
-    return (left / scale, top / scale, (left + crop) / scale, (top + crop) / scale)
-
-
-def llava_layout(processor, inputs, index, hw):
-    """LLaVA-1.5: one CLIP grid of (S/p)² tokens over the centre crop (CLS dropped, "default")."""
-    crop = processor.image_processor.crop_size["height"]
-    side = crop // processor.patch_size
-    return torch.arange(side * side), (side, side), _center_crop_region(hw, crop)
-
-
-def llava_next_layout(processor, inputs, index, hw):
-    """LLaVA-NeXT: the base view's (S/p)² tokens, then the any-resolution tiles stitched into one
-    grid, unpadded to the image's aspect ratio, with a newline token closing each row. The map
-    uses the stitched high-resolution grid, which covers the whole image."""
-    from transformers.models.llava_next.modeling_llava_next import (
-        get_anyres_image_grid_shape, unpad_image)
-
-    ip = processor.image_processor
-    tile = ip.crop_size["height"]
-    side = tile // processor.patch_size
-    n_h, n_w = get_anyres_image_grid_shape(list(hw), ip.image_grid_pinpoints, tile)
-    gh, gw = unpad_image(torch.empty(1, n_h * side, n_w * side), list(hw)).shape[1:]
-    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    order = side * side + rows * (gw + 1) + cols
-    return order.flatten(), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
-
-
-def qwen2_vl_layout(processor, inputs, index, hw):
-    """Qwen2-VL / 2.5-VL: the whole image resized to a multiple of patch·merge; tokens are the
-    merged (h/merge, w/merge) grid of ``image_grid_thw``."""
-    t, gh, gw = (int(v) for v in inputs["image_grid_thw"][index])
-    merge = processor.image_processor.merge_size
-    gh, gw = gh // merge, gw // merge
-    return torch.arange(gh * gw), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
-
-
-LAYOUTS: dict[str, Layout] = {
-    "llava": llava_layout,
-    "llava_next": llava_next_layout,
-    "qwen2_vl": qwen2_vl_layout,
-    "qwen2_5_vl": qwen2_vl_layout,
-}
-
 
 @dataclass
 class Generation:
@@ -106,7 +48,7 @@ class Mllm:
         if family not in LAYOUTS:
             raise ValueError(f"no image-token layout for model type {family!r} "
                              f"(supported: {', '.join(LAYOUTS)})")
-        self.layout = LAYOUTS[family]
+        self.family = family
         self.image_token_id = model.config.image_token_id
         self.tokenizer = processor.tokenizer
 
@@ -130,18 +72,25 @@ class Mllm:
         return self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                   add_generation_prompt=True)
 
-    def encode(self, images: list, prompts: list[str]) -> dict:
-        """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images."""
+    def encode(self, images: list, prompts: list[str], fit: str = "pad") -> dict:
+        """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images,
+        each fitted first (:func:`~vlpipe.agents.layouts.fit_image`)."""
+        fitted = [[self.fit(im, fit)[0] for im in entry] if isinstance(entry, list)
+                  else self.fit(entry, fit)[0] for entry in images]
         self.tokenizer.padding_side = "left"
-        inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True)
         return inputs.to(self.device)
+
+    def fit(self, image: np.ndarray, fit: str = "pad") -> tuple[np.ndarray, tuple[int, int]]:
+        """(fitted image, (x, y) offset of ``image`` in it) for this model's processor."""
+        return fit_image(self.family, self.processor, image, fit)
 
     @torch.inference_mode()
     def generate(self, images: list, prompts: list[str],
-                 max_new_tokens: int | None = None) -> list[Generation]:
+                 max_new_tokens: int | None = None, fit: str = "pad") -> list[Generation]:
         """Batched generation: ``prompts[i]`` about ``images[i]`` (an image, or a list of images
         when the prompt has several)."""
-        inputs = self.encode(images, prompts)
+        inputs = self.encode(images, prompts, fit)
         kw = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         out = self.model.generate(**inputs, **kw)
         start = inputs["input_ids"].shape[1]
@@ -154,10 +103,11 @@ class Mllm:
 
     @torch.inference_mode()
     def flow(self, image: np.ndarray, prompt: str, answer_ids: torch.Tensor,
-             head_weighting: bool = True, regularize: bool = True):
+             head_weighting: bool = True, regularize: bool = True, fit: str = "pad"):
         """Teacher-forced pass over prompt + answer; returns (R (N, N) float32 flow,
-        image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1), prompt length)."""
-        inputs = self.encode([image], [prompt])
+        image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1) in ``image``'s
+        pixels, prompt length)."""
+        inputs = self.encode([image], [prompt], fit)
         prompt_len = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], 1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -167,7 +117,9 @@ class Mllm:
         acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize)
         with self._eager(), self._text_attention_hook(lambda w: acc.update(w[0])):
             self.model(**inputs)
-        order, grid, region = self.layout(self.processor, inputs, 0, image.shape[:2])
+        fitted, offset = self.fit(image, fit)
+        order, grid, region = token_grid(self.family, self.processor, inputs, 0,
+                                         fitted.shape[:2], offset)
         positions = (inputs["input_ids"][0] == self.image_token_id).nonzero()[:, 0]
         return acc.result, positions[order.to(positions.device)], grid, region, prompt_len
 
@@ -222,12 +174,16 @@ def token_spans(answer_ids: torch.Tensor, tokenizer, spans: list[tuple[int, int]
 
 
 class _MllmNode(Node):
-    """Shared parameters of the MLLM nodes: which model, where, in what dtype."""
+    """Shared parameters of the MLLM nodes: which model, where, in what dtype, and how images are
+    fitted to its processor (``image_fit``: "pad" or "native", see :mod:`~vlpipe.agents.layouts`)."""
 
     def __init__(self, name: str, *, model: str, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False, **params) -> None:
+                 trust_remote_code: bool = False, image_fit: str = "pad", **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
+        if image_fit not in FITS:
+            raise ValueError(f"unknown image_fit {image_fit!r} (known: {', '.join(FITS)})")
         self.model_id, self.dtype, self.trust_remote_code = model, dtype, trust_remote_code
+        self.image_fit = image_fit
 
     @property
     def mllm(self) -> Mllm:
@@ -270,7 +226,8 @@ class ObjectListNode(_MllmNode):
         for s in range(0, len(jobs), self.gen_batch):
             chunk = jobs[s:s + self.gen_batch]
             gens = mllm.generate([batch[b]["views"][v].image for b, v, _ in chunk],
-                                 [prompts[q] for _, _, q in chunk], self.max_new_tokens)
+                                 [prompts[q] for _, _, q in chunk], self.max_new_tokens,
+                                 self.image_fit)
             for (b, v, q), gen in zip(chunk, gens):
                 spans = parse_object_names(gen.text)
                 tokens = token_spans(gen.answer_ids, mllm.tokenizer, [(n.start, n.end) for n in spans])
@@ -302,7 +259,7 @@ class AttentionMapNode(_MllmNode):
                 view = item["views"][obj.view]
                 R, positions, grid, region, prompt_len = mllm.flow(
                     view.image, obj.prompt, obj.generation.answer_ids,
-                    self.head_weighting, self.regularize)
+                    self.head_weighting, self.regularize, self.image_fit)
                 for name, tokens in obj.names:
                     m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
                     maps.append(ObjectMap(name, obj.view, obj.question, m, region))

@@ -21,7 +21,8 @@ class PointPrompt:
     Attributes:
         coords: (P, 2) float32 (x, y) pixel centres in the map's coordinates, positives first.
         labels: (P,) int32, 1 positive / 0 negative.
-        positive_area: (h, w) bool, the largest connected component above the threshold.
+        positive_area: (h, w) bool, the connected component above the threshold that the
+            positives lie in.
     """
 
     coords: np.ndarray
@@ -85,11 +86,43 @@ def sample_points(
         PointPrompt. A flat map (max == min) has no peak: the centre pixel is returned as the only
         (positive) point and the positive area is the whole map.
     """
+    return instance_prompts(m, threshold=threshold, max_instances=1, n_positive=n_positive,
+                            n_negative=n_negative, mask=mask)[0]
+
+
+def instance_prompts(
+    m: torch.Tensor | np.ndarray,
+    *,
+    threshold: float = 0.5,
+    max_instances: int = 8,
+    min_peak: float = 0.15,
+    n_positive: int = 1,
+    n_negative: int = 1,
+    mask: np.ndarray | None = None,
+) -> list[PointPrompt]:
+    """One prompt per instance of an object: every 8-connected component above the cut, then
+    the weaker peaks.
+
+    A name's map has one bright area per instance (three cups side by side light up three
+    areas), so each component above ``min + threshold * (max - min)`` prompts SAM on its own:
+    the largest components first (ties: lowest label), each with its highest pixels as
+    positives and the lowest pixels outside it as negatives, as in :func:`sample_points` (which
+    is the ``max_instances=1`` case). A small instance beside a large one of the same name
+    peaks lower than the cut; so, while fewer than ``max_instances`` areas are found, every
+    local maximum outside them that reaches ``min + min_peak * (max - min)`` adds the area
+    around it above half its own height (strongest first; ``min_peak >= threshold`` turns this
+    off). Other arguments as in :func:`sample_points`.
+
+    Returns:
+        1 to ``max_instances`` PointPrompts; a flat map gives the single centre prompt.
+    """
     m = _as_map(m)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if n_positive < 0 or n_negative < 0:
         raise ValueError("n_positive and n_negative must be >= 0")
+    if max_instances < 1:
+        raise ValueError(f"max_instances must be >= 1, got {max_instances}")
     h, w = m.shape
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
@@ -100,25 +133,67 @@ def sample_points(
 
     lo, hi = m.min(), m.max()
     if hi == lo:
-        return PointPrompt(
+        return [PointPrompt(
             coords=np.array([[w // 2 + 0.5, h // 2 + 0.5]], dtype=np.float32),
             labels=np.ones(1, dtype=np.int32),
             positive_area=np.ones((h, w), dtype=bool),
-        )
+        )]
 
     above = (m >= lo + threshold * (hi - lo)).astype(np.uint8)
     _, components, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    area = components == largest
+    by_size = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")
+    areas = [components == label for label in by_size[:max_instances]]
+    if len(areas) < max_instances and min_peak < threshold:
+        areas += _weak_instances(m, above.astype(bool), threshold, min_peak,
+                                 max_instances - len(areas))
+    prompts = []
+    for area in areas:
+        positives = _pick(m, area, n_positive, largest=True)
+        negatives = _pick(m, ~area, n_negative, largest=False)
+        rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
+        prompts.append(PointPrompt(
+            coords=rc[:, ::-1] + np.float32(0.5),
+            labels=np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32),
+            positive_area=area,
+        ))
+    return prompts
 
-    positives = _pick(m, area, n_positive, largest=True)
-    negatives = _pick(m, ~area, n_negative, largest=False)
-    rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
-    return PointPrompt(
-        coords=rc[:, ::-1] + np.float32(0.5),
-        labels=np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32),
-        positive_area=area,
-    )
+
+def _weak_instances(m: np.ndarray, covered: np.ndarray, threshold: float, min_peak: float,
+                    limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` (h, w) bool areas around local maxima of ``m`` outside ``covered`` that
+    reach ``min_peak`` of the range: each the connected part, outside earlier areas, of the
+    pixels above ``min + threshold * (peak - min)``."""
+    lo, hi = m.min(), m.max()
+    covered = covered.copy()
+    peaks = (m >= cv2.dilate(m, np.ones((3, 3), np.uint8))) & ~covered
+    peaks &= m >= lo + min_peak * (hi - lo)
+    rows, cols = np.nonzero(peaks)
+    areas = []
+    for k in np.argsort(-m[rows, cols], kind="stable"):
+        r, c = rows[k], cols[k]
+        if covered[r, c]:
+            continue
+        region = ((m >= lo + threshold * (m[r, c] - lo)) & ~covered).astype(np.uint8)
+        _, labels = cv2.connectedComponents(region, connectivity=8)
+        area = labels == labels[r, c]
+        areas.append(area)
+        covered |= area
+        if len(areas) == limit:
+            break
+    return areas
+
+
+def pool_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
+    """(H, W) mask or map -> (gh, gw) float32: the mean of each grid cell's patch, where the
+    grid covers ``region`` = (x0, y0, x1, y1) in the mask's pixels (zero outside the mask)."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = (int(round(v)) for v in region)
+    patch = np.zeros((y1 - y0, x1 - x0), np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        patch[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[sy0:sy1, sx0:sx1]
+    return cv2.resize(patch, grid[::-1], interpolation=cv2.INTER_AREA)
 
 
 def _region_scale(grid_hw: tuple[int, int], region_xyxy) -> tuple[float, float, float, float]:

@@ -29,7 +29,7 @@ import torch
 
 from ..pipeline import Node
 from .hub import WeightsNotFound, from_pretrained, resolve_device
-from .points import points_to_image, resize_map, sample_points
+from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -229,18 +229,7 @@ SAM_BACKENDS: dict[str, Callable[[str, str, str], SamBackend]] = {
 def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
     """Image mask (H, W) bool -> (gh, gw) bool: a cell is in when over half of its patch
     (the grid covering ``region`` = x0, y0, x1, y1) is covered."""
-    patch = _crop_pad(mask.astype(np.float32), region)
-    return cv2.resize(patch, grid[::-1], interpolation=cv2.INTER_AREA) > 0.5
-
-
-def _crop_pad(img: np.ndarray, region) -> np.ndarray:
-    """Pixels of ``img`` inside region (x0, y0, x1, y1), zero where the region leaves it."""
-    h, w = img.shape
-    x0, y0, x1, y1 = (int(round(v)) for v in region)
-    out = np.zeros((y1 - y0, x1 - x0), img.dtype)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
-    return out
+    return pool_to_grid(mask.astype(np.float32), region, grid) > 0.5
 
 
 def _pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +247,12 @@ def _attention_share(heat: np.ndarray, mask: np.ndarray) -> float:
 
 
 class SamNode(Node):
-    """views + maps -> detections (full-image coordinates, every round kept)."""
+    """views + maps -> detections (full-image coordinates, every round kept).
+
+    Each map prompts SAM once per instance (every component above the threshold, at most
+    ``max_instances``; see :func:`~vlpipe.agents.points.instance_prompts`), so three cups side by
+    side give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
+    x1, y1 in full-image pixels) for the merge."""
 
     inputs = {"views": "views", "maps": "object_maps"}
     outputs = {"detections": "detections"}
@@ -266,16 +260,20 @@ class SamNode(Node):
 
     def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
                  rounds: int = 3, threshold: float = 0.5, n_positive: int = 1,
-                 n_negative: int = 1, device: str = "auto", **params) -> None:
+                 n_negative: int = 1, max_instances: int = 8, min_peak: float = 0.15,
+                 device: str = "auto", **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
         if backend not in SAM_BACKENDS:
             raise ValueError(f"unknown SAM backend {backend!r} "
                              f"(known: {', '.join(SAM_BACKENDS)})")
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
+        if int(max_instances) < 1:
+            raise ValueError("max_instances must be at least 1")
         self.model_id, self.backend, self.variant = model, backend, variant
         self.rounds, self.threshold = int(rounds), float(threshold)
         self.n_positive, self.n_negative = int(n_positive), int(n_negative)
+        self.max_instances, self.min_peak = int(max_instances), float(min_peak)
 
     @property
     def sam(self) -> SamBackend:
@@ -294,28 +292,39 @@ class SamNode(Node):
         return out
 
     def segment_view(self, sam: SamBackend, view: View, maps: list[ObjectMap]) -> sv.Detections:
-        """All rounds for the objects of one view, one decoder call per round."""
+        """All rounds for every instance of the objects of one view, one decoder call per
+        round."""
         if not maps:
             return sv.Detections.empty()
         h, w = view.image.shape[:2]
         sam.set_image(view.image)
-        heat = [_normalized(resize_map(m.map, m.region, (h, w))) for m in maps]
+        targets = [(m, p) for m in maps
+                   for p in instance_prompts(m.map, threshold=self.threshold,
+                                             max_instances=self.max_instances,
+                                             min_peak=self.min_peak,
+                                             n_positive=self.n_positive,
+                                             n_negative=self.n_negative)]
+        heat = {id(m): _normalized(resize_map(m.map, m.region, (h, w))) for m in maps}
+        prompts = [(points_to_image(p, tuple(m.map.shape), m.region), p.labels)
+                   for m, p in targets]
         masks, logits, rounds = None, None, []
         for r in range(self.rounds):
-            if r != 1:  # rounds 1 and 3+ (re)sample points; round 2 reuses round 1's points
-                prompts = [self._points(m, None if masks is None else masks[k])
-                           for k, m in enumerate(maps)]
+            if r >= 2:  # round 3+: resample inside the previous round's mask
+                prompts = [self._points(m, masks[k]) for k, (m, _) in enumerate(targets)]
             coords, labels = _pad_prompts(prompts)
             masks, iou, logits = sam.predict(coords, labels, logits)
-            score = iou * np.array([_attention_share(hm, mk) for hm, mk in zip(heat, masks)])
-            rounds.append(_detections(masks, score, maps, r))
-        return to_full_image(sv.Detections.merge(rounds), view.tile, view.full_hw)
+            share = [_attention_share(heat[id(m)], mk) for (m, _), mk in zip(targets, masks)]
+            score = np.clip(iou, 0.0, 1.0) * np.array(share)  # predicted IoU may leave [0, 1]
+            rounds.append(_detections(masks, score, [m for m, _ in targets], r))
+        dets = to_full_image(sv.Detections.merge(rounds), view.tile, view.full_hw)
+        t = view.tile
+        dets.data["view_box"] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
+        return dets
 
-    def _points(self, m: ObjectMap, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _points(self, m: ObjectMap, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         grid = tuple(m.map.shape)
-        grid_mask = None if mask is None else mask_to_grid(mask, m.region, grid)
         p = sample_points(m.map, threshold=self.threshold, n_positive=self.n_positive,
-                          n_negative=self.n_negative, mask=grid_mask)
+                          n_negative=self.n_negative, mask=mask_to_grid(mask, m.region, grid))
         return points_to_image(p, grid, m.region), p.labels
 
 

@@ -6,15 +6,13 @@ coordinates. :func:`split_tiles` produces those crops (or any ``rows x cols`` gr
 optionally overlapping), :func:`to_full_image` / :func:`shift_points` map tile
 results back, and :func:`merge_detections` deduplicates the union.
 
-Merge defaults: ``method="nmm", metric="ios", threshold=0.5``, class-aware.
-An object cut by a tile border shows up in that tile as a *part* of the object,
-i.e. a box contained in the full-image detection of the same object. Its IoU with
-the full-image box is roughly ``part_area / full_area`` (0.5 for a half, lower for
-a sliver), so IoU matching keeps the fragment as a duplicate; its IoS
-(intersection over the smaller box) is ~1, so IoS catches it whatever its size.
-NMM (non-maximum *merging*) then keeps the union extent and mask, so a
-high-scoring fragment from a tile absorbs the lower-scoring full-image box (or
-other fragments) without truncating the object to the fragment's extent.
+``merge_detections`` offers NMS and NMM with IoU or IoS (intersection over the smaller box).
+The detect recipe merges with NMS + IoU 0.5, as VL-SAM does, after dropping
+:func:`tile_fragments`: an object cut by a tile border shows up in that tile as a *part*, a box
+contained in the full-image detection, whose IoU with it is roughly ``part_area / full_area``,
+so IoU alone would keep it as a duplicate. NMM + IoS catches such parts whatever their size but
+also merges distinct neighbours under one spanning box and ORs the refinement rounds of an
+object together; the oracle harness (``bench/oracle.py``) measures both.
 Greedy NMM follows SAHI's ``greedy_nmm``: a candidate is matched against the
 keeper's *original* box (not the growing merged box), so the kept set equals the
 NMS kept set and NMM only changes the geometry of what is kept.
@@ -40,6 +38,7 @@ __all__ = [
     "to_full_image",
     "shift_points",
     "merge_detections",
+    "tile_fragments",
     "greedy_owner",
 ]
 
@@ -229,6 +228,45 @@ def _greedy_one_class(xyxy: np.ndarray, rank: np.ndarray, iou: bool, thr: float)
             free[j] = False
             owner[by_x[j]] = k
     return owner
+
+
+def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarray:
+    """(N,) bool: which detections are parts of objects cut by a tile border.
+
+    A tile sees only the part of an object that crosses its border, and that part comes out as a
+    box touching the tile's inner border (a tile edge inside the image). It is a fragment when at
+    least ``containment`` of its box lies inside a larger (by over 10% in area) detection of the
+    same normalized name: a view that saw more of the object. Needs ``data["view_box"]`` (N, 4),
+    each detection's view in full-image pixels (:class:`~vlpipe.agents.sam.SamNode` sets it);
+    without it nothing is a fragment.
+    """
+    n = len(dets)
+    view = dets.data.get("view_box")
+    out = np.zeros(n, dtype=bool)
+    if view is None or n == 0:
+        return out
+    view = np.asarray(view, dtype=np.float64).reshape(n, 4)
+    xyxy = np.asarray(dets.xyxy, dtype=np.float64).reshape(n, 4)
+    if dets.mask is not None:
+        height, width = dets.mask.shape[1:]
+    else:
+        height, width = view[:, 3].max(), view[:, 2].max()
+    tol = 1.0
+    touches = (((view[:, 0] > 0) & (xyxy[:, 0] <= view[:, 0] + tol))
+               | ((view[:, 1] > 0) & (xyxy[:, 1] <= view[:, 1] + tol))
+               | ((view[:, 2] < width) & (xyxy[:, 2] >= view[:, 2] - tol))
+               | ((view[:, 3] < height) & (xyxy[:, 3] >= view[:, 3] - tol)))
+    area = np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+    classes = _class_codes(dets)
+    for i in np.flatnonzero(touches):
+        same = np.flatnonzero((classes == classes[i]) & (area > 1.1 * area[i]))
+        if len(same) == 0 or area[i] == 0:
+            continue
+        iw = np.minimum(xyxy[same, 2], xyxy[i, 2]) - np.maximum(xyxy[same, 0], xyxy[i, 0])
+        ih = np.minimum(xyxy[same, 3], xyxy[i, 3]) - np.maximum(xyxy[same, 1], xyxy[i, 1])
+        inside = np.clip(iw, 0, None) * np.clip(ih, 0, None) / area[i]
+        out[i] = bool((inside >= containment).any())
+    return out
 
 
 # torchvision's CPU nms is O(N * kept) scalar C++; below this size it beats the windowed

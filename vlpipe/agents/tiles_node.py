@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..pipeline import Node
-from .tiles import merge_detections, parse_grid, split_tiles
+from .tiles import merge_detections, parse_grid, split_tiles, tile_fragments
 from .views import View
 
 
@@ -35,18 +35,30 @@ class TilesNode(Node):
 class MergeNode(Node):
     """detections (every view, question and round) -> merged detections, best first.
 
-    Defaults: greedy non-maximum merging with intersection-over-smaller 0.5, class-aware by
-    normalized name (see :mod:`vlpipe.agents.tiles` for why)."""
+    Defaults (VL-SAM merges with NMS): tile fragments are dropped first (parts of objects cut by
+    a tile border that a larger same-name detection contains, see
+    :func:`~vlpipe.agents.tiles.tile_fragments`), then greedy NMS with IoU 0.5, class-aware by
+    normalized name. NMS keeps each object's best view, question and refinement round as they
+    are (no union of rounds) and keeps side-by-side instances apart, which intersection over
+    the smaller box with merging (``method: nmm, metric: ios``) does not."""
 
     inputs = {"detections": "detections"}
     outputs = {"detections": "detections"}
 
-    def __init__(self, name: str, *, method: str = "nmm", metric: str = "ios",
-                 threshold: float = 0.5, class_agnostic: bool = False, **kw) -> None:
+    def __init__(self, name: str, *, method: str = "nms", metric: str = "iou",
+                 threshold: float = 0.5, class_agnostic: bool = False,
+                 drop_fragments: bool = True, fragment_containment: float = 0.8, **kw) -> None:
         super().__init__(name, **kw)
         self.options = {"method": method, "metric": metric, "threshold": float(threshold),
                         "class_agnostic": bool(class_agnostic)}
+        self.drop_fragments = bool(drop_fragments)
+        self.containment = float(fragment_containment)
 
     def run(self, batch):
-        return [{"detections": merge_detections(item["detections"], **self.options)}
-                for item in batch]
+        out = []
+        for item in batch:
+            dets = item["detections"]
+            if self.drop_fragments:
+                dets = dets[~tile_fragments(dets, containment=self.containment)]
+            out.append({"detections": merge_detections(dets, **self.options)})
+        return out

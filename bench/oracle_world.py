@@ -1,0 +1,237 @@
+"""Oracle experts for the detect recipe: a world in which detect can be right.
+
+Used only by ``bench/oracle.py`` and the tests, never by a recipe. Given a COCO/LVIS dataset:
+
+* ``oracle_objects`` names, for every view and question, the categories with ground-truth pixels
+  in the part of the view the MLLM would see;
+* ``oracle_maps`` makes each name's attention map by pooling its ground-truth masks onto the
+  vision grid, through the same layout code as the real family (processors built from the real
+  models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL smart resize);
+* the ``oracle`` SAM backend returns the true instance under the first positive point (nothing
+  when the point is on background), with predicted IoU 1.
+
+Everything else — tiles, points, refinement rounds, merge, results, name mapping, eval — is the
+production code. The experts find the ground truth of a view from its pixels: every image of the
+dataset is hashed when the world opens, and each tile is registered by ``oracle_objects``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from vlpipe.agents.layouts import fit_image, token_grid
+from vlpipe.agents.mllm import Generation, ObjectList
+from vlpipe.agents.points import pool_to_grid
+from vlpipe.agents.sam import SAM_BACKENDS, SamBackend
+from vlpipe.agents.views import ObjectMap, View
+from vlpipe.io import load_image
+from vlpipe.pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
+from vlpipe.pipeline.spec import NodeSpec
+from vlpipe.results import decode_mask
+from vlpipe.runner import list_inputs
+
+FAMILIES = ("llava", "llava_next", "qwen2_vl")
+
+
+@lru_cache(maxsize=None)
+def family_processor(family: str) -> SimpleNamespace:
+    """The image side of each family's real processor, built from its released config."""
+    from transformers import CLIPImageProcessor, LlavaNextImageProcessor, Qwen2VLImageProcessor
+
+    if family == "llava":  # llava-hf/llava-1.5-7b-hf
+        ip = CLIPImageProcessor(size={"shortest_edge": 336},
+                                crop_size={"height": 336, "width": 336})
+    elif family == "llava_next":  # llava-hf/llava-v1.6-mistral-7b-hf
+        ip = LlavaNextImageProcessor(
+            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+            image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
+    elif family == "qwen2_vl":  # Qwen/Qwen2-VL-7B-Instruct
+        ip = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, patch_size=14,
+                                   merge_size=2, temporal_patch_size=2)
+    else:
+        raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    return SimpleNamespace(image_processor=ip, patch_size=14)
+
+
+def _key(pixels: np.ndarray) -> str:
+    pixels = np.ascontiguousarray(pixels)
+    return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
+
+
+class OracleWorld:
+    """A dataset's ground truth, found again from the pixels of an image or of a view of it."""
+
+    _open: dict[str, OracleWorld] = {}
+
+    def __init__(self, gt: str | Path, images: str | Path | None = None) -> None:
+        entries, data = list_inputs(gt, images)
+        self.names = {c["id"]: c["name"] for c in data["categories"]}
+        self.annotations = defaultdict(list)
+        for a in data["annotations"]:
+            self.annotations[a["image_id"]].append(a)
+        self.views: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
+        for e in entries:
+            pixels = load_image(e.path)
+            h, w = pixels.shape[:2]
+            self.views[_key(pixels)] = (e.image_id, (0, 0, w, h))
+        self._maps: dict[tuple, tuple[dict, tuple]] = {}
+
+    @classmethod
+    def open(cls, gt: str | Path, images: str | Path | None = None) -> OracleWorld:
+        """The world of ``gt`` (opened once per process)."""
+        key = str(Path(gt).resolve())
+        if key not in cls._open:
+            cls._open[key] = cls(gt, images)
+        return cls._open[key]
+
+    def register(self, views: list[View]) -> None:
+        """Make every view of one image findable by its pixels (views[0] is the full image)."""
+        image_id, _ = self.views[_key(views[0].image)]
+        for v in views[1:]:
+            t = v.tile
+            self.views[_key(v.image)] = (image_id, (t.x0, t.y0, t.x1, t.y1))
+
+    @lru_cache(maxsize=64)
+    def _instances(self, image_id: int) -> list[tuple[str, np.ndarray]]:
+        return [(self.names[a["category_id"]], decode_mask(a["segmentation"]))
+                for a in self.annotations[image_id]]
+
+    def instances(self, pixels: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """[(category name, (h, w) bool mask within the view)] of the instances in a view."""
+        try:
+            image_id, (x0, y0, x1, y1) = self.views[_key(pixels)]
+        except KeyError:
+            raise KeyError("the oracle does not know this image: not in its dataset, or a tile "
+                           "not registered by oracle_objects") from None
+        out = [(name, m[y0:y1, x0:x1]) for name, m in self._instances(image_id)]
+        return [(name, m) for name, m in out if m.any()]
+
+    def maps(self, view: View, family: str, image_fit: str) -> tuple[dict[str, torch.Tensor], tuple]:
+        """({name: (gh, gw) coverage of its instances on the family's vision grid}, region) for
+        the names with ground truth in the region the family sees of this view."""
+        key = (_key(view.image), family, image_fit)
+        if key not in self._maps:
+            processor = family_processor(family)
+            fitted, offset = fit_image(family, processor, view.image, image_fit)
+            inputs = processor.image_processor(images=fitted, return_tensors="pt")
+            _, grid, region = token_grid(family, processor, inputs, 0, fitted.shape[:2], offset)
+            union: dict[str, np.ndarray] = {}
+            for name, mask in self.instances(view.image):
+                union[name] = union.get(name, False) | mask
+            pooled = {name: pool_to_grid(m.astype(np.float32), region, grid)
+                      for name, m in union.items()}
+            self._maps[key] = ({n: torch.from_numpy(m) for n, m in pooled.items() if m.max() > 0},
+                               region)
+        return self._maps[key]
+
+
+class OracleObjectsNode(Node):
+    """views -> objects: every category seen in each view, for each of ``questions``."""
+
+    inputs = {"views": "views"}
+    outputs = {"objects": "object_lists"}
+
+    def __init__(self, name: str, *, gt: str, images: str | None = None, family: str = "llava",
+                 image_fit: str = "pad", questions: int = 1, **kw) -> None:
+        super().__init__(name, **kw)
+        self.world = OracleWorld.open(gt, images)
+        self.family, self.image_fit, self.questions = family, image_fit, int(questions)
+
+    def run(self, batch):
+        empty = torch.zeros(0, dtype=torch.long)
+        out = []
+        for item in batch:
+            self.world.register(item["views"])
+            lists = []
+            for v, view in enumerate(item["views"]):
+                names = sorted(self.world.maps(view, self.family, self.image_fit)[0])
+                gen = Generation(empty, empty, ", ".join(names))
+                lists += [ObjectList(v, q, gen, "", [(n, []) for n in names])
+                          for q in range(self.questions)]
+            out.append({"objects": lists})
+        return out
+
+
+class OracleMapsNode(Node):
+    """views + objects -> maps: each name's ground truth pooled onto the family's vision grid."""
+
+    inputs = {"views": "views", "objects": "object_lists"}
+    outputs = {"maps": "object_maps"}
+
+    def __init__(self, name: str, *, gt: str, images: str | None = None, family: str = "llava",
+                 image_fit: str = "pad", **kw) -> None:
+        super().__init__(name, **kw)
+        self.world = OracleWorld.open(gt, images)
+        self.family, self.image_fit = family, image_fit
+
+    def run(self, batch):
+        out = []
+        for item in batch:
+            maps = []
+            for obj in item["objects"]:
+                pooled, region = self.world.maps(item["views"][obj.view], self.family,
+                                                 self.image_fit)
+                maps += [ObjectMap(n, obj.view, obj.question, pooled[n], region)
+                         for n, _ in obj.names]
+            out.append({"maps": maps})
+        return out
+
+
+class OracleSam(SamBackend):
+    """The true instance under each prompt's first positive point; empty on background."""
+
+    def __init__(self, world: OracleWorld) -> None:
+        self.world = world
+
+    def set_image(self, image):
+        self.hw = image.shape[:2]
+        self.masks = [m for _, m in self.world.instances(image)]
+
+    def predict(self, points, labels, mask_logits):
+        h, w = self.hw
+        masks = np.zeros((len(points), h, w), dtype=bool)
+        for k, (pts, labs) in enumerate(zip(points, labels)):
+            positive = pts[labs == 1]
+            if len(positive) == 0:
+                continue
+            col = int(np.clip(positive[0, 0], 0, w - 1))
+            row = int(np.clip(positive[0, 1], 0, h - 1))
+            hit = next((m for m in self.masks if m[row, col]), None)
+            if hit is not None:
+                masks[k] = hit
+        return masks, np.ones(len(points), np.float32), torch.zeros(len(points), 1, 8, 8)
+
+
+registry.register("oracle_objects", OracleObjectsNode)
+registry.register("oracle_maps", OracleMapsNode)
+SAM_BACKENDS["oracle"] = lambda model, variant, device: OracleSam(OracleWorld._open[model])
+
+
+def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",
+                    image_fit: str = "pad", tiles: str = "2x2", questions: int = 2,
+                    rounds: int = 3, max_instances: int = 8, merge: dict | None = None) -> Pipeline:
+    """The detect recipe with the oracle experts in place of the MLLM and SAM; ``merge`` params
+    replace the recipe's merge params."""
+    world_key = str(Path(gt).resolve())
+    OracleWorld.open(gt, images)
+    common = {"gt": str(gt), "images": None if images is None else str(images),
+              "family": family, "image_fit": image_fit}
+    spec = PipelineSpec.load(resolve_pipeline("detect"))
+    spec.nodes["objects"] = NodeSpec(type="oracle_objects", inputs={"views": "views.views"},
+                                     params={**common, "questions": questions})
+    spec.nodes["maps"] = NodeSpec(type="oracle_maps",
+                                  inputs={"views": "views.views", "objects": "objects.objects"},
+                                  params=common)
+    spec.nodes["sam"].params["max_instances"] = max_instances
+    if merge is not None:
+        spec.nodes["merge"].params = dict(merge)
+    graph = spec.build(tiles=tiles, questions=questions, rounds=rounds, sam=world_key,
+                       sam_backend="oracle", mllm="oracle", device="cpu")
+    return Pipeline(graph, name="detect-oracle")
