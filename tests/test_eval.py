@@ -264,3 +264,43 @@ def test_gt_file_path_works(tmp_path):
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
     assert evaluate(str(path), perfect(gt))["bbox"]["AP"] == pytest.approx(1.0)
+
+
+def test_fixed_ap_worked_out_by_hand():
+    """One LVIS category, GT g1, g2 in image 1 and g3 in image 2; detections, best first:
+    d1 0.9 on g1, d2 0.8 a false positive (image 1), d3 0.7 on g3, d4 0.6 on g2.
+
+    COCO/LVIS AP interpolates precision at 101 recall points r = 0, 0.01, ..., 1.
+    - 2 detections per image: d4 is cut (third in image 1): d1 d2 d3 -> recall 1/3, 1/3, 2/3,
+      precision 1, 1/2, 2/3; interpolated 1 for r <= 0.33 (34 points), 2/3 for 0.34..0.66
+      (33 points), 0 after: AP = (34 + 33 * 2/3) / 101 = 56 / 101.
+    - fixed AP, no per-image cap: d4 counts, precision 3/4 at recall 1; interpolated 1 for
+      r <= 0.33, 3/4 for the other 67 points: AP = (34 + 67 * 3/4) / 101.
+    - fixed AP with 3 detections per category over the dataset: d1 d2 d3 again: 56 / 101.
+    """
+    cats = [{"id": 1, "name": "cat", "frequency": "f"}]
+    gt = make_gt({1: [(1, (0, 0, 10, 10)), (1, (20, 20, 10, 10))], 2: [(1, (0, 0, 10, 10))]},
+                 cats, {1: {"neg_category_ids": [], "not_exhaustive_category_ids": []},
+                        2: {"neg_category_ids": [], "not_exhaustive_category_ids": []}})
+    res = [det(1, 1, (0, 0, 10, 10), 0.9), det(1, 1, (100, 100, 10, 10), 0.8),
+           det(2, 1, (0, 0, 10, 10), 0.7), det(1, 1, (20, 20, 10, 10), 0.6)]
+    capped = evaluate(gt, res, iou_types=["bbox"], max_dets=2)["bbox"]["AP"]
+    fixed = evaluate(gt, res, iou_types=["bbox"], max_dets=2, fixed_ap=True)["bbox"]["AP"]
+    top3 = evaluate(gt, res, iou_types=["bbox"], fixed_ap=True, per_category=3)["bbox"]["AP"]
+    assert capped == pytest.approx(56 / 101, abs=1e-6)
+    assert fixed == pytest.approx((34 + 67 * 3 / 4) / 101, abs=1e-6)
+    assert top3 == pytest.approx(56 / 101, abs=1e-6)
+
+
+def test_eval_command_takes_fixed_ap(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlpipe.cli import app
+
+    gt = make_gt(SIMPLE, [dict(c, frequency="f") for c in CATS])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(perfect(gt)))
+    out = CliRunner().invoke(app, ["eval", str(tmp_path / "results.json"), "--gt",
+                                   str(tmp_path / "gt.json"), "--fixed-ap", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["bbox"]["AP"] == pytest.approx(1.0)

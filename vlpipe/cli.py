@@ -275,6 +275,9 @@ def eval_cmd(
     out: Annotated[Path, typer.Argument(help="A run's output folder (with results.json) or a results .json file.")],
     gt: Annotated[Path, typer.Option(help="COCO/LVIS annotation file.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    fixed_ap: Annotated[bool, typer.Option(
+        "--fixed-ap", help="LVIS fixed AP: no per-image cap, the top 10,000 detections per "
+                           "category over the dataset (as VL-SAM and GenerateU report).")] = False,
 ):
     """Score results against ground truth (LVIS-style AP for LVIS files, COCO AP/AR otherwise)."""
     from .eval import evaluate
@@ -290,7 +293,7 @@ def eval_cmd(
     if not isinstance(results, list):
         _fail(f"'{path}' is not a COCO results file (a JSON list of detections)")
     try:
-        metrics = evaluate(gt, results)
+        metrics = evaluate(gt, results, fixed_ap=fixed_ap)
     except ValueError as exc:
         _fail(str(exc))
     if json_out:

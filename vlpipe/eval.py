@@ -11,15 +11,17 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from faster_coco_eval import COCO, COCOeval_faster
 
-__all__ = ["evaluate", "load_gt", "is_lvis"]
+__all__ = ["evaluate", "load_gt", "is_lvis", "top_per_category"]
 
 _AREAS = ("small", "medium", "large")
+FIXED_AP_PER_CATEGORY = 10_000
 
 
 def load_gt(gt_json: str | Path | dict) -> dict:
@@ -77,6 +79,15 @@ def _run(gt: dict, results: list[dict], iou_type: str, lvis: bool, max_dets: int
     return {k: float(v) for k, v in out.items() if v > -1}
 
 
+def top_per_category(results: list[dict], k: int) -> list[dict]:
+    """The ``k`` best-scoring results of each category (ties: first in the list)."""
+    by_category: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        by_category[r["category_id"]].append(r)
+    return [r for rs in by_category.values()
+            for r in sorted(rs, key=lambda r: -r["score"])[:k]]
+
+
 def evaluate(
     gt_json: str | Path | dict,
     results: list[dict],
@@ -84,6 +95,8 @@ def evaluate(
     iou_types: Sequence[str] = ("bbox", "segm"),
     lvis: bool | None = None,
     max_dets: int | None = None,
+    fixed_ap: bool = False,
+    per_category: int = FIXED_AP_PER_CATEGORY,
 ) -> dict[str, dict[str, float]]:
     """AP / AR of COCO-format ``results`` against a COCO or LVIS ground truth.
 
@@ -96,6 +109,9 @@ def evaluate(
         lvis: LVIS federated evaluation with APr/APc/APf; by default, when the ground truth
             has LVIS fields (category ``frequency``, image ``not_exhaustive_category_ids``).
         max_dets: detections per image; 300 for LVIS, 100 for COCO by default.
+        fixed_ap: LVIS "fixed AP" (Dave et al., 2021; what VL-SAM and GenerateU report): no
+            per-image cap, instead the ``per_category`` best-scoring detections of each category
+            over the whole dataset (10,000 by default). ``max_dets`` is then ignored.
 
     Returns:
         ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", ["APr", "APc", "APf"], "AR"}}``
@@ -105,6 +121,9 @@ def evaluate(
     gt = load_gt(gt_json)
     lvis = is_lvis(gt) if lvis is None else lvis
     max_dets = max_dets or (300 if lvis else 100)
+    if fixed_ap:
+        results = top_per_category(results, per_category)
+        max_dets = max(Counter(r["image_id"] for r in results).values(), default=1)
     if lvis and not all("frequency" in c for c in gt["categories"]):
         raise ValueError("LVIS evaluation needs a 'frequency' (r/c/f) for every category")
     gt_ids = {im["id"] for im in gt["images"]}

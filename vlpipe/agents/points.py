@@ -71,8 +71,9 @@ def sample_points(
 
     The map is cut at ``min + threshold * (max - min)``; the positive area is the largest
     8-connected component above the cut (ties: the lowest component label). Positives are the
-    highest pixels inside the area, negatives the lowest outside it; further points after the first
-    skip a small neighbourhood of the points already chosen.
+    highest pixels inside the area, each moved to the weighted centroid of its 3x3 neighbourhood
+    in the area (sub-cell precision), negatives the lowest pixels outside it; further points
+    after the first skip a small neighbourhood of the points already chosen.
 
     Args:
         m: (h, w) attention map.
@@ -148,7 +149,7 @@ def instance_prompts(
                                  max_instances - len(areas))
     prompts = []
     for area in areas:
-        positives = _pick(m, area, n_positive, largest=True)
+        positives = [_centroid(m, area, r, c) for r, c in _pick(m, area, n_positive, True)]
         negatives = _pick(m, ~area, n_negative, largest=False)
         rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
         prompts.append(PointPrompt(
@@ -157,6 +158,18 @@ def instance_prompts(
             positive_area=area,
         ))
     return prompts
+
+
+def _centroid(m: np.ndarray, area: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    """(row, col) of a peak moved to the centroid of its 3x3 neighbourhood inside ``area``,
+    weighted by the map above its minimum: an object smaller than a grid cell lights up the
+    cells it straddles in proportion, and their centroid lands on it, not on a cell centre."""
+    r0, r1, c0, c1 = max(r - 1, 0), r + 2, max(c - 1, 0), c + 2
+    weight = (m[r0:r1, c0:c1] - m.min()) * area[r0:r1, c0:c1]
+    if weight.sum() <= 0:
+        return float(r), float(c)
+    rows, cols = np.mgrid[r0:r0 + weight.shape[0], c0:c0 + weight.shape[1]]
+    return float((rows * weight).sum() / weight.sum()), float((cols * weight).sum() / weight.sum())
 
 
 def _weak_instances(m: np.ndarray, covered: np.ndarray, threshold: float, min_peak: float,
