@@ -12,10 +12,14 @@ import pytest
 import supervision as sv
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from oracle import run_oracle  # noqa: E402
-from oracle_world import FAMILIES, family_processor, oracle_pipeline  # noqa: E402
+BENCH = str(Path(__file__).resolve().parents[1] / "bench")
+sys.path.insert(0, BENCH)
+try:
+    from oracle import run_oracle
+    from oracle_world import FAMILIES, family_processor, oracle_pipeline
+finally:  # bench/ray.py must not shadow the ray package for the other tests
+    while BENCH in sys.path:
+        sys.path.remove(BENCH)
 
 from vlpipe.agents.layouts import fit_image, token_grid  # noqa: E402
 from vlpipe.agents.sam import SamNode  # noqa: E402
