@@ -1,5 +1,7 @@
 """The MLLM agent on tiny LLaVA and Qwen2-VL: generation, token spans, streamed attention maps."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,12 @@ def test_object_list_drops_the_last_name_of_a_cut_answer(tiny_models, image, mon
     (lst,) = node.run([{"views": views}])[0]["objects"]
     # "dog , cat , tree": tokens 0 "dog", 1 ",", 2 "cat", 3 ",", 4 "tree"
     assert lst.names == [("dog", [0]), ("cat", [2]), ("tree", [4])][: len(names)]
+
+
+def test_object_list_reads_a_dataset_vocabulary(tmp_path):
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"categories": [
+        {"id": 1, "name": "red_apple", "synonyms": ["crab_apple"]}]}))
+    node = ObjectListNode("objects", model="unused", device="cpu", vocabulary=str(ann))
+    assert "red apple" in node.gazetteer and "crab apple" in node.gazetteer
+    assert "red apple" not in ObjectListNode("objects", model="unused", device="cpu").gazetteer
