@@ -17,7 +17,7 @@ exact match of the normalized name or of a synonym first, text-embedding similar
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,12 +239,13 @@ def _chunks(segment: list[_Word], gazetteer: Gazetteer) -> tuple[list[_Chunk], b
 
 
 def _is_base_verb(word: str) -> bool:
+    """True for a verb's base form ("see", "spread"), which after "it", "are", "to" is a verb."""
     return lemminflect.getAllLemmas(word, upos="VERB").get("VERB", ("",))[0] == word
 
 
 def _fallback(words: list[str], gazetteer: Gazetteer) -> str | None:
     """A list item's own words as a name (last word singular), when its last word can be a
-    noun and is no abbreviation."""
+    noun and the name is no picture or layout word."""
     readings = lemminflect.getAllLemmas(words[-1])
     if readings and "NOUN" not in readings:
         return None
