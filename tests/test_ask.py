@@ -1,12 +1,18 @@
 """P²G: the need-tool decision, conditional tools, the calibrator, `vlpipe run ask/ocr/ground`."""
 
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from vlpipe.agents.grounding import Crop
+from vlpipe.agents.mllm import AnswerNode, option_probs, option_token_ids
 from vlpipe.agents.need_tool import OPTIONS, Calibrator, NeedToolNode, question_cues
+from vlpipe.agents.ocr import TextLine
+from vlpipe.agents.phrases import parse_phrases
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
@@ -148,3 +154,114 @@ def test_ask_ocr_and_ground_commands(tiny_models, shared_images):
     assert boxes and {b["name"] for b in boxes} <= {"a dog", "a cat"}
     res = runner.invoke(app, ["run", "ocr", image, "extra-arg"])
     assert res.exit_code == 2 and "takes an image and 0 more input" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Phrases, option casing, the labelled answer prompt
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer, phrases", [
+    ("The man in the red shirt, the dog.", ["The man in the red shirt", "the dog"]),
+    ("To answer this question, you need to locate the red car and the traffic light.",
+     ["the red car", "the traffic light"]),
+    ("Objects: cup, table, and the lamp on the left", ["cup", "table", "the lamp on the left"]),
+    ("1. **the cup**\n2. the table", ["the cup", "the table"]),
+    ("The objects to be located are the cup and the table.", ["the cup", "the table"]),
+    ("the sign found near the door", ["the sign found near the door"]),
+    ("None.", []),
+    ("No objects need to be located.", []),
+    ("none", []),
+])
+def test_phrases_keep_referring_phrases_without_lead_ins(answer, phrases):
+    assert parse_phrases(answer) == phrases
+
+
+def test_phrases_cut_at_max_new_tokens_drop_the_unfinished_last():
+    assert parse_phrases("the man with a hat, the dog and the c", truncated=True) == [
+        "the man with a hat", "the dog"]
+    assert parse_phrases("the man with a hat, the dog.", truncated=True) == [
+        "the man with a hat", "the dog"]
+
+
+def _word_tokenizer(pre_tokenizer, decoder, prefix: str):
+    """A word-level tokenizer whose vocabulary has each option word bare and with ``prefix``
+    (the leading-space marker: "▁" for Llama's SentencePiece, "Ġ" for Qwen's byte-level BPE)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1, prefix: 2}
+    for option in OPTIONS:
+        for word in (option, option.capitalize(), option.upper()):
+            vocab.setdefault(word, len(vocab))
+            vocab.setdefault(prefix + word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoder
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+
+
+def llama_like():
+    from tokenizers import decoders, pre_tokenizers
+    return _word_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="first"),
+                           decoders.Metaspace(prepend_scheme="first"), "\u2581")
+
+
+def qwen_like():
+    from tokenizers import decoders, pre_tokenizers
+    return _word_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                           decoders.ByteLevel(), "\u0120")
+
+
+def test_option_tokens_cover_every_casing_and_leading_space():
+    llama, qwen = llama_like(), qwen_like()
+    ids = llama.convert_tokens_to_ids
+    # SentencePiece puts "▁" before a word, with or without a space in front
+    assert option_token_ids(llama, "none") == set(ids(["\u2581none", "\u2581None", "\u2581NONE"]))
+    ids = qwen.convert_tokens_to_ids
+    assert option_token_ids(qwen, "none") == set(ids(["none", "None", "NONE", "\u0120none",
+                                                      "\u0120None", "\u0120NONE"]))
+
+
+@pytest.mark.parametrize("make, favourite, other", [
+    (llama_like, "\u2581None", "\u2581none"), (qwen_like, "None", "\u0120none")])
+def test_logits_that_favour_a_capitalized_variant_decide_none(make, favourite, other):
+    tokenizer = make()
+    logits = torch.full((len(tokenizer),), -1e4)
+    ids = tokenizer.convert_tokens_to_ids
+    objects = "\u2581objects" if favourite.startswith("\u2581") else "\u0120objects"
+    logits[ids(favourite)], logits[ids(objects)], logits[ids(other)] = 3.0, 2.0, 0.0
+    probs = option_probs(logits, tokenizer, list(OPTIONS))
+    # "none" sums its variants: (e^3 + e^0) / (e^3 + e^0 + e^2); "objects" alone has e^2
+    z = math.exp(3) + math.exp(0) + math.exp(2)
+    np.testing.assert_allclose(probs, [(math.exp(3) + 1) / z, math.exp(2) / z, 0, 0], atol=1e-6)
+    assert OPTIONS[int(np.argmax(probs))] == "none"
+    # reading only the first token of "none" (the old rule) would have said "objects"
+    first = tokenizer("none", add_special_tokens=False)["input_ids"][0]
+    assert logits[first] < logits[ids(objects)]
+
+
+@pytest.mark.parametrize("family, car, dog, stop", [
+    ("llava", "[0.10, 0.10, 0.30, 0.50]", "[0.50, 0.00, 1.00, 1.00]", "[0.00, 0.50, 0.20, 1.00]"),
+    ("qwen2_vl", "[100, 100, 300, 500]", "[500, 0, 1000, 1000]", "[0, 500, 200, 1000]"),
+])
+def test_answer_prompt_labels_crops_and_text_with_boxes(tiny_models, pool, family, car, dog, stop):
+    node = AnswerNode("answer", model=str(tiny_models / family), device="cpu", dtype="float32",
+                      max_crops=2)
+    node.pool = pool
+    image = np.zeros((100, 200, 3), np.uint8)  # H 100, W 200
+    crops = [Crop(np.zeros((8, 8, 3), np.uint8), "the red car", np.array([20., 10., 60., 50.])),
+             Crop(np.ones((8, 8, 3), np.uint8), "the dog", np.array([100., 0., 200., 100.])),
+             Crop(np.ones((8, 8, 3), np.uint8), "the cat", np.array([0., 0., 10., 10.]))]
+    sign = TextLine("STOP", 0.9, [[0, 50], [40, 50], [40, 100], [0, 100]])
+    images, prompt = node.prompt_for({"image": image, "question": "What does the sign say?",
+                                      "crops": crops, "lines": [sign]})
+    assert len(images) == 3 and images[1] is crops[0].image  # max_crops=2: the cat is left out
+    unit = ("in thousandths of its width and height (0 to 1000)" if family == "qwen2_vl"
+            else "as fractions of its width and height")
+    assert (f"The first image is 200x100 pixels; boxes are [x0, y0, x1, y1] {unit}.\n"
+            f'Image 2 is a zoomed-in crop of "the red car" at {car}.\n'
+            f'Image 3 is a zoomed-in crop of "the dog" at {dog}.\n'
+            f"Text read in the image (OCR), with boxes:\n"
+            f'"STOP" at {stop}\n'
+            "Question: What does the sign say?\n"
+            "Answer the question using the image and the 2 zoomed-in crops after it.") in prompt

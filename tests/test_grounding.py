@@ -10,7 +10,7 @@ import pytest
 import supervision as sv
 from PIL import Image
 
-from vlpipe.agents.grounding import (GroundingDinoBackend, build_tiny_grounding_dino, crop_boxes,
+from vlpipe.agents.grounding import (GroundingDinoBackend, build_tiny_grounding_dino, crop_boxes, fair_order,
                                     load_grounding_dino)
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
@@ -106,9 +106,27 @@ def test_backend_from_path_and_crops(tiny_dir, images):
     crops = crop_boxes(images[0], dets, max_crops=4, pad=0.1)
     assert 0 < len(crops) <= 4
     for crop in crops:
-        assert crop.ndim == 3 and crop.shape[2] == 3 and crop.dtype == np.uint8
-        assert 0 < crop.shape[0] <= images[0].shape[0] and 0 < crop.shape[1] <= images[0].shape[1]
-    # top-scoring first: the first crop is the best box (padded)
-    x0, y0, x1, y1 = dets.xyxy[0]
-    assert crops[0].shape[0] >= int(y1 - y0) - 1 and crops[0].shape[1] >= int(x1 - x0) - 1
+        pixels = crop.image
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
+        assert 0 < pixels.shape[0] <= images[0].shape[0] and 0 < pixels.shape[1] <= images[0].shape[1]
+        assert crop.name in {"a dog", "a cat"}
+    # the first crop is the best box (padded), labelled with its phrase and unpadded box
+    best = int(np.argmax(dets.confidence))
+    x0, y0, x1, y1 = dets.xyxy[best]
+    assert crops[0].name == dets.data["class_name"][best]
+    np.testing.assert_allclose(crops[0].box, dets.xyxy[best])
+    assert crops[0].image.shape[0] >= int(y1 - y0) - 1 and crops[0].image.shape[1] >= int(x1 - x0) - 1
     assert crop_boxes(images[0], sv.Detections.empty()) == []
+
+
+def test_crops_are_shared_fairly_between_phrases():
+    dets = sv.Detections(xyxy=np.tile(np.array([[0, 0, 4, 4]], np.float32), (5, 1)),
+                         confidence=np.array([0.5, 0.9, 0.6, 0.8, 0.7], np.float32),
+                         data={"class_name": np.array(["c", "a", "b", "a", "a"])})
+    # by score: a .9 (1), a .8 (3), a .7 (4), b .6 (2), c .5 (0); phrases ranked a, b, c;
+    # round one: 1, 2, 0; round two: 3; round three: 4
+    assert fair_order(dets, 4) == [1, 2, 0, 3]
+    assert fair_order(dets, 10) == [1, 2, 0, 3, 4]
+    assert fair_order(dets, 0) == []
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert [c.name for c in crop_boxes(image, dets, max_crops=4)] == ["a", "b", "c", "a"]

@@ -1,12 +1,14 @@
 """The MLLM agent on tiny LLaVA and Qwen2-VL: generation, token spans, streamed attention maps."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from vlpipe.agents.attention import attention_flow, object_map
 from vlpipe.agents.layouts import _center_crop_region
-from vlpipe.agents.mllm import Mllm, token_spans
+from vlpipe.agents.mllm import Generation, Mllm, ObjectListNode, _strip_special, token_spans
 from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
@@ -135,3 +137,37 @@ def test_object_map_matches_manual_read_out(mllm, image):
     manual = R[rows][:, positions].mean(0).reshape(grid)
     torch.testing.assert_close(object_map(R, rows, positions, grid), manual)
     assert np.isfinite(manual.numpy()).all()
+
+
+def test_strip_special_tells_whether_an_end_of_sequence_came():
+    ids, stopped = _strip_special(torch.tensor([5, 7, 2, 0, 0]), {0, 2})
+    assert ids.tolist() == [5, 7] and stopped
+    ids, stopped = _strip_special(torch.tensor([5, 7]), {0, 2})
+    assert ids.tolist() == [5, 7] and not stopped
+
+
+@pytest.mark.parametrize("stopped, names", [(True, ["dog", "cat", "tree"]), (False, ["dog", "cat"])])
+def test_object_list_drops_the_last_name_of_a_cut_answer(tiny_models, image, monkeypatch,
+                                                         stopped, names):
+    """An answer cut at max_new_tokens may end inside a name ("tree" could be "tree house"):
+    without an end-of-sequence token the open last name is dropped; spans stay exact."""
+    node = ObjectListNode("objects", model=str(tiny_models / "llava"), device="cpu",
+                          dtype="float32", questions=1)
+    node.pool = ModelPool()
+    tok = node.mllm.tokenizer
+    answer_ids = torch.tensor(tok("dog , cat , tree", add_special_tokens=False)["input_ids"])
+    gen = Generation(torch.tensor([1]), answer_ids, tok.decode(answer_ids), stopped)
+    monkeypatch.setattr(node.mllm, "generate", lambda images, prompts, n, fit: [gen] * len(prompts))
+    views = TilesNode("v", tiles="1x1").run([{"image": image}])[0]["views"]
+    (lst,) = node.run([{"views": views}])[0]["objects"]
+    # "dog , cat , tree": tokens 0 "dog", 1 ",", 2 "cat", 3 ",", 4 "tree"
+    assert lst.names == [("dog", [0]), ("cat", [2]), ("tree", [4])][: len(names)]
+
+
+def test_object_list_reads_a_dataset_vocabulary(tmp_path):
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"categories": [
+        {"id": 1, "name": "red_apple", "synonyms": ["crab_apple"]}]}))
+    node = ObjectListNode("objects", model="unused", device="cpu", vocabulary=str(ann))
+    assert "red apple" in node.gazetteer and "crab apple" in node.gazetteer
+    assert "red apple" not in ObjectListNode("objects", model="unused", device="cpu").gazetteer

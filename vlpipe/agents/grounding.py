@@ -6,6 +6,7 @@ length; all prompts of all images run through the model in batched forward passe
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,11 @@ import torch
 from .hub import from_pretrained, resolve_dtype, save_seeded
 
 __all__ = [
+    "Crop",
     "GroundingDinoBackend",
     "build_tiny_grounding_dino",
     "crop_boxes",
+    "fair_order",
     "load_grounding_dino",
 ]
 
@@ -254,24 +257,43 @@ class GroundingDinoBackend:
         )
 
 
-def crop_boxes(image: np.ndarray, dets: sv.Detections, max_crops: int = 4,
-               pad: float = 0.1) -> list[np.ndarray]:
-    """Crops (RGB uint8) of the top-scoring boxes of ``dets``, best first, each padded by
-    ``pad`` × its box size and clipped to the image."""
-    if len(dets) == 0 or max_crops <= 0:
-        return []
-    h, w = image.shape[:2]
+@dataclass
+class Crop:
+    """A zoomed-in view of one detection: ``image`` (h, w, 3) the padded crop, ``name`` the
+    phrase that found it, ``box`` (4,) its unpadded xyxy in image pixels."""
+
+    image: np.ndarray
+    name: str
+    box: np.ndarray
+
+
+def fair_order(dets: sv.Detections, max_crops: int) -> list[int]:
+    """Indices of up to ``max_crops`` detections shared fairly between phrases: every phrase's
+    best box (phrases in order of their best score), then every phrase's second best, ..."""
     conf = dets.confidence if dets.confidence is not None else np.zeros(len(dets))
-    order = np.argsort(-conf, kind="stable")[:max_crops]
+    names = dets.data.get("class_name", np.array([""] * len(dets)))
+    by_phrase: dict[str, list[int]] = {}
+    for i in np.argsort(-conf, kind="stable").tolist():
+        by_phrase.setdefault(str(names[i]), []).append(i)
+    rounds = itertools.zip_longest(*by_phrase.values())
+    return [i for r in rounds for i in r if i is not None][:max(max_crops, 0)]
+
+
+def crop_boxes(image: np.ndarray, dets: sv.Detections, max_crops: int = 4,
+               pad: float = 0.1) -> list[Crop]:
+    """Crops (RGB uint8) of up to ``max_crops`` boxes of ``dets`` in :func:`fair_order`, each
+    padded by ``pad`` × its box size and clipped to the image."""
+    h, w = image.shape[:2]
+    names = dets.data.get("class_name", np.array([""] * len(dets)))
     out = []
-    for i in order:
-        x0, y0, x1, y1 = dets.xyxy[i].astype(float)
+    for i in fair_order(dets, max_crops):
+        box = dets.xyxy[i].astype(float)
+        x0, y0, x1, y1 = box
         px, py = pad * (x1 - x0), pad * (y1 - y0)
         x0, y0 = int(max(0, math.floor(x0 - px))), int(max(0, math.floor(y0 - py)))
         x1, y1 = int(min(w, math.ceil(x1 + px))), int(min(h, math.ceil(y1 + py)))
-        if x1 <= x0 or y1 <= y0:
-            continue
-        out.append(image[y0:y1, x0:x1].copy())
+        if x1 > x0 and y1 > y0:
+            out.append(Crop(image[y0:y1, x0:x1].copy(), str(names[i]), box))
     return out
 
 

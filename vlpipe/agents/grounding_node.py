@@ -24,7 +24,8 @@ def split_phrases(phrases: str | list[str]) -> list[str]:
 
 
 class GroundingNode(Node):
-    """image + phrases -> detections (named by phrase) and crops (top-scoring first).
+    """image + phrases -> detections (named by phrase) and labelled crops, shared fairly between
+    phrases (:func:`~.grounding.fair_order`).
 
     ``backend``: ``grounding_dino`` (default) or ``owlv2``. Phrases of every image in the batch
     go through the model in batched forward passes, never one per phrase. ``text_threshold`` is

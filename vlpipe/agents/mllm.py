@@ -12,9 +12,12 @@ so peak extra memory is O(H·N²) for one layer plus O(N²) for the flow.
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -23,19 +26,24 @@ from ..pipeline import Node
 from ..prompts import load_prompt, load_questions
 from ..results import detections_to_json
 from .attention import AttentionFlow, object_map
+from .box_text import box_convention
+from .gazetteer import Gazetteer
 from .hub import from_pretrained, resolve_device, resolve_dtype
 from .layouts import FITS, LAYOUTS, fit_image, token_grid
-from .names import parse_object_names
+from .names import category_terms, parse_object_names
 from .ocr import format_lines
+from .phrases import parse_phrases
 from .views import ObjectMap, View
 
 @dataclass
 class Generation:
-    """One generated answer. ``prompt_ids`` (P,) include the image tokens; ``answer_ids`` (T,)."""
+    """One generated answer. ``prompt_ids`` (P,) include the image tokens; ``answer_ids`` (T,);
+    ``stopped``: generation ended with an end-of-sequence token (False: cut at max_new_tokens)."""
 
     prompt_ids: torch.Tensor
     answer_ids: torch.Tensor
     text: str
+    stopped: bool
 
 
 class Mllm:
@@ -94,12 +102,21 @@ class Mllm:
         kw = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         out = self.model.generate(**inputs, **kw)
         start = inputs["input_ids"].shape[1]
+        stop = self.stop_ids
         gens = []
         for row, mask, seq in zip(inputs["input_ids"], inputs["attention_mask"], out):
-            answer = _strip_special(seq[start:], self.tokenizer)
+            answer, stopped = _strip_special(seq[start:], stop)
             gens.append(Generation(row[mask.bool()].cpu(), answer.cpu(),
-                                   self.tokenizer.decode(answer, skip_special_tokens=True)))
+                                   self.tokenizer.decode(answer, skip_special_tokens=True), stopped))
         return gens
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Token ids that end an answer: the tokenizer's EOS and pad, the generation config's EOS."""
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        return {t for t in [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, *eos]
+                if t is not None}
 
     @torch.inference_mode()
     def flow(self, image: np.ndarray, prompt: str, answer_ids: torch.Tensor,
@@ -125,11 +142,9 @@ class Mllm:
 
     @torch.inference_mode()
     def option_probs(self, image: np.ndarray, prompt: str, options: list[str]) -> np.ndarray:
-        """Next-token probabilities of each option's first token, renormalized over the options."""
+        """(K,) probability of each option as the next answer token (see :func:`option_probs`)."""
         inputs = self.encode([image], [prompt])
-        logits = self.model(**inputs).logits[0, -1].float()
-        first = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
-        return torch.softmax(logits[first], 0).cpu().numpy()
+        return option_probs(self.model(**inputs).logits[0, -1].float(), self.tokenizer, options)
 
     @contextmanager
     def _eager(self):
@@ -155,13 +170,36 @@ class Mllm:
                 h.remove()
 
 
-def _strip_special(ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Answer ids up to the first EOS/pad, without them."""
-    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+def _strip_special(ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, bool]:
+    """(answer ids up to the first stop token, without it; whether there was one)."""
     for k, t in enumerate(ids.tolist()):
         if t in stop:
-            return ids[:k]
-    return ids
+            return ids[:k], True
+    return ids, False
+
+
+def option_token_ids(tokenizer, option: str) -> set[int]:
+    """Ids of the tokens that start ``option`` in any casing, with or without a leading space
+    ("none", "None", "NONE", " none", ... : "▁None" for Llama, "ĠNone" for Qwen), keeping only
+    tokens that spell the whole word; the plain option's first token if none does."""
+    ids = set()
+    for word in {option.lower(), option.capitalize(), option.upper()}:
+        for text in (word, " " + word):
+            pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+            first = next((t for t in pieces if tokenizer.decode([t]).strip()), None)
+            if first is not None and tokenizer.decode([first]).strip() == word:
+                ids.add(first)
+    return ids or {tokenizer(option, add_special_tokens=False)["input_ids"][0]}
+
+
+def option_probs(logits: torch.Tensor, tokenizer, options: list[str]) -> np.ndarray:
+    """(K,) probabilities of ``options`` from next-token ``logits`` (V,): each option scores the
+    log-sum-exp of its tokens' logits (:func:`option_token_ids`; a token shared by two options
+    counts for neither), then a softmax over the options."""
+    ids = [option_token_ids(tokenizer, o) for o in options]
+    shared = {t for a, b in itertools.combinations(ids, 2) for t in a & b}
+    scores = torch.stack([torch.logsumexp(logits[sorted(s - shared)], 0) for s in ids])
+    return torch.softmax(scores, 0).cpu().numpy()
 
 
 def token_spans(answer_ids: torch.Tensor, tokenizer, spans: list[tuple[int, int]]) -> list[list[int]]:
@@ -206,16 +244,29 @@ class ObjectList:
 
 class ObjectListNode(_MllmNode):
     """views -> objects: asks each view K "list the objects" questions, all in batched
-    generate calls, and parses the names (with their answer-token spans)."""
+    generate calls, and parses the names (with their answer-token spans).
+
+    ``vocabulary``: a COCO / LVIS annotation file whose category names and synonyms join the
+    tag gazetteer the names are parsed with (empty: the vendored tags only)."""
 
     inputs = {"views": "views"}
     outputs = {"objects": "object_lists"}
 
     def __init__(self, name: str, *, questions: int = 10, prompt: str = "list_objects",
-                 max_new_tokens: int = 96, gen_batch: int = 16, **kw) -> None:
+                 max_new_tokens: int = 96, gen_batch: int = 16, vocabulary: str = "",
+                 **kw) -> None:
         super().__init__(name, **kw)
         self.questions = load_questions(prompt, int(questions))
         self.max_new_tokens, self.gen_batch = int(max_new_tokens), int(gen_batch)
+        self.vocabulary = vocabulary
+
+    @cached_property
+    def gazetteer(self) -> Gazetteer:
+        if not self.vocabulary:
+            return Gazetteer.default()
+        with open(self.vocabulary, encoding="utf-8") as f:
+            categories = json.load(f)["categories"]
+        return Gazetteer.default().with_terms(category_terms(categories))
 
     def run(self, batch):
         mllm = self.mllm
@@ -229,7 +280,7 @@ class ObjectListNode(_MllmNode):
                                  [prompts[q] for _, _, q in chunk], self.max_new_tokens,
                                  self.image_fit)
             for (b, v, q), gen in zip(chunk, gens):
-                spans = parse_object_names(gen.text)
+                spans = parse_object_names(gen.text, self.gazetteer, truncated=not gen.stopped)
                 tokens = token_spans(gen.answer_ids, mllm.tokenizer, [(n.start, n.end) for n in spans])
                 names = [(n.name, t) for n, t in zip(spans, tokens) if t]
                 results[b].append(ObjectList(v, q, gen, prompts[q], names))
@@ -283,14 +334,15 @@ class PhrasesNode(_MllmNode):
         gens = mllm.generate([item["image"] for item in batch],
                              [mllm.prompt(template.format(question=item["question"]))
                               for item in batch], self.max_new_tokens)
-        return [{"phrases": [n.name for n in parse_object_names(g.text)]} for g in gens]
+        return [{"phrases": parse_phrases(g.text, truncated=not g.stopped)} for g in gens]
 
 
 class AnswerNode(_MllmNode):
     """image + question [+ crops of grounded objects, OCR lines, decision] -> answer, evidence.
 
-    The MLLM sees the global image, then up to ``max_crops`` crops as extra images, and the OCR
-    lines with their pixel boxes as text (P²G's final call)."""
+    The MLLM sees the global image, then up to ``max_crops`` crops as extra images, each named
+    in the text with its phrase and box, and the OCR lines with their boxes (P²G's final call).
+    Boxes follow the family's convention, stated with the image size (:mod:`.box_text`)."""
 
     inputs = {"image": "image", "question": "text", "crops": "crops", "lines": "text_lines",
               "detections": "detections"}
@@ -305,13 +357,18 @@ class AnswerNode(_MllmNode):
         crops = (item["crops"] or [])[: self.max_crops]
         lines = item["lines"] or []
         evidence = ""
-        if lines:
-            evidence = ("Text read in the image (OCR), with pixel boxes [x0, y0, x1, y1]:\n"
-                        + format_lines(lines, item["image"].shape[:2]) + "\n")
-        hint = f" and the {len(crops)} zoomed-in crops after it" if crops else ""
+        if crops or lines:
+            convention, box = box_convention(self.mllm.family, item["image"].shape[:2])
+            evidence = convention + "\n" + "".join(
+                f'Image {k} is a zoomed-in crop of "{c.name}" at {box(c.box)}.\n'
+                for k, c in enumerate(crops, start=2))
+            if lines:
+                evidence += "Text read in the image (OCR), with boxes:\n" + format_lines(
+                    lines, item["image"].shape[:2], box) + "\n"
+        hint = f" and the {len(crops)} zoomed-in crop{'s' * (len(crops) > 1)} after it" if crops else ""
         text = load_prompt("answer").format(evidence=evidence, question=item["question"],
                                             crops_hint=hint)
-        return [item["image"], *crops], self.mllm.prompt(text, n_images=1 + len(crops))
+        return [item["image"], *(c.image for c in crops)], self.mllm.prompt(text, n_images=1 + len(crops))
 
     def run(self, batch):
         prompts = [self.prompt_for(item) for item in batch]

@@ -1,15 +1,17 @@
 """Object names from free-form MLLM answers, and their mapping to a dataset vocabulary.
 
-``parse_object_names`` turns an answer such as ``"The image shows a red car, two dogs and a
-tree."`` or a numbered/bulleted list into normalized names (``red car``, ``dog``, ``tree``)
-with the character span of each name in the answer, so a caller can find the generated
-tokens of a name through tokenizer offsets.
+``parse_object_names`` finds the objects an answer names, whatever its form: sentences ("The
+image features a cat sitting on a wooden desk"), numbered or bulleted lists with descriptions,
+markdown (``**Dog**: ...``), JSON-like lists. The answer is cut into short noun-phrase chunks at
+punctuation, prepositions, verbs and other function words; in each chunk the rightmost, longest
+run of words that is an object tag (:class:`~.gazetteer.Gazetteer`: the RAM and Tag2Text tag
+lists, optionally a dataset's categories and synonyms) is the name. A chunk that makes up a whole
+list item or label ("- Bollards", "Trees:") falls back to its own words when no tag matches.
+Each name keeps the character span of its words in the answer, so a caller can find the
+generated tokens through tokenizer offsets.
 
 ``VocabularyMapper`` maps those open-ended names to a dataset's categories (COCO, LVIS, ...):
 exact match of the normalized name or of a synonym first, text-embedding similarity otherwise.
-
-Everything here is rule based on purpose: small word lists and regular expressions that are
-easy to read and extend.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lemminflect
 import torch
+
+from .gazetteer import NON_OBJECTS, Gazetteer, is_verb_form
 
 __all__ = [
     "NameSpan",
     "parse_object_names",
     "normalize_name",
     "singularize",
+    "category_terms",
     "Vocabulary",
     "VocabularyMapper",
     "clip_text_encoder",
@@ -38,90 +44,51 @@ TextEncoder = Callable[[list[str]], torch.Tensor]
 # Word lists
 # --------------------------------------------------------------------------------------------
 
-#: Leading words dropped from a phrase: articles, determiners, counts, quantifiers, fillers.
+#: Words that open a noun phrase and are not part of the name: articles, quantifiers, counts.
 DETERMINERS = frozenset(
-    """a an the some any several many few various multiple numerous lots lot plenty couple pair
-    group bunch number this that these those another other each every all both more most
-    his her their its my our your one two three four five six seven eight nine ten eleven
-    twelve dozen dozens hundreds also just only probably possibly perhaps maybe likely
-    single""".split()
+    """a an the this these those some any several many few various multiple numerous other
+    another each every all both such more most less one two three four five six seven eight nine ten eleven twelve
+    dozen dozens hundreds""".split()
 )
 
-#: A phrase is cut at the first of these words ("a dog sitting on the grass" -> "dog").
-PHRASE_STOPS = frozenset(
-    """on in at near with behind beside besides under above below next inside outside
-    between among against along across around over into onto through that which who whose
-    where while when is are was were be being been has have had sitting standing lying
-    holding wearing parked walking looking located placed appears seems can could""".split()
+#: Words after which a phrase may go on with a verb ("it seems", "can see", "to iron").
+VERBAL_OPENERS = frozenset(
+    """i you he she it we they who which that there is are was were be been
+    being am has have had do does did can could will would shall should may might must to also
+    just only then still even never not""".split()
 )
 
-#: Names that are not objects: the picture itself, layout words, pronouns.
-NON_OBJECTS = frozenset(
-    """image images picture pictures photo photos photograph scene view setting background
-    foreground object objects item items thing things following left right side top bottom
-    middle center centre front back area it they them he she i we you there here
-    other""".split()
+#: Words that end a noun phrase and belong to none: prepositions, conjunctions, pronouns,
+#: auxiliaries, adverbs, and the verbs that descriptions are made of.
+PHRASE_STOPS = VERBAL_OPENERS | frozenset(
+    """about above across after against along alongside amid amidst among around as at atop
+    before behind below beneath beside besides between beyond by down during except for from in
+    including inside into like near next of off on onto out outside over past per since than
+    through throughout toward towards under underneath until up upon via with within without
+    and or but nor so yet plus either neither whether if while when where whereas because
+    although though me him her us them my your his its our their myself itself themselves what
+    whatever here no very quite rather really too almost perhaps maybe additionally overall
+    show shows showing shown depict depicts depicting display displays displaying feature
+    features featuring contain contains containing include includes capture captures capturing
+    create creates creating add adds adding suggest suggests suggesting indicate indicates
+    indicating appear appears appearing seem seems seen visible located placed positioned
+    situated surrounded filled covered cut spread stands sits lies runs rises holds casts reads
+    makes takes looks hangs leads draws gives offers provides reflects frames overlooks extends
+    stretches dominates fills covers lines highlights yes okay sure let please""".split()
 )
 
-#: Irregular plurals.
-IRREGULAR_PLURALS = {
-    "people": "person",
-    "persons": "person",
-    "men": "man",
-    "women": "woman",
-    "children": "child",
-    "mice": "mouse",
-    "geese": "goose",
-    "teeth": "tooth",
-    "feet": "foot",
-    "oxen": "ox",
-    "leaves": "leaf",
-    "knives": "knife",
-    "wives": "wife",
-    "lives": "life",
-    "wolves": "wolf",
-    "shelves": "shelf",
-    "halves": "half",
-    "loaves": "loaf",
-    "calves": "calf",
-    "scarves": "scarf",
-    "buses": "bus",
-    "tomatoes": "tomato",
-    "potatoes": "potato",
-    "mangoes": "mango",
-    "volcanoes": "volcano",
-    "cacti": "cactus",
-}
+#: Stops after which the names up to the next punctuation are absent ("no visible boats").
+NEGATIONS = frozenset({"no", "not", "without", "neither", "nor", "never"})
 
-#: Words that end in "s" but are singular, uncountable or plural-only: left as they are.
-INVARIANT = frozenset(
-    """glasses sunglasses eyeglasses grass glass species series scissors pants jeans shorts
-    trousers tights pajamas clothes binoculars tongs pliers goggles sheep deer fish news gas
-    lens canvas chess tennis iris bus""".split()
+MAX_FALLBACK_WORDS = 3
+
+_TOKEN = re.compile(
+    r"(?P<sentence>^[ \t]*\d+[.)](?=\s)|[.!?:\n*#\u2022]|(?:^|(?<=\s))[-\u2013](?=\s))"
+    r"|(?P<word>[A-Za-z0-9]+(?:['\u2019\-][A-Za-z0-9]+)*)"
+    r"|(?P<quote>[\"\u201c\u201d])"
+    r"|(?P<clause>[,;()\[\]{}/|&\u2014])",
+    re.MULTILINE,
 )
-
-_WORD = re.compile(r"[A-Za-z0-9]+(?:['\u2019-][A-Za-z0-9]+)*")
-# Phrase separators within a line: punctuation and coordinating words.
-_SEPARATOR = re.compile(r"[,;:.!?()\[\]]|\b(?:and|or|plus|as well as)\b|&", re.IGNORECASE)
-_LINE = re.compile(r"[^\n]+")
-# A list item with a description: marker, name, then ":" or " - " (group 1 ends at the name).
-_LIST_ITEM = re.compile(r"\s*(?:\d+[.)]|[-*\u2022])\s+([^:\n]*?)\s*(?::|\s[-\u2013\u2014]\s)")
-# Lead-ins removed (repeatedly) from the start of a phrase.
-_PIC = r"(?:image|picture|photo|photograph|scene)"
-_LEAD_IN = re.compile(
-    r"\W*(?:"  # used with .match(), which anchors at the given position
-    rf"(?:in|within|from) (?:the|this) (?:{_PIC}|background|foreground)"
-    rf"|(?:the|this) {_PIC} (?:shows|contains|depicts|features|includes|has|displays|presents)"
-    r"|(?:there|here) (?:is|are|appears? to be|seems? to be)"
-    r"|(?:i|we|you) (?:can |could )?(?:see|identify|spot|observe|notice|detect)"
-    rf"|(?:visible )?(?:objects|items|things)(?: (?:visible )?in (?:the|this) {_PIC})?(?: (?:are|include))?"
-    r"|(?:it|this) (?:is|shows|contains)"
-    r"|(?:the )?following"
-    r")\b\W*",
-    re.IGNORECASE,
-)
-
-MAX_NAME_WORDS = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,18 +97,8 @@ MAX_NAME_WORDS = 5
 
 
 def singularize(word: str) -> str:
-    """Singular of a lowercase English noun, by a small rule set plus exceptions."""
-    if word in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[word]
-    if word in INVARIANT or len(word) <= 3 or not word.endswith("s"):
-        return word
-    if word.endswith(("ss", "us", "is")):  # grass, cactus, tennis
-        return word
-    if word.endswith("ies"):  # cherries -> cherry, but ties -> tie
-        return word[:-3] + "y" if len(word) > 4 else word[:-1]
-    if word.endswith(("ches", "shes", "xes", "sses", "zzes")):  # benches, dishes, boxes
-        return word[:-2]
-    return word[:-1]  # dogs, horses, shoes, gloves
+    """Singular of a lowercase English noun (lemminflect, checked against the tag gazetteer)."""
+    return Gazetteer.default().singular([word])
 
 
 def _head_index(words: Sequence[str]) -> int:
@@ -155,12 +112,24 @@ def normalize_name(phrase: str) -> str:
     """Normalize a name: lowercase, punctuation and underscores to spaces, text in parentheses
     dropped (LVIS ``bow_(weapon)`` -> ``bow``), head noun singularized."""
     phrase = re.sub(r"\(.*?\)", " ", phrase.lower().replace("_", " "))
-    words = [w.replace("\u2019", "'") for w in _WORD.findall(phrase)]
+    words = [m.group("word").replace("\u2019", "'") for m in _TOKEN.finditer(phrase) if m.group("word")]
     if not words:
         return ""
     head = _head_index(words)
-    words[head] = singularize(words[head])
+    words[head] = Gazetteer.default().singular(words[: head + 1])
     return " ".join(words)
+
+
+def category_terms(categories: Sequence[dict]) -> list[str]:
+    """A dataset's category names and synonyms (COCO / LVIS ``categories``), normalized, as
+    extra gazetteer entries."""
+    raw = [c["name"] for c in categories] + [s for c in categories for s in c.get("synonyms", ())]
+    return list(dict.fromkeys(n for n in map(normalize_name, raw) if n))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -176,59 +145,156 @@ class NameSpan:
     end: int
 
 
-def _phrase_to_span(text: str, start: int, end: int) -> NameSpan | None:
-    """The name inside ``text[start:end]`` (one phrase between separators), or None."""
-    chunk = text[start:end]
-    # Strip lead-ins ("The image shows", "I can see", "Objects") from the start.
-    offset = 0
-    while match := _LEAD_IN.match(chunk, offset):
-        if match.end() == offset:
-            break
-        offset = match.end()
-    words = [(m.group().lower(), start + m.start(), start + m.end()) for m in _WORD.finditer(chunk, offset)]
-    # Drop leading determiners and counts ("two", "a couple of", "3").
-    while words and (words[0][0] in DETERMINERS or words[0][0].isdigit() or words[0][0] == "of"):
-        words.pop(0)
-    # Cut at the first preposition / verb ("dog sitting on the grass" -> "dog").
-    for i, (word, _, _) in enumerate(words):
-        if word in PHRASE_STOPS:
-            words = words[:i]
-            break
-    if not words or len(words) > MAX_NAME_WORDS:
+@dataclass(frozen=True)
+class _Word:
+    lower: str
+    start: int
+    end: int
+    proper: bool  # capitalized inside a sentence: a proper name ("the Mona Lisa")
+    possessive: bool  # "man" in "the man's hands"
+    acronym: bool  # "DW", "QWERTY"
+
+
+@dataclass
+class _Chunk:
+    words: list[_Word] = field(default_factory=list)
+    verbal: bool = False  # opened by a pronoun, auxiliary or adverb: it may start with a verb
+    determined: bool = False  # opened by an article or a count
+
+
+def _segments(text: str) -> list[tuple[bool, list[_Word]]]:
+    """Words between punctuation marks, each segment with whether it opens a sentence (or a
+    line, list item, label), without quoted phrases (text the image shows, not objects: "My
+    Joke Website") or JSON keys; a capitalized word inside a sentence is marked proper unless
+    its segment is a title-case label of several words ("Red Brick Buildings")."""
+    segments: list[list[tuple[str, int, bool, bool]]] = [[]]
+    quoted: list[tuple[str, int, bool, bool]] | None = None
+    sentence_start = True
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "word":
+            raw = m.group()
+            possessive = raw.lower().endswith(("'s", "\u2019s"))
+            item = (raw[:-2] if possessive else raw, m.start(), sentence_start, possessive)
+            (quoted if quoted is not None else segments[-1]).append(item)
+            sentence_start = False
+            continue
+        if kind == "quote":
+            key = text[m.end():].lstrip().startswith(":")
+            if quoted is not None and len(quoted) == 1 and not key:  # a JSON value
+                segments[-1].extend(quoted)
+            quoted = [] if quoted is None else None
+        segments.append([])
+        sentence_start = sentence_start or kind == "sentence"
+    if quoted:  # an unclosed quote: its words are no quotation
+        segments.append(quoted)
+    out = []
+    for seg in segments:
+        title = len(seg) > 1 and all(raw[:1].isupper() or raw[:1].isdigit() for raw, *_ in seg)
+        words = [_Word(raw.lower(), s, s + len(raw),
+                       len(raw) > 1 and raw.istitle() and not first and not title, possessive,
+                       len(raw) > 1 and raw.isupper()) for raw, s, first, possessive in seg]
+        out.append((bool(seg) and seg[0][2], words))
+    return [(opens, seg) for opens, seg in out if seg]
+
+
+def _is_boundary(word: str, gazetteer: Gazetteer) -> bool:
+    """A function word, an adverb in -ly, or a verb form that is no tag ("sitting", not
+    "building")."""
+    if word in PHRASE_STOPS:
+        return True
+    if word.endswith("ly") and "ADV" in lemminflect.getAllLemmas(word):
+        return True
+    return is_verb_form(word) and word not in gazetteer
+
+
+def _chunks(segment: list[_Word], gazetteer: Gazetteer) -> tuple[list[_Chunk], bool]:
+    """Noun-phrase chunks of a segment, and whether the segment is a list item: a few words
+    with no function word or verb among them. Chunks after a negation, and those that end at a
+    proper name ("the famous Mona Lisa"), are left out. A function word that completes a tag
+    ("a trash can", "a can of soda") stays in its chunk."""
+    chunks = [_Chunk()]
+    negated = False
+    content = 0
+    for w in segment:
+        words = [*(x.lower for x in chunks[-1].words), w.lower]
+        found = gazetteer.match(words, len(words) - 1)
+        completes_tag = found is not None and (found[0] < len(words) - 1
+                                               or (len(words) == 1 and chunks[-1].determined))
+        if w.proper:
+            chunks[-1] = _Chunk()
+            content += 10  # no list item
+        elif w.lower in DETERMINERS or w.lower.isdigit() or w.lower == "and":
+            chunks.append(_Chunk(determined=w.lower != "and"))
+        elif _is_boundary(w.lower, gazetteer) and not completes_tag:
+            negated = negated or w.lower in NEGATIONS
+            chunks.append(_Chunk(verbal=w.lower in VERBAL_OPENERS or w.lower.endswith("ly")))
+            content += 10
+        elif not negated:
+            chunks[-1].words.append(w)
+            content += 1
+            if w.possessive:
+                chunks.append(_Chunk())
+    return [c for c in chunks if c.words], 0 < content <= 4
+
+
+def _is_base_verb(word: str) -> bool:
+    """True for a verb's base form ("see", "spread"), which after "it", "are", "to" is a verb."""
+    return lemminflect.getAllLemmas(word, upos="VERB").get("VERB", ("",))[0] == word
+
+
+def _fallback(words: list[str], gazetteer: Gazetteer) -> str | None:
+    """A list item's own words as a name (last word singular), when its last word can be a
+    noun and the name is no picture or layout word."""
+    readings = lemminflect.getAllLemmas(words[-1])
+    if readings and "NOUN" not in readings:
         return None
-    name = normalize_name(" ".join(w for w, _, _ in words))
-    tokens = name.split()
-    if not name or tokens[_head_index(tokens)] in NON_OBJECTS or tokens[0] in NON_OBJECTS:
+    name = " ".join([*words[:-1], gazetteer.singular(words)])
+    return None if name in NON_OBJECTS or name.split()[-1] in NON_OBJECTS else name
+
+
+def _chunk_name(chunk: _Chunk, gazetteer: Gazetteer, item: bool) -> NameSpan | None:
+    """The rightmost, longest tag in a chunk (not a verb right after "it", "can", "to"...); for
+    a chunk of a list (``item``) without one, its own last words."""
+    words = [w.lower for w in chunk.words]
+    for end in range(len(words) - 1, -1, -1):
+        found = gazetteer.match(words, end)
+        if found is None or (chunk.verbal and found[0] == end and _is_base_verb(words[end])):
+            continue
+        return NameSpan(found[1], chunk.words[found[0]].start, chunk.words[end].end)
+    tail = chunk.words[-MAX_FALLBACK_WORDS:]
+    if not item or tail[-1].acronym:
         return None
-    return NameSpan(name, words[0][1], words[-1][2])
+    name = _fallback([w.lower for w in tail], gazetteer)
+    return None if name is None else NameSpan(name, tail[0].start, tail[-1].end)
 
 
-def parse_object_names(text: str) -> list[NameSpan]:
-    """Object names in an MLLM answer that lists objects.
+def _open_ended(tail: str) -> bool:
+    """True when nothing after a name closes its phrase: no punctuation, no function word."""
+    return all(m.lastgroup == "word" and m.group().lower() not in PHRASE_STOPS
+               for m in _TOKEN.finditer(tail))
 
-    Handles numbered and bulleted lists, comma / semicolon / "and" separated sentences and
-    lead-ins such as "The image shows ...", "In this image, I can see ..." or "Objects:".
-    Names are normalized (see :func:`normalize_name`), filler such as "image" or "background"
-    is dropped, and duplicates keep their first occurrence.
+
+def parse_object_names(text: str, gazetteer: Gazetteer | None = None,
+                       truncated: bool = False) -> list[NameSpan]:
+    """Object names in an MLLM answer, in order of first mention, duplicates dropped.
+
+    ``gazetteer`` defaults to the vendored tags (:meth:`Gazetteer.default`; add a dataset's
+    terms with :meth:`Gazetteer.with_terms`). ``truncated``: the answer was cut at
+    ``max_new_tokens`` (no end-of-sequence), so a last name whose phrase is still open
+    ("... and a fire hyd") is dropped as unfinished.
     """
-    spans: list[NameSpan] = []
+    gazetteer = gazetteer or Gazetteer.default()
+    spans = []
+    in_list = False  # the segments so far in this sentence are list items ("dog, cat, lychee")
+    for opens, segment in _segments(text):
+        chunks, item = _chunks(segment, gazetteer)
+        in_list = item and (opens or in_list)
+        spans += [s for c in chunks if (s := _chunk_name(c, gazetteer, in_list)) is not None]
+    if truncated and spans and _open_ended(text[spans[-1].end:]):
+        spans.pop()
     seen: set[str] = set()
-    for line in _LINE.finditer(text):
-        line_start, line_end = line.span()
-        # "1. Car: a red sedan parked ..." -> only "Car" names an object.
-        item = _LIST_ITEM.match(text, line_start, line_end)
-        if item is not None:
-            line_end = item.end(1)
-        start = line_start
-        for sep in [*_SEPARATOR.finditer(text, line_start, line_end), None]:
-            end = line_end if sep is None else sep.start()
-            span = _phrase_to_span(text, start, end) if end > start else None
-            if span is not None and span.name not in seen:
-                seen.add(span.name)
-                spans.append(span)
-            if sep is not None:
-                start = sep.end()
-    return spans
+    return [s for s in spans if not (s.name in seen or seen.add(s.name))]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -230,10 +230,12 @@ def _reading_order(lines: Sequence[TextLine]) -> list[TextLine]:
     return [lines[i] for row in rows for i in sorted(row, key=lambda k: boxes[k, 0])]
 
 
-def format_lines(lines: Sequence[TextLine], image_hw: tuple[int, int] | None = None) -> str:
+def format_lines(lines: Sequence[TextLine], image_hw: tuple[int, int] | None = None,
+                 box: Callable[[Sequence[float]], str] | None = None) -> str:
     """Format OCR lines for an MLLM prompt, one per line in reading order.
 
-    Example: ``"正品促销" at [0, 0, 322, 108]`` (pixel xyxy, clipped to ``image_hw`` = (H, W)).
+    Example: ``"正品促销" at [0, 0, 322, 108]`` (pixel xyxy, clipped to ``image_hw`` = (H, W)),
+    or the clipped box as ``box(xyxy)`` writes it (the MLLM family's convention).
     """
     out = []
     for ln in _reading_order(lines):
@@ -242,5 +244,6 @@ def format_lines(lines: Sequence[TextLine], image_hw: tuple[int, int] | None = N
             h, w = image_hw[:2]
             x0, x1 = (min(max(v, 0), w) for v in (x0, x1))
             y0, y1 = (min(max(v, 0), h) for v in (y0, y1))
-        out.append(f"{json.dumps(ln.text, ensure_ascii=False)} at [{x0}, {y0}, {x1}, {y1}]")
+        coords = [x0, y0, x1, y1]
+        out.append(f"{json.dumps(ln.text, ensure_ascii=False)} at {box(coords) if box else coords}")
     return "\n".join(out)
