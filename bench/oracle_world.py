@@ -6,7 +6,8 @@ Used only by ``bench/oracle.py`` and the tests, never by a recipe. Given a COCO/
   in the part of the view the MLLM would see;
 * ``oracle_maps`` makes each name's attention map by pooling its ground-truth masks onto the
   vision grid, through the same layout code as the real family (processors built from the real
-  models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL smart resize);
+  models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL and Qwen3-VL
+  smart resize);
 * the ``oracle`` SAM backend returns the true instance under the first positive point (nothing
   when the point is on background), with predicted IoU 1.
 
@@ -37,7 +38,7 @@ from vlpipe.pipeline.spec import NodeSpec
 from vlpipe.results import decode_mask
 from vlpipe.runner import list_inputs
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen3_vl")
 
 
 @lru_cache(maxsize=None)
@@ -55,9 +56,13 @@ def family_processor(family: str) -> SimpleNamespace:
     elif family == "qwen2_vl":  # Qwen/Qwen2-VL-7B-Instruct
         ip = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, patch_size=14,
                                    merge_size=2, temporal_patch_size=2)
+    elif family == "qwen3_vl":  # Qwen/Qwen3-VL-8B-Instruct: patch 16, 256² to 4096² pixels
+        ip = Qwen2VLImageProcessor(min_pixels=65536, max_pixels=16777216, patch_size=16,
+                                   merge_size=2, temporal_patch_size=2)
     else:
         raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    return SimpleNamespace(image_processor=ip, patch_size=14)
+    return SimpleNamespace(image_processor=ip, patch_size=ip.patch_size if family.startswith("qwen")
+                           else 14)
 
 
 def _key(pixels: np.ndarray) -> str:

@@ -13,8 +13,8 @@ from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl"]
-GRIDS = {"llava": (8, 8), "llava_next": (6, 8), "qwen2_vl": (4, 7)}  # for dog.jpg, 534 x 800
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen3_vl"]
+GRIDS = {"llava": (8, 8), "llava_next": (6, 8), "qwen2_vl": (4, 7), "qwen3_vl": (4, 7)}  # dog.jpg, 534 x 800
 
 
 @pytest.fixture(scope="module")

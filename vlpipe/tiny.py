@@ -121,38 +121,69 @@ def build_llava_next(out: Path, image_size: int = 32) -> Path:
     return _finish_lm(model, tok, out)
 
 
-def build_qwen2_vl(out: Path) -> Path:
-    """Tiny Qwen2-VL: patch 8, 2x2 merge, 32x32..96x96 pixels."""
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
-
+def _qwen_parts() -> tuple:
+    """Tokenizer, its special-token ids and the text config the tiny Qwen-VL models share."""
     torch.manual_seed(SEED)
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>", "assistant", "user", "system"]
     tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], specials, QWEN_TEMPLATE)
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    text = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 1024, "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": ids["<|im_end|>"]}
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"],
+                  vision_end_token_id=ids["<|vision_end|>"])
+    return tok, text, tokens
+
+
+def _save_qwen(model, tok, processor_cls, video_processor, out: Path) -> Path:
+    """Patch 8, 2x2 merge, 32x32..96x96 pixels; save processor and model."""
+    from transformers import Qwen2VLImageProcessor
+
+    image_processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=32 * 32, max_pixels=96 * 96)
+    processor_cls(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                  chat_template=QWEN_TEMPLATE).save_pretrained(out)
+    tok.eos_token = "<|im_end|>"
+    return _finish_lm(model, tok, out)
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """Tiny Qwen2-VL: patch 8, 2x2 merge, 32x32..96x96 pixels."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
+                              Qwen2VLVideoProcessor)
+
+    tok, text, tokens = _qwen_parts()
     cfg = Qwen2VLConfig(
         vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4,
                        "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
                        "temporal_patch_size": 2, "in_channels": 3},
-        text_config={"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                     "max_position_embeddings": 1024,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
-                                         "mrope_section": [2, 3, 3]},
-                     "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
-                     "eos_token_id": ids["<|im_end|>"]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                 "mrope_section": [2, 3, 3]}},
+        **tokens)
     model = Qwen2VLForConditionalGeneration(cfg).eval()
-    image_processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
-                                            min_pixels=32 * 32, max_pixels=96 * 96)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                 video_processor=Qwen2VLVideoProcessor(),
-                                 chat_template=QWEN_TEMPLATE)
-    processor.save_pretrained(out)
-    tok.eos_token = "<|im_end|>"
-    return _finish_lm(model, tok, out)
+    return _save_qwen(model, tok, Qwen2VLProcessor, Qwen2VLVideoProcessor(), out)
+
+
+def build_qwen3_vl(out: Path) -> Path:
+    """Tiny Qwen3-VL: patch 8, 2x2 merge, one DeepStack level, interleaved M-RoPE."""
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor,
+                              Qwen3VLVideoProcessor)
+
+    tok, text, tokens = _qwen_parts()
+    cfg = Qwen3VLConfig(
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "out_hidden_size": 64, "num_position_embeddings": 64,
+                       "deepstack_visual_indexes": [1]},
+        text_config={**text, "head_dim": 16,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                         "mrope_section": [2, 3, 3], "mrope_interleaved": True}},
+        **tokens)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    return _save_qwen(model, tok, Qwen3VLProcessor, Qwen3VLVideoProcessor(), out)
 
 
 def build_hf_sam(out: Path) -> Path:
@@ -251,6 +282,7 @@ def build_all(out: str | Path) -> list[Path]:
         "llava": build_llava(out / "llava"),
         "llava_next": build_llava_next(out / "llava_next"),
         "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
+        "qwen3_vl": build_qwen3_vl(out / "qwen3_vl"),
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),
         "sam_official": build_official_sam(out / "sam_official"),

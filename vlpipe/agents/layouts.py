@@ -83,7 +83,7 @@ def llava_next_layout(processor, inputs, index, hw):
 
 
 def qwen2_vl_layout(processor, inputs, index, hw):
-    """Qwen2-VL / 2.5-VL: the whole image resized to a multiple of patch·merge; tokens are the
+    """Qwen2-VL / 2.5-VL / Qwen3-VL: the whole image resized to a multiple of patch·merge; tokens are the
     merged (h/merge, w/merge) grid of ``image_grid_thw``."""
     t, gh, gw = (int(v) for v in inputs["image_grid_thw"][index])
     merge = processor.image_processor.merge_size
@@ -96,6 +96,7 @@ LAYOUTS: dict[str, Layout] = {
     "llava_next": llava_next_layout,
     "qwen2_vl": qwen2_vl_layout,
     "qwen2_5_vl": qwen2_vl_layout,
+    "qwen3_vl": qwen2_vl_layout,
 }
 
 # Families whose processor may centre-crop a single view; "pad" fits their images to a square.
