@@ -213,18 +213,32 @@ def token_spans(answer_ids: torch.Tensor, tokenizer, spans: list[tuple[int, int]
 
 class _MllmNode(Node):
     """Shared parameters of the MLLM nodes: which model, where, in what dtype, and how images are
-    fitted to its processor (``image_fit``: "pad" or "native", see :mod:`~vlpipe.agents.layouts`)."""
+    fitted to its processor (``image_fit``: "pad" or "native", see :mod:`~vlpipe.agents.layouts`).
+
+    ``endpoint`` (nodes with ``servable``): an OpenAI-compatible server's URL; ``model`` is then
+    the name it serves (:class:`~vlpipe.agents.served.ServedMllm`)."""
+
+    servable = False  # can run against a served model (needs no weights, tokens or attention)
 
     def __init__(self, name: str, *, model: str, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False, image_fit: str = "pad", **params) -> None:
+                 trust_remote_code: bool = False, image_fit: str = "pad", endpoint: str = "",
+                 **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
         if image_fit not in FITS:
             raise ValueError(f"unknown image_fit {image_fit!r} (known: {', '.join(FITS)})")
+        if endpoint and not self.servable:
+            raise ValueError("endpoint: this node reads the model's tokens or attention, "
+                             "which a served model does not give; it needs local weights")
         self.model_id, self.dtype, self.trust_remote_code = model, dtype, trust_remote_code
-        self.image_fit = image_fit
+        self.image_fit, self.endpoint = image_fit, endpoint
 
     @property
     def mllm(self) -> Mllm:
+        if self.endpoint:
+            from .served import ServedMllm
+
+            return self.pool.get("mllm-served", f"{self.endpoint} {self.model_id}", "remote",
+                                 None, lambda: ServedMllm(self.endpoint, self.model_id))
         return self.pool.get("mllm", self.model_id, self.device, self.dtype,
                              lambda: Mllm.load(self.model_id, self.device, self.dtype,
                                                self.trust_remote_code))
@@ -321,6 +335,7 @@ class AttentionMapNode(_MllmNode):
 class PhrasesNode(_MllmNode):
     """image + question -> phrases: the objects the MLLM says it must locate to answer."""
 
+    servable = True
     inputs = {"image": "image", "question": "text"}
     outputs = {"phrases": "phrases"}
 
@@ -344,6 +359,7 @@ class AnswerNode(_MllmNode):
     in the text with its phrase and box, and the OCR lines with their boxes (P²G's final call).
     Boxes follow the family's convention, stated with the image size (:mod:`.box_text`)."""
 
+    servable = True
     inputs = {"image": "image", "question": "text", "crops": "crops", "lines": "text_lines",
               "detections": "detections"}
     outputs = {"answer": "text", "evidence": "evidence"}

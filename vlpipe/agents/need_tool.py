@@ -107,6 +107,7 @@ class Calibrator:
 class NeedToolNode(_MllmNode):
     """image + question -> decision {choice, probs, policy}, objects (bool), text (bool)."""
 
+    servable = True
     inputs = {"image": "image", "question": "text"}
     outputs = {"decision": "decision", "objects": "bool", "text": "bool"}
     max_batch = 1
