@@ -1,14 +1,16 @@
 """Detect in the oracle world: is the pipeline right when its experts are right?
 
-    python bench/oracle.py [--gt GT.json --images DIR] [--family llava|llava_next|qwen2_vl]
-                           [--tiles 2x2] [--questions K] [--scenes N] [--json]
+    python bench/oracle.py [--gt GT.json --images DIR] [--family llava|llava_next|qwen2_vl|qwen3_vl]
+                           [--recipe detect|detect-fused] [--tiles 2x2] [--questions K]
+                           [--scenes N] [--json]
 
 Runs the detect recipe with the oracle experts of ``oracle_world.py`` (ground-truth names,
 ground-truth attention maps through the family's real layout, a SAM that returns the true
 instance under the point) over a COCO/LVIS dataset through the production batch runner,
 writes ``results.json`` and prints ``vlpipe eval``'s figures. Without ``--gt`` it generates
 crowded synthetic scenes (``vlpipe.synthetic``). Then an ablation table: each fix of the
-oracle-world issue turned off on its own, and all of them together (the old defaults).
+oracle-world issue turned off on its own, and all of them together (the old defaults); for
+detect-fused, which branch found each ground-truth instance.
 With ``--json`` the last line is ``{"bbox": {"AP", "AR"}, "segm": {...}, "images": N,
 "ablation": [[row, box AP, mask AP], ...]}``.
 """
@@ -25,7 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from oracle_world import FAMILIES, oracle_pipeline  # noqa: E402
 
+import numpy as np  # noqa: E402
+import supervision as sv  # noqa: E402
+
 from vlpipe.eval import evaluate  # noqa: E402
+from vlpipe.io import load_image  # noqa: E402
 from vlpipe.runner import BatchRunner, list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 
@@ -54,11 +60,40 @@ def run_oracle(gt: Path, images: Path | None, out: Path, **options) -> dict:
     return evaluate(data, results)
 
 
+def branch_report(gt: Path, images: Path | None, **options) -> dict[str, dict[str, int]]:
+    """detect-fused in the oracle world: for each ground-truth instance, which branch found it
+    before the merge (a same-category detection with box IoU >= 0.5), by COCO size range."""
+    pipe = oracle_pipeline(gt, images, recipe="detect-fused", **options)
+    entries, data = list_inputs(gt, images)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    table: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        fused = pipe.run(image=load_image(entry.path)).outputs["fused"]
+        for a in (a for a in data["annotations"] if a["image_id"] == entry.image_id):
+            x, y, w, h = a["bbox"]
+            found = []
+            for branch in ("attention", "grounding"):
+                mine = fused[(fused.data["branch"] == branch)
+                             & (fused.data["class_name"] == names[a["category_id"]])]
+                iou = sv.box_iou_batch(np.array([[x, y, x + w, y + h]], np.float32), mine.xyxy)
+                found.append(bool(len(mine)) and iou.max() >= 0.5)
+            size = "small" if a["area"] < 32 ** 2 else "medium" if a["area"] < 96 ** 2 else "large"
+            who = {(True, True): "both", (True, False): "attention only",
+                   (False, True): "grounding only", (False, False): "neither"}[tuple(found)]
+            row = table.setdefault(size, dict.fromkeys(WHO, 0))
+            row[who] += 1
+    return table
+
+
+WHO = ("both", "attention only", "grounding only", "neither")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gt", type=Path, help="COCO/LVIS annotation file (default: synthetic scenes)")
     ap.add_argument("--images", type=Path, help="image root (default: beside --gt)")
     ap.add_argument("--family", choices=FAMILIES, default="llava")
+    ap.add_argument("--recipe", choices=["detect", "detect-fused"], default="detect")
     ap.add_argument("--tiles", default="2x2")
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -71,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gt = args.gt or make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
         base = {"family": args.family, "tiles": args.tiles, "questions": args.questions,
-                "rounds": args.rounds}
+                "rounds": args.rounds, "recipe": args.recipe}
         rows = ABLATION[:1] if args.no_ablation else ABLATION
         table = []
         for k, (label, change) in enumerate(rows):
@@ -79,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             table.append((label, metrics))
             if k == 0:
                 n_images = len(list_inputs(gt, args.images)[0])
-                print(f"oracle detect, family {args.family}, tiles {args.tiles}, "
+                print(f"oracle {args.recipe}, family {args.family}, tiles {args.tiles}, "
                       f"{args.questions} question(s), {args.rounds} round(s), {n_images} images")
                 for iou_type, values in metrics.items():
                     print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
@@ -88,13 +123,24 @@ def main(argv: list[str] | None = None) -> None:
         for label, m in table:
             print(f"| {label:<56} | {m['bbox']['AP']:6.3f} | {m['bbox']['AR']:6.3f} | "
                   f"{m.get('segm', {}).get('AP', float('nan')):7.3f} |")
+        branches = None
+        if args.recipe == "detect-fused":
+            branches = branch_report(gt, args.images, **{k: v for k, v in base.items()
+                                                         if k != "recipe"})
+            print(f"\nwho found each ground-truth instance (before the merge):\n"
+                  f"| size   | {' | '.join(WHO)} |\n| ------ |{'|'.join('-' * (len(w) + 2) for w in WHO)}|")
+            for size in ("small", "medium", "large"):
+                if size in branches:
+                    print(f"| {size:<6} | " + " | ".join(f"{branches[size][w]:>{len(w)}}"
+                                                         for w in WHO) + " |")
     if args.json:
         head = table[0][1]
         print(json.dumps({"bbox": {k: head["bbox"][k] for k in ("AP", "AR")},
                           "segm": {k: head["segm"][k] for k in ("AP", "AR")},
                           "images": n_images,
                           "ablation": [[label, m["bbox"]["AP"], m["segm"]["AP"]]
-                                       for label, m in table]}))
+                                       for label, m in table],
+                          **({"branches": branches} if branches else {})}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Used only by ``bench/oracle.py`` and the tests, never by a recipe. Given a COCO/
   models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL and Qwen3-VL
   smart resize);
 * the ``oracle`` SAM backend returns the true instance under the first positive point (nothing
-  when the point is on background), with predicted IoU 1.
+  when the point is on background), or for a box prompt the instance whose box overlaps it
+  most, with predicted IoU 1;
+* the ``oracle`` grounding backend (detect-fused) finds every instance of a named category at
+  least 24 px wide and high, score 0.5.
 
 Everything else — tiles, points, refinement rounds, merge, results, name mapping, eval — is the
 production code. The experts find the ground truth of a view from its pixels: every image of the
@@ -25,11 +28,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import supervision as sv
 import torch
 
 from vlpipe.agents.layouts import fit_image, token_grid
 from vlpipe.agents.mllm import Generation, ObjectList
 from vlpipe.agents.points import pool_to_grid
+from vlpipe.agents.grounding_node import GROUNDING_BACKENDS
 from vlpipe.agents.sam import SAM_BACKENDS, SamBackend
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image
@@ -199,36 +204,78 @@ class OracleSam(SamBackend):
         self.hw = image.shape[:2]
         self.masks = [m for _, m in self.world.instances(image)]
 
-    def predict(self, points, labels, mask_logits):
+    def predict(self, points, labels, mask_logits, boxes=None):
         h, w = self.hw
         masks = np.zeros((len(points), h, w), dtype=bool)
         for k, (pts, labs) in enumerate(zip(points, labels)):
             positive = pts[labs == 1]
-            if len(positive) == 0:
-                continue
-            col = int(np.clip(positive[0, 0], 0, w - 1))
-            row = int(np.clip(positive[0, 1], 0, h - 1))
-            hit = next((m for m in self.masks if m[row, col]), None)
+            if len(positive):
+                col = int(np.clip(positive[0, 0], 0, w - 1))
+                row = int(np.clip(positive[0, 1], 0, h - 1))
+                hit = next((m for m in self.masks if m[row, col]), None)
+            elif boxes is not None:
+                hit = self._best_in_box(boxes[k])
+            else:
+                hit = None
             if hit is not None:
                 masks[k] = hit
         return masks, np.ones(len(points), np.float32), torch.zeros(len(points), 1, 8, 8)
+
+    def _best_in_box(self, box) -> np.ndarray | None:
+        """The instance whose box overlaps ``box`` (x0, y0, x1, y1) most (IoU), if any."""
+        if not self.masks:
+            return None
+        xyxy = sv.mask_to_xyxy(np.stack(self.masks)).astype(np.float32) + [0, 0, 1, 1]
+        iou = sv.box_iou_batch(np.asarray(box, np.float32)[None], xyxy)[0]
+        return self.masks[int(iou.argmax())] if iou.max() > 0 else None
+
+
+class OracleGrounding:
+    """A text-prompted detector that finds every instance of a named category whose box is at
+    least ``min_size`` px on both sides (below it a real detector's resolution gives out),
+    score 0.5."""
+
+    def __init__(self, world: OracleWorld, min_size: int = 24) -> None:
+        self.world, self.min_size = world, min_size
+
+    def detect(self, images, phrases) -> list[sv.Detections]:
+        out = []
+        for image, wanted in zip(images, phrases):
+            found = [(name, m) for name, m in self.world.instances(image) if name in wanted]
+            xyxy = (sv.mask_to_xyxy(np.stack([m for _, m in found])).astype(np.float32)
+                    + [0, 0, 1, 1]) if found else np.zeros((0, 4), np.float32)
+            big = ((xyxy[:, 2] - xyxy[:, 0] >= self.min_size)
+                   & (xyxy[:, 3] - xyxy[:, 1] >= self.min_size))
+            out.append(sv.Detections(xyxy=xyxy[big], confidence=np.full(int(big.sum()), 0.5,
+                                                                          np.float32),
+                                     data={"class_name": np.array([n for n, _ in found])[big]
+                                           if found else np.array([], dtype=str)}))
+        return out
 
 
 registry.register("oracle_objects", OracleObjectsNode)
 registry.register("oracle_maps", OracleMapsNode)
 SAM_BACKENDS["oracle"] = lambda model, variant, device: OracleSam(OracleWorld._open[model])
+GROUNDING_BACKENDS["oracle"] = (lambda model, device, dtype: (OracleWorld._open[model], None),
+                                lambda world, _, **thresholds: OracleGrounding(world))
 
 
 def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",
                     image_fit: str = "pad", tiles: str = "2x2", questions: int = 2,
-                    rounds: int = 3, max_instances: int = 8, merge: dict | None = None) -> Pipeline:
-    """The detect recipe with the oracle experts in place of the MLLM and SAM; ``merge`` params
-    replace the recipe's merge params."""
+                    rounds: int = 3, max_instances: int = 8, merge: dict | None = None,
+                    recipe: str = "detect") -> Pipeline:
+    """The ``detect`` or ``detect-fused`` recipe with the oracle experts in place of the MLLM,
+    SAM (and the grounding expert); ``merge`` params replace the recipe's merge params. The
+    fused recipe also outputs ``fused``: both branches before the merge."""
     world_key = str(Path(gt).resolve())
     OracleWorld.open(gt, images)
     common = {"gt": str(gt), "images": None if images is None else str(images),
               "family": family, "image_fit": image_fit}
-    spec = PipelineSpec.load(resolve_pipeline("detect"))
+    spec = PipelineSpec.load(resolve_pipeline(recipe))
+    extra = {}
+    if recipe == "detect-fused":
+        extra = {"grounding": world_key, "grounding_backend": "oracle"}
+        spec.outputs["fused"] = "fuse.detections"
     spec.nodes["objects"] = NodeSpec(type="oracle_objects", inputs={"views": "views.views"},
                                      params={**common, "questions": questions})
     spec.nodes["maps"] = NodeSpec(type="oracle_maps",
@@ -238,5 +285,5 @@ def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family:
     if merge is not None:
         spec.nodes["merge"].params = dict(merge)
     graph = spec.build(tiles=tiles, questions=questions, rounds=rounds, sam=world_key,
-                       sam_backend="oracle", mllm="oracle", device="cpu")
-    return Pipeline(graph, name="detect-oracle")
+                       sam_backend="oracle", mllm="oracle", device="cpu", **extra)
+    return Pipeline(graph, name=f"{recipe}-oracle")

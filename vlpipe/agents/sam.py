@@ -44,10 +44,11 @@ class SamBackend(ABC):
         """image (H, W, 3) uint8 RGB; runs the image encoder."""
 
     @abstractmethod
-    def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None
-                ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """points (K, P, 2) float (x, y) image pixels, labels (K, P) 1/0 (-1 = padding),
-        mask_logits (K, 1, m, m) low-res logits of a previous round or None.
+    def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None,
+                boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """points (K, P, 2) float (x, y) image pixels, labels (K, P) 1/0 (-1 = padding; P may be
+        0 with boxes), mask_logits (K, 1, m, m) low-res logits of a previous round or None,
+        boxes (K, 4) xyxy image pixels or None.
         Returns masks (K, H, W) bool, predicted IoU (K,), low-res logits (K, 1, m, m).
         One decoder call for all K."""
 
@@ -65,12 +66,18 @@ class OfficialSam(SamBackend):
         self.predictor.set_image(image, image_format="RGB")
 
     @torch.inference_mode()
-    def predict(self, points, labels, mask_logits):
+    def predict(self, points, labels, mask_logits, boxes=None):
         p = self.predictor
-        coords = p.transform.apply_coords(points.astype(np.float32), p.original_size)
-        masks, iou, low = p.predict_torch(
-            torch.as_tensor(coords, device=p.device), torch.as_tensor(labels, device=p.device),
-            mask_input=mask_logits, multimask_output=False)
+        coords = labs = box = None
+        if points.shape[1]:
+            coords = torch.as_tensor(p.transform.apply_coords(points.astype(np.float32),
+                                                              p.original_size), device=p.device)
+            labs = torch.as_tensor(labels, device=p.device)
+        if boxes is not None:
+            box = torch.as_tensor(p.transform.apply_boxes(np.asarray(boxes, np.float32),
+                                                          p.original_size), device=p.device)
+        masks, iou, low = p.predict_torch(coords, labs, boxes=box, mask_input=mask_logits,
+                                          multimask_output=False)
         self.decoder_calls += 1
         return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy(), low
 
@@ -108,15 +115,20 @@ class HfSam(SamBackend):
         return masks[:, 0].cpu().numpy()
 
     @torch.inference_mode()
-    def predict(self, points, labels, mask_logits):
-        k = len(points)
-        pts = torch.as_tensor(points * self._point_scale(), dtype=torch.float32,
-                              device=self.model.device)
+    def predict(self, points, labels, mask_logits, boxes=None):
+        k, device, dtype = len(points), self.model.device, self.model.dtype
+        scale = self._point_scale()
+        prompts = {}
+        if points.shape[1]:
+            pts = torch.as_tensor(points * scale, dtype=torch.float32, device=device)
+            prompts["input_points"] = pts[:, None].to(dtype)  # (K, 1, P, 2)
+            prompts["input_labels"] = torch.as_tensor(labels, device=device)[:, None]
+        if boxes is not None:
+            xyxy = np.asarray(boxes, np.float32) * np.tile(scale, 2)
+            prompts["input_boxes"] = torch.as_tensor(xyxy, device=device)[:, None].to(dtype)
         out = self.model(
-            image_embeddings=self._embeddings(k),
-            input_points=pts[:, None].to(self.model.dtype),  # (K, 1, P, 2)
-            input_labels=torch.as_tensor(labels, device=self.model.device)[:, None],
-            input_masks=None if mask_logits is None else mask_logits.to(self.model.dtype),
+            image_embeddings=self._embeddings(k), **prompts,
+            input_masks=None if mask_logits is None else mask_logits.to(dtype),
             multimask_output=False)
         self.decoder_calls += 1
         low = out.pred_masks[:, 0]  # (K, 1, m, m)
@@ -246,7 +258,56 @@ def _attention_share(heat: np.ndarray, mask: np.ndarray) -> float:
     return float(heat[mask].mean()) if mask.any() else 0.0
 
 
-class SamNode(Node):
+class _SamModelNode(Node):
+    """Shared parameters of the SAM nodes: which weights, which backend, where."""
+
+    def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
+                 device: str = "auto", **params) -> None:
+        super().__init__(name, device=resolve_device(device), **params)
+        if backend not in SAM_BACKENDS:
+            raise ValueError(f"unknown SAM backend {backend!r} "
+                             f"(known: {', '.join(SAM_BACKENDS)})")
+        self.model_id, self.backend, self.variant = model, backend, variant
+
+    @property
+    def sam(self) -> SamBackend:
+        load = lambda: SAM_BACKENDS[self.backend](self.model_id, self.variant, self.device)
+        return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
+                             self.device, "float32", load)
+
+
+class SamBoxNode(_SamModelNode):
+    """image + detections (boxes, e.g. from grounding) -> the same objects with SAM masks, as
+    Grounded-SAM does: every box prompts SAM, all in one decoder call per image. Score = the
+    box's confidence × SAM's predicted IoU (clipped to [0, 1]); the box becomes the mask's
+    extent (``data["view_box"]``: the whole image)."""
+
+    inputs = {"image": "image", "detections": "detections"}
+    outputs = {"detections": "detections"}
+    max_batch = 1
+
+    def run(self, batch):
+        sam = self.sam
+        out = []
+        for item in batch:
+            image, dets = item["image"], item["detections"]
+            if len(dets) == 0:
+                out.append({"detections": sv.Detections.empty()})
+                continue
+            sam.set_image(image)
+            k = len(dets)
+            masks, iou, _ = sam.predict(np.zeros((k, 0, 2), np.float32), np.zeros((k, 0), np.int64),
+                                        None, boxes=dets.xyxy)
+            confidence = np.ones(k) if dets.confidence is None else dets.confidence
+            segmented = _mask_detections(masks, confidence * np.clip(iou, 0.0, 1.0),
+                                         {"class_name": np.asarray(dets.data["class_name"])})
+            h, w = image.shape[:2]
+            segmented.data["view_box"] = np.tile(np.array([0, 0, w, h]), (len(segmented), 1))
+            out.append({"detections": segmented})
+        return out
+
+
+class SamNode(_SamModelNode):
     """views + maps -> detections (full-image coordinates, every round kept).
 
     Each map prompts SAM once per instance (every component above the threshold, at most
@@ -258,28 +319,17 @@ class SamNode(Node):
     outputs = {"detections": "detections"}
     max_batch = 1
 
-    def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
-                 rounds: int = 3, threshold: float = 0.5, n_positive: int = 1,
-                 n_negative: int = 1, max_instances: int = 8, min_peak: float = 0.15,
-                 device: str = "auto", **params) -> None:
-        super().__init__(name, device=resolve_device(device), **params)
-        if backend not in SAM_BACKENDS:
-            raise ValueError(f"unknown SAM backend {backend!r} "
-                             f"(known: {', '.join(SAM_BACKENDS)})")
+    def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,
+                 n_positive: int = 1, n_negative: int = 1, max_instances: int = 8,
+                 min_peak: float = 0.15, **params) -> None:
+        super().__init__(name, **params)
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
         if int(max_instances) < 1:
             raise ValueError("max_instances must be at least 1")
-        self.model_id, self.backend, self.variant = model, backend, variant
         self.rounds, self.threshold = int(rounds), float(threshold)
         self.n_positive, self.n_negative = int(n_positive), int(n_negative)
         self.max_instances, self.min_peak = int(max_instances), float(min_peak)
-
-    @property
-    def sam(self) -> SamBackend:
-        load = lambda: SAM_BACKENDS[self.backend](self.model_id, self.variant, self.device)
-        return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
-                             self.device, "float32", load)
 
     def run(self, batch):
         sam = self.sam
@@ -334,16 +384,22 @@ def _normalized(m: np.ndarray) -> np.ndarray:
 
 
 def _detections(masks: np.ndarray, score: np.ndarray, maps: list[ObjectMap], rnd: int):
-    """(K, h, w) bool masks of one round -> Detections of the non-empty ones, masks stored as
-    crop-RLE ``sv.CompactMask`` (every view, question and round is kept for the merge: dense
-    full-image masks would take K·H·W bytes each round)."""
+    """(K, h, w) bool masks of one round -> Detections of the non-empty ones (every view,
+    question and round is kept for the merge)."""
+    return _mask_detections(masks, score, {
+        "class_name": np.array([m.name for m in maps]), "round": np.full(len(maps), rnd),
+        "question": np.array([m.question for m in maps])})
+
+
+def _mask_detections(masks: np.ndarray, score: np.ndarray, data: dict) -> sv.Detections:
+    """(K, h, w) bool masks, (K,) scores, per-mask data -> Detections of the non-empty masks,
+    boxes = the masks' pixel-edge extents, masks stored as crop-RLE ``sv.CompactMask`` (dense
+    full-image masks would take K·H·W bytes each)."""
     keep = masks.reshape(len(masks), -1).any(1)
     inclusive = sv.mask_to_xyxy(masks)
     # pixel-edge boxes: a mask covering columns 3..5 spans x 3.0 to 6.0
     xyxy = inclusive.astype(np.float32) + np.float32([0, 0, 1, 1])
     dets = sv.Detections(
         xyxy=xyxy, mask=sv.CompactMask.from_dense(masks, inclusive, masks.shape[1:]),
-        confidence=score.astype(np.float32),
-        data={"class_name": np.array([m.name for m in maps]),
-              "round": np.full(len(maps), rnd), "question": np.array([m.question for m in maps])})
+        confidence=np.asarray(score, np.float32), data=data)
     return dets[keep]
