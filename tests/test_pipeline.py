@@ -158,9 +158,13 @@ class Loads(Node):
     inputs = {"x": "number"}
     outputs = {"y": "number"}
 
+    def __init__(self, name, *, weights: str, **kw):
+        super().__init__(name, **kw)
+        self.weights = weights
+
     def run(self, batch):
-        model = self.pool.get("adder", self.params["weights"], self.device, None,
-                              lambda: {"offset": len(self.params["weights"])})
+        model = self.pool.get("adder", self.weights, self.device, None,
+                              lambda: {"offset": len(self.weights)})
         return [{"y": item["x"] + model["offset"]} for item in batch]
 
 
@@ -321,3 +325,29 @@ def test_prefetch_keeps_order_reraises_and_stops_its_thread_when_abandoned():
     gen.close()  # the consumer stops early: the producer thread must end, not block forever
     assert threading.active_count() <= before
     assert len(produced) <= 5
+
+
+def test_misspelt_node_params_are_reported_together_before_any_model_loads(tmp_path):
+    from vlpipe.agents.sam import SamNode
+    from vlpipe.agents.tiles_node import TilesNode
+    from vlpipe.pipeline import resolve_pipeline
+    from vlpipe.pipeline.node import known_params
+
+    spec = PipelineSpec.load(resolve_pipeline("detect"))
+    spec.nodes["views"].params["tilez"] = "3x3"
+    spec.nodes["merge"].params["treshold"] = 0.3
+    spec.nodes["sam"].params["nonsense"] = 1
+    with pytest.raises(GraphError) as err:
+        spec.build(device="cpu")
+    assert err.value.problems == [
+        "node 'views' (tiles): bad params: unknown param 'tilez' "
+        "(known: device, min_size, overlap, tiles)",
+        f"node 'sam' (sam): bad params: unknown param 'nonsense' (known: "
+        f"{', '.join(known_params(SamNode))})",
+        "node 'merge' (merge): bad params: unknown param 'treshold' (known: class_agnostic, "
+        "device, drop_fragments, fragment_containment, method, metric, threshold)",
+    ]
+    assert "max_instances" in known_params(SamNode) and "model" in known_params(SamNode)
+    # in Python too, with the same words
+    with pytest.raises(TypeError, match=r"unknown params 'a', 'b' \(known: device, min_size"):
+        TilesNode("t", a=1, b=2)

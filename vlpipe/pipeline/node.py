@@ -8,6 +8,7 @@ output values back per item, in order. Port types are short strings (``"image"``
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -23,7 +24,8 @@ class Node(ABC):
     """Base class of every pipeline node.
 
     Subclasses set ``inputs`` / ``outputs`` (port name -> type), list optional inputs in
-    ``optional``, and implement ``run``. ``params`` are the node's settings from the pipeline file;
+    ``optional``, and implement ``run``. A node's settings (a pipeline file's ``params``) are the
+    keyword arguments of its ``__init__``; one it does not declare is an error naming it.
     ``device`` says where its models live. ``max_batch`` caps the items per ``run`` call.
     """
 
@@ -32,10 +34,13 @@ class Node(ABC):
     optional: ClassVar[frozenset[str]] = frozenset()
     max_batch: ClassVar[int] = 64
 
-    def __init__(self, name: str, *, device: str = "cpu", **params: Any) -> None:
+    def __init__(self, name: str, *, device: str = "cpu", **unknown: Any) -> None:
+        if unknown:
+            raise TypeError(f"unknown param{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, sorted(unknown)))} "
+                            f"(known: {', '.join(known_params(type(self))) or 'none'})")
         self.name = name
         self.device = device
-        self.params = params
         self.pool = None  # set by the executor: the ModelPool shared by every node
 
     @abstractmethod
@@ -44,6 +49,20 @@ class Node(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+def known_params(cls: type[Node]) -> list[str]:
+    """The keyword params a node class takes: every named keyword of the ``__init__`` of the
+    class and its bases (subclasses hand the rest to their base's ``__init__``)."""
+    names = []
+    for c in cls.__mro__:
+        init = c.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind == p.KEYWORD_ONLY and p.name not in names:
+                names.append(p.name)
+    return sorted(names)
 
 
 class FunctionNode(Node):

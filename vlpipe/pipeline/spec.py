@@ -76,21 +76,23 @@ class PipelineSpec(BaseModel):
             raise GraphError([f"pipeline {self.name!r} has no param {k!r} "
                               f"(params: {', '.join(self.params) or 'none'})" for k in unknown])
         params = {**self.params, **overrides}
-        problems = [f"node {name!r}: {e}" for name, spec in self.nodes.items()
-                    for e in _unknown_vars(spec.params, params)]
-        problems += [f"node {name!r}: unknown node type {spec.type!r} (known: "
-                     f"{', '.join(registry.names())})"
-                     for name, spec in self.nodes.items() if not registry.has(spec.type)]
+        problems, nodes = [], {}
+        for name, spec in self.nodes.items():
+            found = [f"node {name!r}: {e}" for e in _unknown_vars(spec.params, params)]
+            if not registry.has(spec.type):
+                found.append(f"node {name!r}: unknown node type {spec.type!r} (known: "
+                             f"{', '.join(registry.names())})")
+            if not found:
+                try:
+                    nodes[name] = registry.get(spec.type)(name, **_substitute(spec.params, params))
+                except (TypeError, ValueError) as exc:  # the node's own check of its params
+                    found.append(f"node {name!r} ({spec.type}): bad params: {exc}")
+            problems += found
         if problems:
             raise GraphError(problems)
         graph = Graph(self.inputs)
         for name, spec in self.nodes.items():
-            cls = registry.get(spec.type)
-            try:
-                node = cls(name, **_substitute(spec.params, params))
-            except (TypeError, ValueError) as exc:  # the node's own check of its params
-                raise GraphError([f"node {name!r} ({spec.type}): bad params: {exc}"]) from None
-            graph.add(node, when=spec.when, **spec.inputs)
+            graph.add(nodes[name], when=spec.when, **spec.inputs)
         for key, ref in self.outputs.items():
             graph.output(key, ref)
         graph.validate()
