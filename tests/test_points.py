@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.points import PointPrompt, points_to_image, resize_map, sample_points
+from vlpipe.agents.points import (PointPrompt, instance_prompts, points_to_image, pool_to_grid,
+                                  resize_map, sample_points)
 
 
 def gaussian(h, w, cy, cx, sigma, peak=1.0):
@@ -126,3 +127,54 @@ def test_points_to_image_lands_on_patch_centre():
     # Grid (3, 4) over the region x in [20, 100), y in [-10, 50): patches of 20 x 20.
     xy = points_to_image(p, (3, 4), (20, -10, 100, 50))
     np.testing.assert_allclose(xy, [[20 + 2 * 20 + 10, -10 + 20 + 10], [30, 0]])
+
+
+def test_every_instance_prompts_on_its_own_largest_first():
+    # three cups side by side: blobs of 9, 4 and 1 cells at height 1, background 0
+    m = np.zeros((10, 30))
+    m[2:5, 2:5] = 1.0
+    m[2:4, 12:14] = 1.0
+    m[3, 24] = 1.0
+    prompts = instance_prompts(m)
+    assert [int(p.positive_area.sum()) for p in prompts] == [9, 4, 1]
+    # each positive: the first maximum (the plateau's top-left cell) moved to the centroid of
+    # its 3x3 neighbourhood inside the blob: rows 2-3, cols 2-3 of blob 1 -> (x, y) = (2.5, 2.5)
+    # + 0.5; rows 2-3, cols 12-13 of blob 2 -> (13, 3); the lone cell of blob 3 stays
+    assert [p.coords[0].tolist() for p in prompts] == [[3.0, 3.0], [13.0, 3.0], [24.5, 3.5]]
+    for p in prompts:
+        nx, ny = p.coords[1].astype(int)
+        assert p.labels.tolist() == [1, 0] and not p.positive_area[ny, nx]
+    assert len(instance_prompts(m, max_instances=2)) == 2
+    one = instance_prompts(m, max_instances=1)[0]
+    ref = sample_points(m)
+    np.testing.assert_array_equal(one.coords, ref.coords)
+    np.testing.assert_array_equal(one.positive_area, ref.positive_area)
+
+
+def test_a_weak_peak_beside_a_strong_one_is_an_instance():
+    # a large cup (1.0) and a small one that covers a fifth of a cell (0.2 < the cut at 0.5)
+    m = np.zeros((10, 20))
+    m[2:6, 2:6] = 1.0
+    m[7, 15] = 0.2
+    strong, weak = instance_prompts(m, min_peak=0.15)
+    assert weak.positive_area.sum() == 1 and weak.positive_area[7, 15]
+    assert weak.coords[0].tolist() == [15.5, 7.5]
+    assert len(instance_prompts(m, min_peak=0.25)) == 1  # below min_peak
+    assert len(instance_prompts(m, min_peak=0.5)) == 1  # min_peak >= threshold: off
+
+
+def test_a_peak_between_cells_moves_to_their_weighted_centroid():
+    # an object straddling two cells, covering 0.3 of the left one and 0.1 of the right one:
+    # the centroid of cell centres 4.5 and 5.5 weighted 0.3 : 0.1 is x = 4.75
+    m = np.zeros((8, 10))
+    m[3, 4], m[3, 5] = 0.3, 0.1
+    (p,) = instance_prompts(m, threshold=0.2)
+    assert p.coords[0].tolist() == pytest.approx([4.75, 3.5])
+
+
+def test_pool_to_grid_averages_each_cell_of_the_region():
+    mask = np.zeros((4, 8), np.float32)
+    mask[:, :2] = 1.0  # the two left columns
+    # region 2 px beyond the image on the left: cells of 4x2 px over x -2..6; cell 0 covers
+    # x -2..2 (2 of its 4 columns set), cell 1 x 2..6 (none)
+    np.testing.assert_allclose(pool_to_grid(mask, (-2, 0, 6, 4), (2, 2)), [[0.5, 0], [0.5, 0]])
