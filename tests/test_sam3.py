@@ -131,13 +131,7 @@ def test_one_image_encoding_and_one_forward_for_a_batch(loaded, images):
     np.testing.assert_allclose(again.confidence, dets[1].confidence, atol=1e-5)
 
 
-def test_ground_recipe_with_the_sam3_backend(tiny_models, shared_images):
-    res = CliRunner().invoke(app, ["run", str(tiny_models / "ground.yaml"),
-                                   str(shared_images / "cat_dog.jpeg"), "a dog. a cat.",
-                                   "--set", "grounding_backend=sam3",
-                                   "--set", f"grounding={tiny_models / 'sam3'}",
-                                   "--set", "box_threshold=0.0", "--json"])
-    assert res.exit_code == 0, res.stderr
-    boxes = json.loads(res.stdout)["detections"]
+def test_ground_recipe_with_the_sam3_backend(ground_cli):
+    boxes = ground_cli("sam3")
     assert len(boxes) == 20 and {b["name"] for b in boxes} == {"a dog", "a cat"}
     assert all(b["segmentation"]["size"] == [901, 1200] for b in boxes)  # cat_dog.jpeg

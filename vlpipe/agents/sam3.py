@@ -24,6 +24,8 @@ from .hub import from_pretrained, resolve_dtype, save_seeded
 __all__ = ["Sam3ConceptBackend", "build_tiny_sam3", "build_tiny_sam3_tracker", "load_sam3",
            "load_sam3_tracker"]
 
+TEXT_TOKENS = 32  # Sam3Processor pads every phrase to 32 tokens (SAM 3's CLIP text length)
+
 
 def load_sam3_tracker(model: str, device: str):
     """``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (e.g. ``facebook/sam3``) behind the SAM 2
@@ -112,7 +114,7 @@ class Sam3ConceptBackend:
 
         index = torch.as_tensor(rows, device=self.model.device)
         pick = lambda levels: tuple(t.index_select(0, index) for t in levels)
-        text = self.processor.tokenizer(texts, padding="max_length", max_length=32,
+        text = self.processor.tokenizer(texts, padding="max_length", max_length=TEXT_TOKENS,
                                         truncation=True, return_tensors="pt")
         self.forward_calls += 1
         return self.model(
@@ -155,8 +157,8 @@ def _by_confidence(parts: list[sv.Detections]) -> sv.Detections:
 
 # ---------------------------------------------------------------- tiny models
 def _tiny_vision(image_size: int) -> dict:
-    """A one-block-per-level SAM 3 ViT (patch 14, hidden 32, 2 layers, one global) with its
-    FPN: image_size/14 = e cells, levels 4e, 2e, e (SAM 3 keeps 1008 px -> 72 cells)."""
+    """A tiny SAM 3 ViT (patch 14, width 32, two layers, the second with global attention) and
+    its FPN: e = image_size / 14 cells, levels 4e, 2e, e (the released model: 1008 px, e = 72)."""
     e = image_size // 14
     vit = {"model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
            "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size,
@@ -191,7 +193,7 @@ def build_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) -
 
     from .names import tiny_clip_tokenizer
 
-    tokenizer = tiny_clip_tokenizer(max_len=32)
+    tokenizer = tiny_clip_tokenizer(max_len=TEXT_TOKENS)
     # weights drawn 10x wider than SAM 3's default (0.02), so random queries differ in score
     wide = {"initializer_range": 0.2}
     small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_layers": 1,
@@ -200,7 +202,7 @@ def build_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) -
         vision_config=_tiny_vision(image_size),
         text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
-                     "max_position_embeddings": 32, "pad_token_id": tokenizer.pad_token_id,
+                     "max_position_embeddings": TEXT_TOKENS, "pad_token_id": tokenizer.pad_token_id,
                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
         geometry_encoder_config=small, detr_encoder_config=small,
         detr_decoder_config={**small, "num_queries": 10},
