@@ -27,3 +27,25 @@ IMAGES = Path(__file__).resolve().parent / "data" / "images"
 def shared_images() -> Path:
     """The real test images shipped in tests/data/images (sources and licences in SOURCES.md)."""
     return IMAGES
+
+
+@pytest.fixture(scope="session")
+def ground_cli(tiny_models, shared_images):
+    """``run(backend)``: ``vlpipe run ground cat_dog.jpeg "a dog. a cat." --json`` on the tiny
+    model of that grounding backend, every box kept; returns the JSON detections."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlpipe.cli import app
+
+    def run(backend: str) -> list[dict]:
+        res = CliRunner().invoke(app, ["run", str(tiny_models / "ground.yaml"),
+                                       str(shared_images / "cat_dog.jpeg"), "a dog. a cat.",
+                                       "--set", f"grounding_backend={backend}",
+                                       "--set", f"grounding={tiny_models / backend}",
+                                       "--set", "box_threshold=0.0", "--json"])
+        assert res.exit_code == 0, res.stderr
+        return json.loads(res.stdout)["detections"]
+
+    return run

@@ -36,9 +36,11 @@ def test_attention_flow_on_cuda_equals_cpu():
 
 @pytest.mark.parametrize("mllm, sam_backend, dtype", [
     ("llava", "hf", "float32"), ("llava_next", "hf2", "float16"), ("qwen2_vl", "official", "float16"),
+    ("llava_next", "sam3", "float16"),
 ])
 def test_detect_runs_on_the_gpu(tiny_models, shared_images, mllm, sam_backend, dtype):
-    sam = {"hf": "sam_hf", "hf2": "sam_hf2", "official": "sam_official/sam_tiny.safetensors"}
+    sam = {"hf": "sam_hf", "hf2": "sam_hf2", "official": "sam_official/sam_tiny.safetensors",
+           "sam3": "sam3_tracker"}
     pool = ModelPool()
     pipe = Pipeline.load(tiny_models / "detect.yaml", pool, device="cuda", dtype=dtype,
                          mllm=str(tiny_models / mllm), sam=str(tiny_models / sam[sam_backend]),
@@ -53,7 +55,7 @@ def test_detect_runs_on_the_gpu(tiny_models, shared_images, mllm, sam_backend, d
     assert summary["objects"]["gpu_peak_mb"] > 0 and summary["sam"]["gpu_peak_mb"] > 0
 
 
-@pytest.mark.parametrize("backend", ["grounding_dino", "owlv2"])
+@pytest.mark.parametrize("backend", ["grounding_dino", "owlv2", "sam3"])
 def test_ground_runs_on_the_gpu(tiny_models, shared_images, backend):
     pipe = Pipeline.load(tiny_models / "ground.yaml", ModelPool(), device="cuda",
                          grounding_backend=backend, grounding=str(tiny_models / backend),

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from vlpipe.agents.grounding_node import GroundingNode
 from vlpipe.agents.owlv2 import Owlv2Backend, load_owlv2
-from vlpipe.cli import app
 from vlpipe.io import load_image
 
 
@@ -77,14 +73,8 @@ def test_one_forward_for_a_batch_and_padded_queries_never_reported(loaded, image
     assert len(kept[1]) == int((dets[1].confidence > cut).sum())
 
 
-def test_ground_recipe_with_the_owlv2_backend(tiny_models, shared_images):
-    res = CliRunner().invoke(app, ["run", str(tiny_models / "ground.yaml"),
-                                   str(shared_images / "cat_dog.jpeg"), "a dog. a cat.",
-                                   "--set", "grounding_backend=owlv2",
-                                   "--set", f"grounding={tiny_models / 'owlv2'}",
-                                   "--set", "box_threshold=0.0", "--json"])
-    assert res.exit_code == 0, res.stderr
-    boxes = json.loads(res.stdout)["detections"]
+def test_ground_recipe_with_the_owlv2_backend(ground_cli):
+    boxes = ground_cli("owlv2")
     assert len(boxes) == 16 and {b["name"] for b in boxes} <= {"a dog", "a cat"}
     with pytest.raises(ValueError, match="unknown grounding backend 'owl'.*grounding_dino, owlv2"):
         GroundingNode("g", model="m", backend="owl")

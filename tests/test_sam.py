@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vlpipe.agents.sam import SamNode, load_hf_sam, load_hf_sam2, load_official_sam, mask_to_grid
+from vlpipe.agents.sam3 import load_sam3_tracker
 from vlpipe.agents.tiles import Tile
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image
@@ -20,10 +21,11 @@ def backends(tiny_models):
     return {"hf": lambda: load_hf_sam(str(tiny_models / "sam_hf"), "cpu"),
             "hf2": lambda: load_hf_sam2(str(tiny_models / "sam_hf2"), "cpu"),
             "official": lambda: load_official_sam(
-                str(tiny_models / "sam_official" / "sam_tiny.safetensors"), "tiny", "cpu")}
+                str(tiny_models / "sam_official" / "sam_tiny.safetensors"), "tiny", "cpu"),
+            "sam3": lambda: load_sam3_tracker(str(tiny_models / "sam3_tracker"), "cpu")}
 
 
-@pytest.fixture(scope="module", params=["hf", "hf2", "official"])
+@pytest.fixture(scope="module", params=["hf", "hf2", "official", "sam3"])
 def sam(request, tiny_models):
     return backends(tiny_models)[request.param]()
 
@@ -79,7 +81,7 @@ class Recorder:
 
 
 @pytest.mark.parametrize("n_objects", [1, 7])
-@pytest.mark.parametrize("backend", ["hf", "hf2", "official"])
+@pytest.mark.parametrize("backend", ["hf", "hf2", "official", "sam3"])
 def test_decoder_calls_equal_rounds_and_each_round_gets_the_last_logits(
         tiny_models, image, backend, n_objects):
     node = SamNode("sam", model="unused", backend=backend, rounds=3, device="cpu")

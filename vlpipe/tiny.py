@@ -278,6 +278,7 @@ def build_all(out: str | Path) -> list[Path]:
     from .agents.grounding import build_tiny_grounding_dino
     from .agents.names import build_tiny_clip_text
     from .agents.owlv2 import build_tiny_owlv2
+    from .agents.sam3 import build_tiny_sam3, build_tiny_sam3_tracker
     from .pipeline import recipe_names, resolve_pipeline
 
     out = Path(out)
@@ -290,8 +291,10 @@ def build_all(out: str | Path) -> list[Path]:
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),
         "sam_official": build_official_sam(out / "sam_official"),
+        "sam3_tracker": build_tiny_sam3_tracker(out / "sam3_tracker"),
         "grounding_dino": build_tiny_grounding_dino(out / "grounding_dino"),
         "owlv2": build_tiny_owlv2(out / "owlv2"),
+        "sam3": build_tiny_sam3(out / "sam3"),
         "clip_text": build_tiny_clip_text(out / "clip_text"),
     }
     written = list(models.values())

@@ -8,11 +8,13 @@ from ..pipeline import Node
 from .grounding import GroundingDinoBackend, crop_boxes, load_grounding_dino
 from .hub import resolve_device
 from .owlv2 import Owlv2Backend, load_owlv2
+from .sam3 import Sam3ConceptBackend, load_sam3
 
 # backend name -> (load(model, device, dtype) -> (processor, model), wrap(processor, model, **thresholds))
 GROUNDING_BACKENDS = {
     "grounding_dino": (load_grounding_dino, GroundingDinoBackend.from_loaded),
     "owlv2": (load_owlv2, Owlv2Backend.from_loaded),
+    "sam3": (load_sam3, Sam3ConceptBackend.from_loaded),
 }
 
 
@@ -27,9 +29,9 @@ class GroundingNode(Node):
     """image + phrases -> detections (named by phrase) and labelled crops, shared fairly between
     phrases (:func:`~.grounding.fair_order`).
 
-    ``backend``: ``grounding_dino`` (default) or ``owlv2``. Phrases of every image in the batch
-    go through the model in batched forward passes, never one per phrase. ``text_threshold`` is
-    Grounding DINO's only."""
+    ``backend``: ``grounding_dino`` (default), ``owlv2`` or ``sam3`` (every instance of each
+    phrase, with masks). Phrases of every image in the batch go through the model in batched
+    forward passes, never one per phrase. ``text_threshold`` is Grounding DINO's only."""
 
     inputs = {"image": "image", "phrases": "phrases"}
     outputs = {"detections": "detections", "crops": "crops"}
@@ -48,7 +50,7 @@ class GroundingNode(Node):
         self._backend = None
 
     @property
-    def backend(self) -> GroundingDinoBackend | Owlv2Backend:
+    def backend(self) -> GroundingDinoBackend | Owlv2Backend | Sam3ConceptBackend:
         if self._backend is None:
             load, wrap = GROUNDING_BACKENDS[self.backend_name]
             pair = self.pool.get(f"grounding-{self.backend_name}", self.model_id, self.device,

@@ -1,7 +1,8 @@
 """SAM: attention-map point prompts -> masks, with VL-SAM's iterative refinement.
 
-Three backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
-package, transformers' ``SamModel`` and transformers' ``Sam2Model`` (SAM 2). For each view the
+Four backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
+package, transformers' ``SamModel``, transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker
+(``Sam3TrackerModel``, driven as SAM 2; :mod:`.sam3`). For each view the
 image encoder runs once; every object's prompt of that view goes through the mask decoder in one
 batched call per refinement round:
 
@@ -30,6 +31,7 @@ import torch
 from ..pipeline import Node
 from .hub import WeightsNotFound, from_pretrained, resolve_device
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
+from .sam3 import load_sam3_tracker
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -234,6 +236,7 @@ SAM_BACKENDS: dict[str, Callable[[str, str, str], SamBackend]] = {
     "hf": lambda model, variant, device: load_hf_sam(model, device),
     "hf2": lambda model, variant, device: load_hf_sam2(model, device),
     "official": load_official_sam,
+    "sam3": lambda model, variant, device: load_sam3_tracker(model, device),
 }
 
 

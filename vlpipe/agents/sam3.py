@@ -1,0 +1,212 @@
+"""SAM 3 (transformers, ``facebook/sam3``) as a backend of two node kinds.
+
+- ``sam`` (``backend: sam3``): the point-prompted tracker ``Sam3TrackerModel``. It keeps SAM 2's
+  prompt encoder, mask decoder and API on SAM 3's ViT, so :class:`~vlpipe.agents.sam.HfSam2`
+  drives it unchanged.
+- ``grounding`` (``backend: sam3``): promptable concept segmentation with ``Sam3Model``: a noun
+  phrase in, every instance of it out (boxes, masks, scores). :class:`Sam3ConceptBackend`
+  encodes each image once and runs every phrase of every image in batched forward passes over
+  those image features, never one image encoding per phrase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import supervision as sv
+import torch
+
+from .grounding import as_rgb, empty_detections
+from .hub import from_pretrained, resolve_dtype, save_seeded
+
+__all__ = ["Sam3ConceptBackend", "build_tiny_sam3", "build_tiny_sam3_tracker", "load_sam3",
+           "load_sam3_tracker"]
+
+TEXT_TOKENS = 32  # Sam3Processor pads every phrase to 32 tokens (SAM 3's CLIP text length)
+
+
+def load_sam3_tracker(model: str, device: str):
+    """``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (e.g. ``facebook/sam3``) behind the SAM 2
+    interface (:class:`~vlpipe.agents.sam.HfSam2`: fixed square input, multi-level embedding,
+    logits clamped to ±32)."""
+    from transformers import Sam3TrackerModel, Sam3TrackerProcessor
+
+    from .sam import HfSam2  # sam.py registers this loader
+
+    processor = from_pretrained(Sam3TrackerProcessor, model, "SAM 3 tracker")
+    net = from_pretrained(Sam3TrackerModel, model, "SAM 3 tracker")
+    return HfSam2(processor, net.to(device).eval())
+
+
+def load_sam3(model: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+    """Load ``(processor, model)`` for SAM 3's concept detector (``Sam3Model``, e.g.
+    ``facebook/sam3``), in eval mode on ``device``."""
+    from transformers import Sam3Model, Sam3Processor
+
+    processor = from_pretrained(Sam3Processor, str(model), "SAM 3")
+    net = from_pretrained(Sam3Model, str(model), "SAM 3", dtype=resolve_dtype(dtype, str(device)))
+    return processor, net.to(device).eval()
+
+
+class Sam3ConceptBackend:
+    """Every instance of each phrase, with its mask, from a transformers ``Sam3Model``.
+
+    Score of an instance = sigmoid(query logit) × sigmoid(presence logit), as SAM 3's
+    post-processing computes it; masks are the query's mask probabilities resized (bilinear) to
+    the image and cut at ``mask_threshold``.
+
+    Args (of :meth:`from_loaded`):
+        processor, model: a loaded pair (:func:`load_sam3`).
+        box_threshold: minimum instance score.
+        mask_threshold: probability above which a pixel is in the mask.
+        batch_size: (image, phrase) pairs per forward pass; ``None`` puts all in one pass.
+    """
+
+    def __init__(self, processor: Any, model: Any, box_threshold: float = 0.5,
+                 mask_threshold: float = 0.5, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or None")
+        self.processor, self.model = processor, model
+        self.box_threshold, self.mask_threshold = float(box_threshold), float(mask_threshold)
+        self.batch_size = batch_size
+        self.forward_calls = 0
+
+    @classmethod
+    def from_loaded(cls, processor: Any, model: Any, box_threshold: float = 0.5,
+                    batch_size: int | None = None, **_ignored: Any) -> "Sam3ConceptBackend":
+        """Wrap a loaded pair; options other backends take (``text_threshold``) are ignored."""
+        return cls(processor, model, box_threshold, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray], phrases: Sequence[Sequence[str]]) -> list[sv.Detections]:
+        """Detect ``phrases[i]`` in ``images[i]`` (RGB uint8 HxWx3).
+
+        Returns one ``sv.Detections`` per image: ``xyxy`` (pixel edges of the original image),
+        ``mask`` (an ``sv.CompactMask`` of the image size), ``confidence``, ``class_id`` (index
+        into that image's phrase list) and ``data["class_name"]`` (the phrase), highest
+        confidence first."""
+        if len(images) != len(phrases):
+            raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
+        images = [as_rgb(im) for im in images]
+        pairs = [(i, k, str(p)) for i, ph in enumerate(phrases) for k, p in enumerate(ph)]
+        parts: list[list[sv.Detections]] = [[] for _ in images]
+        if pairs:
+            used = sorted({i for i, _, _ in pairs})
+            row_of = {i: row for row, i in enumerate(used)}
+            pixels = self.processor.image_processor(images=[images[i] for i in used],
+                                                    return_tensors="pt")["pixel_values"]
+            vision = self.model.get_vision_features(pixels.to(self.model.device, self.model.dtype))
+            bs = self.batch_size or len(pairs)
+            for start in range(0, len(pairs), bs):
+                batch = pairs[start:start + bs]
+                out = self._forward(vision, [row_of[i] for i, _, _ in batch], [p for _, _, p in batch])
+                for b, (i, k, _) in enumerate(batch):
+                    dets = self._instances(out, b, images[i].shape[:2], k, phrases[i])
+                    if len(dets):
+                        parts[i].append(dets)
+        return [_by_confidence(p) for p in parts]
+
+    def _forward(self, vision, rows: list[int], texts: list[str]):
+        """One forward for len(rows) (image, phrase) pairs over the images' encoded features."""
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        index = torch.as_tensor(rows, device=self.model.device)
+        pick = lambda levels: tuple(t.index_select(0, index) for t in levels)
+        text = self.processor.tokenizer(texts, padding="max_length", max_length=TEXT_TOKENS,
+                                        truncation=True, return_tensors="pt")
+        self.forward_calls += 1
+        return self.model(
+            vision_embeds=Sam3VisionEncoderOutput(
+                fpn_hidden_states=pick(vision.fpn_hidden_states),
+                fpn_position_encoding=pick(vision.fpn_position_encoding)),
+            input_ids=text["input_ids"].to(self.model.device),
+            attention_mask=text["attention_mask"].to(self.model.device))
+
+    def _instances(self, out, b: int, hw: tuple[int, int], phrase_index: int,
+                   phrases: Sequence[str]) -> sv.Detections:
+        """Pair ``b`` of a forward's outputs -> Detections of the instances above threshold.
+        pred_boxes (B, Q, 4) are xyxy fractions of the image; pred_masks (B, Q, m, m) logits."""
+        h, w = hw
+        scores = out.pred_logits[b].float().sigmoid() * out.presence_logits[b].float().sigmoid()
+        keep = scores > self.box_threshold
+        if not keep.any():
+            return empty_detections()
+        probs = out.pred_masks[b][keep].float().sigmoid()[None]  # (1, K, m, m)
+        masks = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear",
+                                                align_corners=False)[0] > self.mask_threshold
+        xyxy = out.pred_boxes[b][keep].float() * torch.tensor([w, h, w, h], device=scores.device)
+        xyxy = np.clip(xyxy.cpu().numpy(), 0, [w, h, w, h]).astype(np.float32)
+        masks = masks.cpu().numpy()
+        n = len(xyxy)
+        names = np.full(n, str(phrases[phrase_index]))
+        return sv.Detections(
+            xyxy=xyxy, mask=sv.CompactMask.from_dense(masks, sv.mask_to_xyxy(masks), (h, w)),
+            confidence=scores[keep].cpu().numpy().astype(np.float32),
+            class_id=np.full(n, phrase_index), data={"class_name": names, "text_label": names.copy()})
+
+
+def _by_confidence(parts: list[sv.Detections]) -> sv.Detections:
+    """One image's per-phrase Detections merged, highest confidence first."""
+    if not parts:
+        return empty_detections()
+    dets = sv.Detections.merge(parts)
+    return dets[np.argsort(-dets.confidence, kind="stable")]
+
+
+# ---------------------------------------------------------------- tiny models
+def _tiny_vision(image_size: int) -> dict:
+    """A tiny SAM 3 ViT (patch 14, width 32, two layers, the second with global attention) and
+    its FPN: e = image_size / 14 cells, levels 4e, 2e, e (the released model: 1008 px, e = 72)."""
+    e = image_size // 14
+    vit = {"model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size,
+           "patch_size": 14, "window_size": 4, "global_attn_indexes": [1],
+           "pretrain_image_size": image_size}
+    return {"backbone_config": vit, "fpn_hidden_size": 32,
+            "backbone_feature_sizes": [[4 * e, 4 * e], [2 * e, 2 * e], [e, e]]}
+
+
+def build_tiny_sam3_tracker(out_dir: str | Path, seed: int = 0, image_size: int = 224) -> Path:
+    """A tiny random ``Sam3TrackerModel`` + processor saved to ``out_dir``: 224 px square input,
+    16x16 embedding, 64x64 low-res masks (as the other tiny SAMs). For tests and examples only."""
+    from transformers import Sam3ImageProcessor, Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerProcessor
+
+    s = image_size
+    config = Sam3TrackerConfig(
+        vision_config=_tiny_vision(s),
+        prompt_encoder_config={"hidden_size": 32, "image_size": s, "patch_size": 14,
+                               "mask_input_channels": 8},
+        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2,
+                             "iou_head_hidden_dim": 32})
+    # the image processor facebook/sam3 gives the tracker too (SAM 2's resize and mask upscaling)
+    processor = Sam3TrackerProcessor(Sam3ImageProcessor(size={"height": s, "width": s}))
+    return save_seeded(Sam3TrackerModel, config, processor, Path(out_dir), seed)
+
+
+def build_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) -> Path:
+    """A tiny random ``Sam3Model`` + processor saved to ``out_dir``: 112 px square input (8x8
+    cells, 32x32 mask logits), 10 queries, one layer per DETR stage, a CLIP text tower of width
+    32 over the tiny word tokenizer. For tests and examples only."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from .names import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer(max_len=TEXT_TOKENS)
+    # weights drawn 10x wider than SAM 3's default (0.02), so random queries differ in score
+    wide = {"initializer_range": 0.2}
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_layers": 1,
+             **wide}
+    config = Sam3Config(
+        vision_config=_tiny_vision(image_size),
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
+                     "max_position_embeddings": TEXT_TOKENS, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
+        geometry_encoder_config=small, detr_encoder_config=small,
+        detr_decoder_config={**small, "num_queries": 10},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2, **wide}, **wide)
+    processor = Sam3Processor(Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
+                              tokenizer)
+    return save_seeded(Sam3Model, config, processor, Path(out_dir), seed)
