@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 NAME = "vlpipe_flow"
-BLOCK_ELEMENTS = 1 << 22  # query rows per block: this many scores (16 MiB in float32)
+BLOCK_ELEMENTS = 1 << 20  # query rows per block: this many scores (4 MiB in float32)
 
 _SINK: ContextVar[tuple[frozenset[int], Callable[[Tensor], None], bool] | None] = ContextVar(
     "vlpipe_flow_sink", default=None)
