@@ -1,12 +1,18 @@
-"""Streaming vs materialized VL-SAM attention flow: time and peak memory (CPU or CUDA).
+"""VL-SAM attention flow from a layer's queries, keys and values: stacked vs flow attention.
 
-Each measurement runs in a fresh subprocess; peak memory is ru_maxrss after the run minus
-ru_maxrss after imports on the CPU, torch.cuda.max_memory_allocated above what was allocated
-before on CUDA. Both variants include generating the random attention (same seed), in
-``--dtype`` (an MLLM's attention comes in its dtype: bfloat16 or float16 on GPUs).
+``stacked``: eager attention per layer (softmax(QKᵀ·s), output = weights @ V), every layer's
+(H, N, N) weights kept, then the flow over the stack. ``ours``: :func:`reduce_attention` per
+layer (output and head reduction a block of query rows at a time) folded into the flow as it
+comes. Both start from the same random queries / keys / values (made before the measurement,
+like the activations a model has anyway, and after a tiny warm-up run); peak memory is the
+peak above that (ru_maxrss on the CPU, max_memory_allocated on CUDA), each measurement in a
+fresh subprocess; extra memory is the peak less that of SDPA's outputs alone (``sdpa`` column),
+which any attention implementation needs.
 
-    python bench/attention.py --sizes 300 600 1200 --layers 32 --heads 32 --stream-only 2400
-    python bench/attention.py --device cuda --dtype bfloat16 --sizes 1200 2400 --stream-only 4800 9600
+    python bench/attention.py                               # N = 300, 600, 1200; L = H = 32
+    python bench/attention.py --json                        # N = 1200 only, JSON last line
+    python bench/attention.py --sizes --stream-only 4000 8000 16000 --layers 1 --heads 28 --kv-heads 4
+    python bench/attention.py --device cuda --dtype bfloat16 --sizes 1200 2400 --stream-only 16000
 """
 
 from __future__ import annotations
@@ -23,50 +29,65 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vlpipe.agents.attention import attention_flow, head_weights  # noqa: E402
+from vlpipe.agents.attention import AttentionFlow, attention_flow  # noqa: E402
+from vlpipe.agents.flow_attention import reduce_attention  # noqa: E402
+
+HEADLINE = 1200
 
 
-def random_layers(L: int, H: int, N: int, device: str = "cpu", dtype=torch.float32, seed: int = 0):
-    """Yield L (H, N, N) softmaxed causal attention layers (softmax in float32, then ``dtype``)."""
-    g = torch.Generator(device).manual_seed(seed)
-    upper = torch.ones(N, N, dtype=torch.bool, device=device).triu(1)
-    for _ in range(L):
-        scores = torch.randn(H, N, N, generator=g, device=device)
-        yield scores.masked_fill_(upper, float("-inf")).softmax(-1).to(dtype)
+def random_layers(L: int, H: int, Hkv: int, N: int, d: int, device: str, dtype) -> list:
+    """L (query (H, N, d), key (Hkv, N, d), value (Hkv, N, d)) triples, seeded."""
+    g = torch.Generator(device).manual_seed(0)
+    return [tuple(torch.randn(h, N, d, generator=g, device=device).to(dtype) for h in (H, Hkv, Hkv))
+            for _ in range(L)]
 
 
-def naive_flow(L: int, H: int, N: int, device: str = "cpu", dtype=torch.float32) -> torch.Tensor:
-    """Materialize (L, H, N, N), then run the same recursion on it (float32 arithmetic)."""
-    S = torch.empty(L, H, N, N, device=device, dtype=dtype)
-    for l, layer in enumerate(random_layers(L, H, N, device, dtype)):
-        S[l] = layer
-        del layer
-    W = torch.stack([head_weights(S[l]) for l in range(L)]).float()  # (L, H)
-    col = torch.arange(1, N + 1, dtype=torch.float32, device=device) / N
-    eye = torch.eye(N, device=device)
-    R = torch.zeros(N, N, device=device)
-    for l in range(L):
-        Sp = torch.einsum("h,hij->ij", W[l], S[l].float()) / H * col
-        R = (eye + Sp) @ (eye + R)
-    return R
+def stacked_flow(layers: list, scaling: float) -> torch.Tensor:
+    """Eager attention per layer, all (L, H, N, N) weights kept, then the flow over them."""
+    L, (H, N, _) = len(layers), layers[0][0].shape
+    causal = torch.ones(N, N, dtype=torch.bool, device=layers[0][0].device).triu(1)
+    stack = torch.empty(L, H, N, N, dtype=layers[0][0].dtype, device=layers[0][0].device)
+    for l, (q, k, v) in enumerate(layers):
+        group = H // k.shape[0]
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+        scores = (q @ k.transpose(1, 2) * scaling).masked_fill_(causal, float("-inf"))
+        stack[l] = scores.softmax(-1, dtype=torch.float32)
+        del scores
+        stack[l] @ v  # the layer output, as eager attention computes it
+    return attention_flow(stack)
 
 
-def worker(variant: str, L: int, H: int, N: int, threads: int, device: str, dtype: str,
-           out: str) -> None:
+def sdpa_only(layers: list, scaling: float) -> torch.Tensor:
+    """The fast kernel's outputs alone, no flow: the memory any attention needs."""
+    for q, k, v in layers:
+        group = q.shape[0] // k.shape[0]
+        torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), is_causal=True,
+            scale=scaling)
+    return torch.zeros(1, 1)
+
+
+def streamed_flow(layers: list, scaling: float) -> torch.Tensor:
+    acc = AttentionFlow()
+    for q, k, v in layers:
+        acc.update_reduced(reduce_attention(q, k, v, None, scaling)[1])
+    return acc.result
+
+
+def worker(variant: str, shape: list[int], threads: int, device: str, dtype: str, out: str) -> None:
     torch.set_num_threads(threads)
-    dtype = getattr(torch, dtype)
+    L, H, Hkv, N, d = shape
+    layers = random_layers(L, H, Hkv, N, d, device, getattr(torch, dtype))
+    streamed_flow(random_layers(1, 2, 1, 8, 4, device, torch.float32), 0.5)  # library start-up
     cuda = device.startswith("cuda")
     if cuda:
-        torch.zeros(1, device=device)  # CUDA context first, outside the measurement
+        torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    if variant == "naive":
-        R = naive_flow(L, H, N, device, dtype)
-    else:
-        R = attention_flow(random_layers(L, H, N, device, dtype))
+    R = {"stacked": stacked_flow, "ours": streamed_flow, "sdpa": sdpa_only}[variant](layers, d ** -0.5)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -78,49 +99,59 @@ def worker(variant: str, L: int, H: int, N: int, threads: int, device: str, dtyp
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
 
 
-def measure(variant: str, L: int, H: int, N: int, args, out: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, str(L), str(H), str(N),
-           str(args.threads), args.device, args.dtype, out]
+def measure(variant: str, shape: list[int], args, out: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, *map(str, shape), str(args.threads),
+           args.device, args.dtype, out]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[300, 600, 1200])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[300, 600, HEADLINE])
+    ap.add_argument("--stream-only", type=int, nargs="*", default=[])
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--heads", type=int, default=32)
-    ap.add_argument("--stream-only", type=int, nargs="*", default=[2400])
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: stable timings on shared CPUs)"
-    )
+    ap.add_argument("--kv-heads", type=int, default=None, help="grouped queries (default: --heads)")
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default="float32", help="of the attention layers: float32, bfloat16, float16")
-    ap.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
+    ap.add_argument("--json", action="store_true",
+                    help=f"headline only (N={HEADLINE}, L=H=32), JSON object as the last line")
+    ap.add_argument("--worker", nargs=10, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        variant, L, H, N, threads, device, dtype, out = args.worker
-        return worker(variant, int(L), int(H), int(N), int(threads), device, dtype, out)
+        variant, *shape, threads, device, dtype, out = args.worker
+        return worker(variant, [int(s) for s in shape], int(threads), device, dtype, out)
+    if args.json:
+        args.sizes, args.stream_only, args.layers, args.heads, args.kv_heads = [HEADLINE], [], 32, 32, None
 
-    L, H, T = args.layers, args.heads, args.threads
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {T} thread(s)"
-    print(f"torch {torch.__version__}, {where}, {args.dtype} layers, L={L}, H={H}")
-    header = f"{'N':>5} {'naive s':>8} {'stream s':>9} {'t ratio':>8} {'naive MB':>9} "
-    print(header + f"{'stream MB':>10} {'mem ratio':>10}  max rel diff")
+    L, H, d = args.layers, args.heads, args.head_dim
+    Hkv = args.kv_heads or H
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {where}, {args.dtype}, L={L}, H={H}, Hkv={Hkv}, d={d}")
+    print(f"{'N':>6} {'stacked s':>10} {'ours s':>8} {'t ratio':>8} {'sdpa MB':>8} {'stacked MB':>11} "
+          f"{'ours MB':>8} {'extra ratio':>12}  max rel diff")
+    headline = {}
     with tempfile.TemporaryDirectory() as tmp:
         for N in args.sizes:
-            a, b = f"{tmp}/naive.pt", f"{tmp}/stream.pt"
-            naive, stream = measure("naive", L, H, N, args, a), measure("stream", L, H, N, args, b)
+            a, b = f"{tmp}/stacked.pt", f"{tmp}/ours.pt"
+            shape = [L, H, Hkv, N, d]
+            st, ours = measure("stacked", shape, args, a), measure("ours", shape, args, b)
+            sdpa = measure("sdpa", shape, args, f"{tmp}/sdpa.pt")["peak_mb"]
             Ra, Rb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
             rel = ((Ra - Rb).abs().max() / Ra.abs().max()).item()
-            print(
-                f"{N:>5} {naive['seconds']:>8.2f} {stream['seconds']:>9.2f} "
-                f"{naive['seconds'] / stream['seconds']:>8.2f} {naive['peak_mb']:>9.0f} "
-                f"{stream['peak_mb']:>10.0f} {naive['peak_mb'] / stream['peak_mb']:>10.1f}  "
-                f"{rel:.1e} ({'allclose' if torch.allclose(Ra, Rb, rtol=1e-4, atol=0) else 'DIFFER'})"
-            )
+            mem = (st["peak_mb"] - sdpa) / (ours["peak_mb"] - sdpa)
+            time_ratio = ours["seconds"] / st["seconds"]
+            print(f"{N:>6} {st['seconds']:>10.2f} {ours['seconds']:>8.2f} {time_ratio:>8.2f} {sdpa:>8.0f} "
+                  f"{st['peak_mb']:>11.0f} {ours['peak_mb']:>8.0f} {mem:>12.1f}  {rel:.1e}")
+            if N == HEADLINE:
+                headline = {"memory_ratio": round(mem, 1), "time_ratio": round(time_ratio, 2)}
         for N in args.stream_only:
-            stream = measure("stream", L, H, N, args, f"{tmp}/stream.pt")
-            print(f"{N:>5} {'-':>8} {stream['seconds']:>9.2f} {'-':>8} {'-':>9} {stream['peak_mb']:>10.0f}")
+            ours = measure("ours", [L, H, Hkv, N, d], args, f"{tmp}/ours.pt")
+            print(f"{N:>6} {'-':>10} {ours['seconds']:>8.2f} {'-':>8} {'-':>8} {'-':>11} {ours['peak_mb']:>8.0f}")
+    if args.json:
+        print(json.dumps(headline))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_box_prompts_reach_the_hf_sam_decoder(tiny_models, shared_images):
                         input_boxes=torch.tensor([[[100 * sx, 50 * sy, 500 * sx, 400 * sy]]]),
                         multimask_output=False)
     torch.testing.assert_close(low, ref.pred_masks[:, 0])
-    assert masks.shape == (1, 534, 800)
+    assert masks.to_dense().shape == (1, 534, 800)
     np.testing.assert_allclose(iou, ref.iou_scores[:, 0, 0].numpy(), rtol=1e-5)
 
 

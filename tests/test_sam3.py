@@ -35,6 +35,7 @@ def test_tracker_points_and_masks_match_the_processor_path(tiny_models, images):
     points = np.array([[[50, 40], [600, 100]], [[300, 20], [0, 0]]], np.float32)
     labels = np.array([[1, 0], [1, -1]])
     masks, iou, low = sam.predict(points, labels, None)
+    masks = masks.to_dense()  # computed inside each mask's box (BoxMasks)
     assert masks.shape == (2, 132, 709) and low.shape == (2, 1, 64, 64)
     enc = sam.processor(images=image, input_points=points[None].tolist(),
                         input_labels=labels[None].tolist(), return_tensors="pt")

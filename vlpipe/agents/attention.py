@@ -58,8 +58,6 @@ class AttentionFlow:
         if attn.dim() != 3 or attn.shape[-1] != attn.shape[-2]:
             raise ValueError(f"expected attention of shape (H, N, N), got {tuple(attn.shape)}")
         heads, n, _ = attn.shape
-        if self._flow is not None and self._flow.shape[0] != n:
-            raise ValueError(f"layer has {n} tokens, earlier layers had {self._flow.shape[0]}")
 
         if self.head_weighting:
             weights = head_weights(attn)
@@ -72,6 +70,18 @@ class AttentionFlow:
         for h in range(0, heads, step):
             s.add_(torch.tensordot(weights[h : h + step], attn[h : h + step].float(), dims=1))
         s.div_(heads)
+        self.update_reduced(s)
+
+    def update_reduced(self, s: Tensor) -> None:
+        """Fold one layer given already reduced over heads.
+
+        Args:
+            s: (N, N) float32 ``mean_h(W[h] * A[h])`` (or ``mean_h(A[h])``), e.g. from
+                :func:`vlpipe.agents.flow_attention.reduce_attention`; used as a buffer.
+        """
+        n = s.shape[0]
+        if self._flow is not None and self._flow.shape[0] != n:
+            raise ValueError(f"layer has {n} tokens, earlier layers had {self._flow.shape[0]}")
         if self.regularize:
             s.mul_(torch.arange(1, n + 1, dtype=torch.float32, device=s.device) / n)
 

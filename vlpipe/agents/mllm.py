@@ -5,16 +5,16 @@ differs between families is where the image tokens sit and which part of the ima
 :mod:`vlpipe.agents.layouts` holds one small function per family for that.
 
 Generation runs with the model's default (fast) attention. Attention maps come from one
-teacher-forced forward pass over prompt + answer with eager attention, each text layer's
-(H, N, N) weights reduced into the VL-SAM flow by a forward hook as soon as the layer has run,
-so peak extra memory is O(H·N²) for one layer plus O(N²) for the flow.
+teacher-forced forward pass over prompt + answer whose language-model attention layers run
+:mod:`~vlpipe.agents.flow_attention`: each layer's output and its head reduction are computed a
+block of query rows at a time and folded into the VL-SAM flow, never the (H, N, N) weights, so
+peak extra memory is O(N²).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +25,7 @@ import torch
 from ..pipeline import Node
 from ..prompts import load_prompt, load_questions
 from ..results import detections_to_json
+from . import flow_attention
 from .attention import AttentionFlow, object_map
 from .box_text import box_convention
 from .gazetteer import Gazetteer
@@ -132,7 +133,7 @@ class Mllm:
             extra = torch.zeros_like(answer_ids[None]).to(inputs["mm_token_type_ids"])
             inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
         acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize)
-        with self._eager(), self._text_attention_hook(lambda w: acc.update(w[0])):
+        with self._flow_attention(acc, head_weighting):
             self.model(**inputs)
         fitted, offset = self.fit(image, fit)
         order, grid, region = token_grid(self.family, self.processor, inputs, 0,
@@ -147,27 +148,21 @@ class Mllm:
         return option_probs(self.model(**inputs).logits[0, -1].float(), self.tokenizer, options)
 
     @contextmanager
-    def _eager(self):
-        before = self.model.config._attn_implementation
-        self.model.set_attn_implementation("eager")
-        try:
-            yield
-        finally:
-            self.model.set_attn_implementation(before)
-
-    @contextmanager
-    def _text_attention_hook(self, fn: Callable[[torch.Tensor], None]):
-        """Call ``fn(weights (B, H, N, N))`` after each language-model attention layer."""
+    def _flow_attention(self, acc: AttentionFlow, head_weighting: bool):
+        """Run the language model's attention layers with :func:`flow_attention.flow_attention`,
+        folding each layer's head reduction into ``acc``."""
         modules = [m for name, m in self.model.named_modules()
                    if name.split(".")[-1] == "self_attn" and "language_model" in name]
         if not modules:
             raise RuntimeError("no language-model attention layers found")
-        handles = [m.register_forward_hook(lambda mod, args, out: fn(out[1])) for m in modules]
+        flow_attention.register()
+        before = self.model.config._attn_implementation
+        self.model.set_attn_implementation(flow_attention.NAME)
         try:
-            yield
+            with flow_attention.collect_flow(modules, acc.update_reduced, head_weighting):
+                yield
         finally:
-            for h in handles:
-                h.remove()
+            self.model.set_attn_implementation(before)
 
 
 def _strip_special(ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, bool]:

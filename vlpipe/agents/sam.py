@@ -30,6 +30,7 @@ import torch
 
 from ..pipeline import Node
 from .hub import WeightsNotFound, from_pretrained, resolve_device
+from .sam_masks import BoxMasks, chain_matrix, upscale_in_boxes
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
 from .sam3 import load_sam3_tracker
 from .tiles import to_full_image
@@ -47,12 +48,26 @@ class SamBackend(ABC):
 
     @abstractmethod
     def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None,
-                boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+                boxes: np.ndarray | None = None
+                ) -> tuple[BoxMasks | np.ndarray, np.ndarray, torch.Tensor]:
         """points (K, P, 2) float (x, y) image pixels, labels (K, P) 1/0 (-1 = padding; P may be
         0 with boxes), mask_logits (K, 1, m, m) low-res logits of a previous round or None,
         boxes (K, 4) xyxy image pixels or None.
-        Returns masks (K, H, W) bool, predicted IoU (K,), low-res logits (K, 1, m, m).
-        One decoder call for all K."""
+        Returns the K masks of the image (``BoxMasks``, or (K, H, W) bool), predicted IoU (K,),
+        low-res logits (K, 1, m, m). One decoder call for all K."""
+
+    def resize_steps(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """How the low-res logits reach the image: (row steps, column steps) of
+        :func:`~vlpipe.agents.sam_masks.chain_matrix`."""
+        raise NotImplementedError
+
+    def upscale(self, low: torch.Tensor) -> BoxMasks:
+        """(K, 1, m, m) logits -> masks of the image, each computed inside its box only."""
+        m = low.shape[-1]
+        if getattr(self, "_resize", (None,))[0] != m:
+            rows, cols = self.resize_steps()
+            self._resize = (m, chain_matrix(m, rows, low.device), chain_matrix(m, cols, low.device))
+        return upscale_in_boxes(low, self._resize[1], self._resize[2])
 
 
 class OfficialSam(SamBackend):
@@ -66,22 +81,32 @@ class OfficialSam(SamBackend):
 
     def set_image(self, image):
         self.predictor.set_image(image, image_format="RGB")
+        self._resize = (None,)
+
+    def resize_steps(self):
+        p = self.predictor
+        (h, w), (H, W), size = p.input_size, p.original_size, p.model.image_encoder.img_size
+        return [(size, h), (H, H)], [(size, w), (W, W)]
 
     @torch.inference_mode()
     def predict(self, points, labels, mask_logits, boxes=None):
+        """``SamPredictor.predict_torch`` up to the low-res logits; then :meth:`upscale`."""
         p = self.predictor
-        coords = labs = box = None
+        coords = box = None
         if points.shape[1]:
-            coords = torch.as_tensor(p.transform.apply_coords(points.astype(np.float32),
-                                                              p.original_size), device=p.device)
-            labs = torch.as_tensor(labels, device=p.device)
+            coords = (torch.as_tensor(p.transform.apply_coords(points.astype(np.float32),
+                                                               p.original_size), device=p.device),
+                      torch.as_tensor(labels, device=p.device))
         if boxes is not None:
             box = torch.as_tensor(p.transform.apply_boxes(np.asarray(boxes, np.float32),
                                                           p.original_size), device=p.device)
-        masks, iou, low = p.predict_torch(coords, labs, boxes=box, mask_input=mask_logits,
-                                          multimask_output=False)
+        sparse, dense = p.model.prompt_encoder(points=coords, boxes=box, masks=mask_logits)
+        low, iou = p.model.mask_decoder(
+            image_embeddings=p.features, image_pe=p.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=False)
         self.decoder_calls += 1
-        return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy(), low
+        return self.upscale(low), iou[:, 0].float().cpu().numpy(), low
 
 
 class HfSam(SamBackend):
@@ -101,6 +126,7 @@ class HfSam(SamBackend):
         self.reshaped = enc.get("reshaped_input_sizes")  # (1, 2); SAM 1 only
         pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
         self.embedding = self.model.get_image_embeddings(pixels)
+        self._resize = (None,)
 
     def _point_scale(self) -> np.ndarray:
         """(x, y) factors from image pixels to the model's input frame (longest side resized)."""
@@ -109,12 +135,11 @@ class HfSam(SamBackend):
     def _embeddings(self, k: int):
         return self.embedding.expand(k, -1, -1, -1)
 
-    def _upscale(self, low: torch.Tensor) -> np.ndarray:
-        """(K, 1, m, m) logits -> (K, H, W) bool masks of the original image, upscaled all K
-        at once on the model's device; only the bool masks cross to the CPU."""
-        masks = self.processor.image_processor.post_process_masks(
-            [low.float()], self.original, self.reshaped)[0]  # (K, 1, H, W)
-        return masks[:, 0].cpu().numpy()
+    def resize_steps(self):
+        """As ``post_process_masks``: to the padded square, crop the resized image, to the image."""
+        pad = self.processor.image_processor.pad_size
+        (h, w), (H, W) = self.reshaped[0].tolist(), self.original[0].tolist()
+        return [(pad["height"], h), (H, H)], [(pad["width"], w), (W, W)]
 
     @torch.inference_mode()
     def predict(self, points, labels, mask_logits, boxes=None):
@@ -136,7 +161,7 @@ class HfSam(SamBackend):
         low = out.pred_masks[:, 0]  # (K, 1, m, m)
         if self.logit_limit is not None:
             low = low.clamp(-self.logit_limit, self.logit_limit)
-        return self._upscale(low), out.iou_scores[:, 0, 0].float().cpu().numpy(), low
+        return self.upscale(low), out.iou_scores[:, 0, 0].float().cpu().numpy(), low
 
 
 class HfSam2(HfSam):
@@ -158,8 +183,10 @@ class HfSam2(HfSam):
     def _embeddings(self, k: int):
         return [e.expand(k, -1, -1, -1) for e in self.embedding]
 
-    def _upscale(self, low: torch.Tensor) -> np.ndarray:
-        return self.processor.post_process_masks([low.float()], self.original)[0][:, 0].cpu().numpy()
+    def resize_steps(self):
+        """As ``post_process_masks``: straight to the image."""
+        H, W = self.original[0].tolist()
+        return [(H, H)], [(W, W)]
 
 
 # -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
@@ -241,10 +268,14 @@ SAM_BACKENDS: dict[str, Callable[[str, str, str], SamBackend]] = {
 
 
 # -- refinement -----------------------------------------------------------------------------
-def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:
-    """Image mask (H, W) bool -> (gh, gw) bool: a cell is in when over half of its patch
-    (the grid covering ``region`` = x0, y0, x1, y1) is covered."""
-    return pool_to_grid(mask.astype(np.float32), region, grid) > 0.5
+def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int],
+                 offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Image mask (H, W) bool, or its crop at ``offset`` = (x, y), -> (gh, gw) bool: a cell
+    is in when over half of its patch (the grid covering ``region`` = x0, y0, x1, y1 in image
+    pixels) is covered."""
+    x0, y0, x1, y1 = (int(round(v)) for v in region)  # as pool_to_grid rounds, then shifted
+    dx, dy = offset
+    return pool_to_grid(mask.astype(np.float32), (x0 - dx, y0 - dy, x1 - dx, y1 - dy), grid) > 0.5
 
 
 def _pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
@@ -257,8 +288,10 @@ def _pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
     return coords, labels
 
 
-def _attention_share(heat: np.ndarray, mask: np.ndarray) -> float:
-    return float(heat[mask].mean()) if mask.any() else 0.0
+def _attention_share(heat: np.ndarray, masks: BoxMasks, k: int) -> float:
+    """Mean of ``heat`` (H, W) inside mask k."""
+    x0, y0, x1, y1 = masks.boxes[k]
+    return float(heat[y0:y1 + 1, x0:x1 + 1][masks.crops[k]].mean()) if x0 >= 0 else 0.0
 
 
 class _SamModelNode(Node):
@@ -301,6 +334,8 @@ class SamBoxNode(_SamModelNode):
             k = len(dets)
             masks, iou, _ = sam.predict(np.zeros((k, 0, 2), np.float32), np.zeros((k, 0), np.int64),
                                         None, boxes=dets.xyxy)
+            if isinstance(masks, np.ndarray):
+                masks = BoxMasks.from_dense(masks)
             confidence = np.ones(k) if dets.confidence is None else dets.confidence
             segmented = _mask_detections(masks, confidence * np.clip(iou, 0.0, 1.0),
                                          {"class_name": np.asarray(dets.data["class_name"])})
@@ -363,10 +398,12 @@ class SamNode(_SamModelNode):
         masks, logits, rounds = None, None, []
         for r in range(self.rounds):
             if r >= 2:  # round 3+: resample inside the previous round's mask
-                prompts = [self._points(m, masks[k]) for k, (m, _) in enumerate(targets)]
+                prompts = [self._points(m, masks, k) for k, (m, _) in enumerate(targets)]
             coords, labels = _pad_prompts(prompts)
             masks, iou, logits = sam.predict(coords, labels, logits)
-            share = [_attention_share(heat[id(m)], mk) for (m, _), mk in zip(targets, masks)]
+            if isinstance(masks, np.ndarray):
+                masks = BoxMasks.from_dense(masks)
+            share = [_attention_share(heat[id(m)], masks, k) for k, (m, _) in enumerate(targets)]
             score = np.clip(iou, 0.0, 1.0) * np.array(share)  # predicted IoU may leave [0, 1]
             rounds.append(_detections(masks, score, [m for m, _ in targets], r))
         dets = to_full_image(sv.Detections.merge(rounds), view.tile, view.full_hw)
@@ -374,10 +411,13 @@ class SamNode(_SamModelNode):
         dets.data["view_box"] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
         return dets
 
-    def _points(self, m: ObjectMap, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _points(self, m: ObjectMap, masks: BoxMasks, k: int) -> tuple[np.ndarray, np.ndarray]:
         grid = tuple(m.map.shape)
+        x0, y0 = masks.boxes[k][:2]
+        on_grid = (mask_to_grid(masks.crops[k], m.region, grid, (x0, y0)) if x0 >= 0
+                   else np.zeros(grid, bool))
         p = sample_points(m.map, threshold=self.threshold, n_positive=self.n_positive,
-                          n_negative=self.n_negative, mask=mask_to_grid(mask, m.region, grid))
+                          n_negative=self.n_negative, mask=on_grid)
         return points_to_image(p, grid, m.region), p.labels
 
 
@@ -386,23 +426,22 @@ def _normalized(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.ones_like(m)
 
 
-def _detections(masks: np.ndarray, score: np.ndarray, maps: list[ObjectMap], rnd: int):
-    """(K, h, w) bool masks of one round -> Detections of the non-empty ones (every view,
-    question and round is kept for the merge)."""
+def _detections(masks: BoxMasks, score: np.ndarray, maps: list[ObjectMap], rnd: int):
+    """K masks of one round -> Detections of the non-empty ones (every view, question and round
+    is kept for the merge)."""
     return _mask_detections(masks, score, {
         "class_name": np.array([m.name for m in maps]), "round": np.full(len(maps), rnd),
         "question": np.array([m.question for m in maps])})
 
 
-def _mask_detections(masks: np.ndarray, score: np.ndarray, data: dict) -> sv.Detections:
-    """(K, h, w) bool masks, (K,) scores, per-mask data -> Detections of the non-empty masks,
-    boxes = the masks' pixel-edge extents, masks stored as crop-RLE ``sv.CompactMask`` (dense
-    full-image masks would take K·H·W bytes each)."""
-    keep = masks.reshape(len(masks), -1).any(1)
-    inclusive = sv.mask_to_xyxy(masks)
+def _mask_detections(masks: BoxMasks, score: np.ndarray, data: dict) -> sv.Detections:
+    """K masks, (K,) scores, per-mask data -> Detections of the non-empty masks, boxes = the
+    masks' pixel-edge extents, masks stored as crop-RLE ``sv.CompactMask`` (dense full-image
+    masks would take K·H·W bytes each)."""
+    keep = masks.nonempty()
     # pixel-edge boxes: a mask covering columns 3..5 spans x 3.0 to 6.0
-    xyxy = inclusive.astype(np.float32) + np.float32([0, 0, 1, 1])
-    dets = sv.Detections(
-        xyxy=xyxy, mask=sv.CompactMask.from_dense(masks, inclusive, masks.shape[1:]),
-        confidence=np.asarray(score, np.float32), data=data)
-    return dets[keep]
+    xyxy = masks.boxes[keep].astype(np.float32) + np.float32([0, 0, 1, 1])
+    return sv.Detections(
+        xyxy=xyxy.reshape(-1, 4), mask=masks.to_compact(),
+        confidence=np.asarray(score)[keep].astype(np.float32),
+        data={key: np.asarray(v)[keep] for key, v in data.items()})

@@ -1,0 +1,68 @@
+"""Masks upscaled inside their boxes against SAM's full-image post-processing."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlpipe.agents.sam_masks import BoxMasks, chain_matrix, resize_matrix, upscale_in_boxes
+
+
+def full_upscale(low, pad, reshaped, original):
+    """SAM 1's post-processing (transformers' post_process_masks, segment-anything's
+    postprocess_masks): to the padded square, crop, to the image, > 0."""
+    x = F.interpolate(low, (pad, pad), mode="bilinear", align_corners=False)
+    x = x[..., :reshaped[0], :reshaped[1]]
+    x = F.interpolate(x, original, mode="bilinear", align_corners=False)
+    return x[:, 0], x[:, 0] > 0
+
+
+def blobs(k=6, m=32, seed=0):
+    """(k, 1, m, m) logits: one gaussian bump each (positive in a disc), negative elsewhere;
+    the last one all negative (an empty mask)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")
+    out = []
+    for i in range(k):
+        cy, cx = torch.randint(0, m, (2,), generator=g).tolist()
+        r = 1 + 6 * torch.rand((), generator=g).item()
+        out.append(8 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)) - 3)
+    out[-1] = -torch.ones(m, m)
+    return torch.stack(out)[:, None]
+
+
+def test_resize_matrix_is_interpolate():
+    x = torch.randn(3, 7)
+    torch.testing.assert_close(resize_matrix(7, 19, "cpu") @ x.T,
+                               F.interpolate(x[None], size=19, mode="linear", align_corners=False)[0].T)
+
+
+@pytest.mark.parametrize("original", [(300, 450), (450, 300), (97, 61)])
+def test_boxed_masks_equal_full_post_processing(original):
+    low = blobs()
+    H, W = original
+    scale = 128 / max(H, W)
+    reshaped = (int(H * scale + 0.5), int(W * scale + 0.5))
+    logits, reference = full_upscale(low, 128, reshaped, original)
+    rows = chain_matrix(32, [(128, reshaped[0]), (H, H)], "cpu")
+    cols = chain_matrix(32, [(128, reshaped[1]), (W, W)], "cpu")
+    masks = upscale_in_boxes(low, rows, cols)
+    dense = masks.to_dense()
+    assert dense.shape == reference.shape
+    differ = dense != reference.numpy()
+    # the matrix product may round differently from interpolate only where the logit is ~0
+    assert (logits.abs().numpy()[differ] < 1e-4).all()
+    assert not masks.nonempty()[-1] and masks.nonempty()[:-1].all()
+    for k in np.flatnonzero(masks.nonempty()):
+        ys, xs = dense[k].any(1).nonzero()[0], dense[k].any(0).nonzero()[0]
+        assert masks.boxes[k].tolist() == [xs[0], ys[0], xs[-1], ys[-1]]
+
+
+def test_from_dense_and_compact_round_trip():
+    masks = np.zeros((3, 20, 30), bool)
+    masks[0, 2:5, 3:9] = True
+    masks[2, 10:20, 0:1] = True
+    boxed = BoxMasks.from_dense(masks)
+    assert boxed.boxes.tolist() == [[3, 2, 8, 4], [-1, -1, -1, -1], [0, 10, 0, 19]]
+    np.testing.assert_array_equal(boxed.to_dense(), masks)
+    np.testing.assert_array_equal(boxed.to_compact().to_dense(), masks[[0, 2]])
