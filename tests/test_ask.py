@@ -67,6 +67,22 @@ def test_mllm_policy_reads_option_probabilities(tiny_models, sign, pool):
     assert decision["choice"] == max(probs, key=probs.get)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_ask_end_to_end_with_qwen_families(tiny_models, sign, pool, family):
+    pipe = Pipeline.load(tiny_models / "ask.yaml", pool, mllm=str(tiny_models / family),
+                         policy="always", box_threshold=0.0)
+    result = pipe.run(image=sign, question="What is written here?")
+    assert result.error is None and result.skipped == []
+    assert isinstance(result.outputs["answer"], str)
+    # both Qwen families read boxes in thousandths of the image, and the prompt says so
+    answer = pipe.graph.nodes["answer"]
+    h, w = sign.shape[:2]
+    line = TextLine("STOP", 0.9, [[0, 0], [w, 0], [w, h], [0, h]])
+    _, prompt = answer.prompt_for({"image": sign, "question": "Where?", "crops": [],
+                                   "lines": [line], "detections": None})
+    assert answer.mllm.family == family and "thousandths" in prompt and "[0, 0, 1000, 1000]" in prompt
+
+
 def synthetic(n, seed):
     """Features whose true rule is: objects iff p_objects + p_both > 0.5 (features 1 + 3);
     text iff the text area > 0.2 or the question mentions text."""

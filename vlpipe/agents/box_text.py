@@ -1,6 +1,6 @@
 """Boxes written for an MLLM prompt in the coordinate convention of its family.
 
-Qwen2-VL was trained on boxes in thousandths of the image (0-1000); the other families get
+Qwen2-VL and Qwen3-VL were trained on boxes in thousandths of the image (0-1000); the others get
 fractions of the width and height with two decimals, as in LLaVA-1.5's grounding data. The
 prompt states the image size and the convention once (:func:`box_convention`).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 #: Families whose boxes are thousandths of the image.
-THOUSANDTHS = frozenset({"qwen2_vl"})
+THOUSANDTHS = frozenset({"qwen2_vl", "qwen3_vl"})
 
 BoxText = Callable[[Sequence[float]], str]
 
