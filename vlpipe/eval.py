@@ -20,6 +20,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 __all__ = ["evaluate", "load_gt", "is_lvis"]
 
 _AREAS = ("small", "medium", "large")
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def load_gt(gt_json: str | Path | dict) -> dict:
@@ -77,6 +78,15 @@ def _run(gt: dict, results: list[dict], iou_type: str, lvis: bool, max_dets: int
     return {k: float(v) for k, v in out.items() if v > -1}
 
 
+def _check_results(results: list[dict]) -> None:
+    """ValueError naming the first result that lacks a COCO results field."""
+    for k, r in enumerate(results):
+        missing = [key for key in _RESULT_KEYS if not isinstance(r, dict) or key not in r]
+        if missing:
+            raise ValueError(f"result {k} has no {', '.join(missing)} (COCO results need "
+                             f"{', '.join(_RESULT_KEYS)})")
+
+
 def evaluate(
     gt_json: str | Path | dict,
     results: list[dict],
@@ -103,6 +113,7 @@ def evaluate(
         are left out. Empty results give zeros.
     """
     gt = load_gt(gt_json)
+    _check_results(results)
     lvis = is_lvis(gt) if lvis is None else lvis
     max_dets = max_dets or (300 if lvis else 100)
     if lvis and not all("frequency" in c for c in gt["categories"]):
