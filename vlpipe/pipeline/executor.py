@@ -156,11 +156,10 @@ class Executor:
     def _inputs(self, item: dict[str, Any], result: Result) -> dict[PortRef, Any]:
         """An item's input values, checked against the graph's inputs (see :meth:`run_batch`)."""
         declared = self.graph.inputs
-        missing = [k for k in declared if k not in item]
-        unknown = [k for k in item if k not in declared]
-        if missing or unknown:
-            problems = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) \
-                + ([f"unknown input(s) {', '.join(map(repr, unknown))}"] if unknown else [])
+        problems = [f"{what} input(s) {', '.join(map(repr, names))}" for what, names in (
+            ("missing", [k for k in declared if k not in item]),
+            ("unknown", [k for k in item if k not in declared])) if names]
+        if problems:
             raise TypeError(f"{'; '.join(problems)} (the graph's inputs: "
                             f"{', '.join(declared) or 'none'})")
         values = {}
