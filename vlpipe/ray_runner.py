@@ -1,7 +1,8 @@
 """Batch runs on Ray (``vlpipe run PIPELINE INPUT --out DIR --engine ray``).
 
-The pending images (the local runner's resume rule: an image whose ``file`` already has a line in
-``predictions.jsonl`` is not sent again) become a Ray Dataset; a map stage decodes them with
+The pending images (the local runner's resume rule, :func:`vlpipe.runner.pending`: an image
+already in ``predictions.jsonl`` is not sent again) become a Ray Dataset, with the output
+folder's lock held by the driver; a map stage decodes them with
 :func:`vlpipe.io.load_image`, and a pool of long-lived actors runs the pipeline on them, each actor
 building the pipeline once (its own :class:`~vlpipe.pipeline.ModelPool`, so each model is loaded
 once per actor, on the actor's GPU or on CPU). Each actor sends back finished JSON lines; the
