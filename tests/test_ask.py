@@ -155,11 +155,17 @@ def test_ask_ocr_and_ground_commands(tiny_models, shared_images):
     payload = json.loads(res.stdout)
     assert payload["decision"]["choice"] == "both" and payload["skipped"] == []
     assert payload["evidence"]["lines"]
+    assert payload["tools"] == ["grounding", "ocr"]  # which tools ran
+    res = runner.invoke(app, ["run", str(tiny_models / "ask.yaml"), image,
+                              "What is the title?", "--set", "policy=never", "--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["tools"] == []
     res = runner.invoke(app, ["run", str(tiny_models / "ask.yaml"), image, "What is the title?"])
     assert res.exit_code == 0 and res.stdout.strip()
     res = runner.invoke(app, ["run", "ocr", image])
     assert res.exit_code == 0 and "MovieShotsDataset" in res.stdout.splitlines()
     res = runner.invoke(app, ["run", "ocr", image, "--json"])
+    assert json.loads(res.stdout)["tools"] == ["ocr"]
     lines = json.loads(res.stdout)["lines"]
     assert lines[0]["text"] and len(lines[0]["box"]) == 4 and 0 < lines[0]["score"] <= 1
     res = runner.invoke(app, ["run", str(tiny_models / "ground.yaml"),

@@ -225,7 +225,7 @@ def test_annotation_file_input(tiny_models, tmp_path):
     vis = sorted(p.relative_to(out / "vis").as_posix() for p in (out / "vis").rglob("*"))
     assert vis == sorted(output_name(r["file"], ".jpg") for r in records)
     digest = hashlib.sha1(b"nested/dir/x y#1.jpg").hexdigest()[:8]
-    assert f"nested_dir_x_y_1-{digest}.jpg" in vis
+    assert f"x_y_1-{digest}.jpg" in vis
     # nothing written outside the output folder
     assert all(p.is_relative_to(out) for p in set(tmp_path.rglob("*")) - before)
 
@@ -260,6 +260,54 @@ def test_annotation_file_name_outside_root_is_rejected(tiny_models, tmp_path, ba
     assert {p for p in tmp_path.rglob("*")} == before  # nothing written anywhere
     with pytest.raises(ValueError, match="outside the image root"):
         list_inputs(ann_file, root)
+
+
+def test_image_root_made_of_symbolic_links(tiny_models, tmp_path):
+    store = tmp_path / "store"
+    write_image(store / "a.jpg", 32, 40, seed=1)
+    write_image(store / "deep" / "b.jpg", 36, 30, seed=2)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.jpg").symlink_to(store / "a.jpg")
+    (root / "sub").symlink_to(store / "deep", target_is_directory=True)
+    gt = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "sub/b.jpg"},
+                     {"id": 3, "file_name": "sub/../../store/a.jpg"}],
+          "annotations": [], "categories": [{"id": 1, "name": "dog"}]}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({**gt, "images": gt["images"][:2]}))
+    res = detect(tiny_models, ann, tmp_path / "out", "--images", root)
+    assert res.exit_code == 0, res.output
+    assert "done 2" in res.output and "failed 0" in res.output
+    # a name that climbs out of the root is still refused, symbolic links or not
+    ann.write_text(json.dumps(gt))
+    with pytest.raises(ValueError, match="outside the image root"):
+        list_inputs(ann, root)
+
+
+def test_duplicate_image_ids_and_file_names(tiny_models, tmp_path):
+    root = tmp_path / "images"
+    write_image(root / "a.jpg", 32, 40, seed=1)
+    write_image(root / "b.jpg", 36, 30, seed=2)
+    cats = [{"id": 1, "name": "dog"}]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.jpg"},
+                                          {"id": 7, "file_name": "b.jpg"}],
+                               "annotations": [], "categories": cats}))
+    res = detect(tiny_models, ann, tmp_path / "out", "--images", root)
+    assert res.exit_code == 2 and "image id(s) listed more than once: 7" in res.output
+    assert not (tmp_path / "out").exists()
+
+    # one file under two ids: each id gets its record (none is dropped), and resume knows both
+    ann.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.jpg"},
+                                          {"id": 8, "file_name": "a.jpg"}],
+                               "annotations": [], "categories": cats}))
+    res = detect(tiny_models, ann, tmp_path / "out", "--images", root)
+    assert res.exit_code == 0 and "done 2" in res.output, res.output
+    records = read_predictions(tmp_path / "out" / PREDICTIONS)
+    assert sorted((r["file"], r["image_id"]) for r in records) == [("a.jpg", 7), ("a.jpg", 8)]
+    assert records[0]["detections"] == records[1]["detections"]
+    again = detect(tiny_models, ann, tmp_path / "out", "--images", root)
+    assert "done 0, skipped 2" in again.output
 
 
 # -- (d) vlpipe eval on a synthetic LVIS-format dataset ---------------------------------------------
@@ -347,27 +395,30 @@ def test_max_failures_stops_the_run(tiny_models, tmp_path):
     src = tmp_path / "imgs"
     (src / "0_bad.jpg").parent.mkdir(parents=True)
     (src / "0_bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    write_image(src / "1_good.jpg", 32, 32)
+    (src / "1_bad.jpg").write_bytes(b"")
+    write_image(src / "2_good.jpg", 32, 32)
     out = tmp_path / "out"
-    res = detect(tiny_models, src, out, "--max-failures", "0")
+    res = detect(tiny_models, src, out, "--max-failures", "1")
     assert res.exit_code != 0
-    assert "--max-failures 0" in res.output and "0_bad.jpg" in res.output
+    assert "--max-failures 1" in res.output and "0_bad.jpg" in res.output
     records = read_predictions(out / PREDICTIONS)
-    assert [r["file"] for r in records] == ["0_bad.jpg"]  # stopped before the good image
+    assert [r["file"] for r in records] == ["0_bad.jpg"]  # stopped at the first failure
     assert records[0]["error"]
 
-    # a tolerant rerun resumes: the failure is kept, the good image is done
-    res = detect(tiny_models, src, out, "--max-failures", "1")
+    # a tolerant rerun resumes: the failure is kept, the others are run
+    res = detect(tiny_models, src, out, "--max-failures", "3")
     assert res.exit_code == 0, res.output
-    assert "done 1, skipped 1" in res.output
+    assert "done 1, skipped 1" in res.output and "failed 1" in res.output
 
 
 def test_output_names_are_flat_distinct_and_keep_one_suffix():
-    names = ["a.jpg", "a.png", "a/b.jpg", "a_b.jpg", "../../etc/passwd", "/abs/x.jpg"]
+    names = ["a.jpg", "a.png", "a/b.jpg", "a_b.jpg", "../../etc/passwd", "/abs/x.jpg",
+             "/work/data/images/dog.jpg"]
     outs = [output_name(n, ".jpg") for n in names]
     assert len(set(outs)) == len(names)  # same stem, other folder or suffix: no overwrite
     for name, out in zip(names, outs):
         assert "/" not in out and not out.startswith(".") and out.endswith(".jpg")
         assert out.count(".jpg") == 1
         assert out.endswith(f"-{hashlib.sha1(name.encode()).hexdigest()[:8]}.jpg")
-    assert outs[0].startswith("a-") and outs[2].startswith("a_b-")
+    # named after the file, not its whole path
+    assert [o.rsplit("-", 1)[0] for o in outs] == ["a", "a", "b", "a_b", "passwd", "x", "dog"]

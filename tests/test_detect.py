@@ -48,7 +48,9 @@ def test_detect_on_every_shared_image(tiny_models, shared_images):
         check_record(json.loads(out), path, (h, w))
 
 
-def test_detect_with_tiles_and_ten_questions_and_pictures(tiny_models, shared_images, tmp_path):
+def test_detect_with_tiles_and_ten_questions_and_pictures(tiny_models, shared_images, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pictures go to ./vlpipe-out
     image = tmp_path / "dog.jpg"
     image.write_bytes((shared_images / "dog.jpg").read_bytes())
     code, out, err = invoke("run", tiny_models / "detect.yaml", image, "--tiles", "2x2",
@@ -56,8 +58,8 @@ def test_detect_with_tiles_and_ten_questions_and_pictures(tiny_models, shared_im
                             "--trace", tmp_path / "trace.json")
     assert code == 0, err
     check_record(json.loads(out), image, (534, 800))
-    assert (tmp_path / "dog_vis.jpg").stat().st_size > 0
-    overlays = list((tmp_path / "dog_attention").glob("*.jpg"))
+    assert len(list((tmp_path / "vlpipe-out" / "vis").glob("dog-*.jpg"))) == 1
+    overlays = list((tmp_path / "vlpipe-out" / "attention").glob("dog-*.jpg"))
     assert overlays
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert {e["name"] for e in trace} == {"views", "objects", "maps", "sam", "merge"}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from vlpipe.io import IMAGE_SUFFIXES, ImageLoadError, iter_image_files, load_image, safe_filename
+from vlpipe.io import (IMAGE_SUFFIXES, ImageLoadError, as_rgb_image, iter_image_files, load_image,
+                       printable_name, safe_filename, scan_folder)
 
 SHARED_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
@@ -119,8 +120,6 @@ def test_exif_orientation_shared_file():
 @pytest.mark.parametrize("name", ["cat_dog.jpeg", "ch_en_num.jpg", "dog.jpg", "en.jpg", "truck.jpg"])
 def test_shared_jpegs_load(name):
     path = SHARED_IMAGES / name
-    if not path.exists():
-        pytest.skip(f"{name} missing")
     with Image.open(path) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
@@ -335,7 +334,28 @@ def test_pil_bomb_limit_does_not_leak(tmp_path, monkeypatch):
 
 
 def test_image_suffixes():
-    assert IMAGE_SUFFIXES == frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".tga",
+            ".ico"} <= IMAGE_SUFFIXES
+    assert not {".txt", ".json", ".pdf", ".h5", ".mpg", ".svg"} & IMAGE_SUFFIXES
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".ppm", ".pgm", ".tga", ".jpe", ".dib"])
+def test_more_formats_load(tmp_path, suffix):
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(_pattern()).save(path)
+    assert [p.name for p in iter_image_files(tmp_path)] == [path.name]
+    _check_rgb(load_image(path), (32, 48))
+
+
+def test_scan_folder_reports_other_files_and_excluded_folders(tmp_path):
+    for rel in ["a.gif", "b.png", "notes.txt", "data.h5", "out/vis/a-1.jpg", "old/x.jpg",
+                ".hidden.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    scan = scan_folder(tmp_path, lambda d: d.name in ("out", "old"))
+    assert [p.name for p in scan.images] == ["a.gif", "b.png"]
+    assert [p.name for p in scan.others] == ["data.h5", "notes.txt"]
+    assert sorted(p.name for p in scan.excluded) == ["old", "out"]
 
 
 def test_iter_image_files(tmp_path):

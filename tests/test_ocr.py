@@ -91,6 +91,30 @@ def test_read_inside_box_maps_to_full_image(ocr, ch_img, ch_lines):
     assert hit[0].xyxy[1] > margin + 100
 
 
+@pytest.mark.parametrize("upside_down", [False, True])
+def test_tight_crop_of_one_line_is_read(ocr, ch_img, ch_lines, upside_down):
+    """What P2G hands OCR: the crop of one text line, in which the detector finds no box
+    (this one read 0 lines before the recognizer-only fallback)."""
+    line = next(ln for ln in ch_lines if ln.text == "强力去污符合国标")
+    x0, y0, x1, y1 = np.rint(line.xyxy).astype(int)
+    crop = ch_img[y0:y1, x0:x1]
+    if upside_down:
+        read = ocr.read(np.ascontiguousarray(crop[::-1, ::-1]))
+        h, w = crop.shape[:2]
+        assert [ln.text for ln in read] == [line.text] and read[0].score >= 0.5
+        assert read[0].xyxy.tolist() == [0, 0, w, h]  # the whole crop is the line
+    else:  # through read(boxes=...), as the OCR node reads inside detections
+        read = ocr.read(ch_img, boxes=np.array([[x0, y0, x1, y1]]))
+        assert [ln.text for ln in read] == [line.text]
+        assert read[0].xyxy.tolist() == [x0, y0, x1, y1]  # full-image coordinates
+
+
+def test_line_shaped_image_without_text_reads_nothing(ocr):
+    assert ocr.read(np.full((30, 200, 3), 255, np.uint8)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (30, 200, 3), dtype=np.uint8)
+    assert ocr.read(noise) == []  # recognition junk stays under the score threshold
+
+
 def test_text_area_fraction(ocr, ch_img):
     frac = ocr.text_area_fraction(ch_img)
     assert 0.05 < frac < 1.0

@@ -351,3 +351,58 @@ def test_misspelt_node_params_are_reported_together_before_any_model_loads(tmp_p
     # in Python too, with the same words
     with pytest.raises(TypeError, match=r"unknown params 'a', 'b' \(known: device, min_size"):
         TilesNode("t", a=1, b=2)
+
+
+def image_probe() -> Pipeline:
+    """A pipeline that reports what its node received as the image: dtype, shape, mean."""
+    g = Graph({"image": "image"})
+    g.add(fn_node("look", lambda image: {"seen": (str(image.dtype), image.shape,
+                                                   round(float(image.mean()), 3))},
+                  {"image": "image"}, {"seen": "any"}), image="input.image")
+    g.output("seen", "look.seen")
+    return Pipeline(g)
+
+
+def test_image_inputs_of_every_dtype_reach_nodes_as_uint8_rgb():
+    import numpy as np
+
+    pipe = image_probe()
+    gray = np.full((4, 6), 0.5, np.float32)
+    same = ("uint8", (4, 6, 3), 128.0)
+    for image in (np.full((4, 6, 3), 128, np.uint8), np.full((4, 6, 3), 0.5, np.float32),
+                  np.full((4, 6, 3), 128.0), np.full((4, 6, 3), 32896, np.uint16), gray,
+                  np.full((4, 6, 1), 128, np.uint8), np.full((4, 6, 3), 128, np.int64)):
+        assert pipe.run(image=image).outputs["seen"] == same, image.dtype
+    # float 0..1 is not read as a black image; bool is 0 / 255; RGBA is composited on white
+    assert pipe.run(image=np.ones((4, 6, 3), np.float32)).outputs["seen"][2] == 255.0
+    assert pipe.run(image=np.zeros((4, 6, 3), bool)).outputs["seen"][2] == 0.0
+    assert pipe.run(image=np.ones((4, 6), bool)).outputs["seen"][2] == 255.0
+    clear = np.zeros((4, 6, 4), np.uint8)
+    assert pipe.run(image=clear).outputs["seen"][2] == 255.0
+
+
+def test_bad_image_inputs_are_the_item_error_and_the_others_go_on():
+    import numpy as np
+
+    pipe = image_probe()
+    good = np.zeros((4, 6, 3), np.uint8)
+    bad = {"shape": np.zeros((4, 6, 5), np.uint8), "range": np.full((4, 6, 3), 300.0),
+           "nan": np.full((4, 6, 3), np.nan), "type": "dog.jpg", "empty": np.zeros((0, 6, 3))}
+    results = pipe.run_batch([{"image": good}, *({"image": v} for v in bad.values())])
+    assert results[0].error is None and results[0].outputs["seen"][0] == "uint8"
+    for result, (what, _) in zip(results[1:], bad.items()):
+        assert result.error and result.error.startswith("input 'image': "), what
+        assert result.outputs == {}
+    assert "(4, 6, 5)" in results[1].error and "[300, 300]" in results[2].error
+
+
+def test_missing_and_unknown_inputs_are_a_type_error():
+    import numpy as np
+
+    pipe = image_probe()
+    with pytest.raises(TypeError, match=r"missing input\(s\) 'image' \(the graph's inputs: image\)"):
+        pipe.run()
+    with pytest.raises(TypeError, match=r"unknown input\(s\) 'question'"):
+        pipe.run(image=np.zeros((4, 6, 3), np.uint8), question="why?")
+    with pytest.raises(TypeError, match=r"missing input\(s\) 'image'; unknown input\(s\) 'img'"):
+        pipe.run(img=np.zeros((4, 6, 3), np.uint8))

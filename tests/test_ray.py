@@ -5,6 +5,7 @@ is replaced and its images retried."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def folder(tmp_path_factory) -> Path:
         path = root / ("sub" if k % 3 == 0 else ".") / f"img{k:02d}.png"
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
     (root / "broken.jpg").write_bytes(b"not an image at all")
+    # a file name that is not UTF-8 (issue 13): a line of its own, not a stopped run
+    odd = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.png"))
+    Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(odd)
     return root
 
 
@@ -78,10 +82,11 @@ def test_same_predictions_as_local_runner(ray_local, tiny_models, folder, local_
     ours, ref = _records(tmp_path), _records(local_out)
     _assert_same(ours, ref)
     assert any(r["detections"] for r in ours)
-    assert (summary.done, summary.failed, summary.skipped) == (10, 1, 0)
+    assert (summary.done, summary.failed, summary.skipped) == (11, 1, 0)
     assert [e.split(":")[0] for e in summary.errors] == ["broken.jpg"]
     broken = next(r for r in ours if r["file"] == "broken.jpg")
     assert broken["error"] and broken["width"] is None and broken["detections"] == []
+    assert next(r for r in ours if r["file"] == "caf\\xe9.png")["error"] is None
     assert 1 <= len(summary.worker_init_seconds) <= 2
     assert summary.first_result_seconds is not None
 
@@ -119,7 +124,7 @@ def test_dead_worker_is_replaced_and_its_images_retried(ray_local, tiny_models, 
     summary = run_ray(str(tiny_models / "detect.yaml"), PARAMS, entries, out, workers=2,
                       max_retries=2, _crash_marker=str(marker))
     assert not marker.exists(), "no worker died"
-    assert (summary.done, summary.failed) == (10, 1)
+    assert (summary.done, summary.failed) == (11, 1)
     _assert_same(_records(out), _records(local_out))
 
 

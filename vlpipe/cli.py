@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,10 +15,13 @@ app = typer.Typer(help="Training-free open-ended perception pipelines (VL-SAM, P
 models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+DEFAULT_OUT = Path("vlpipe-out")
+TOOLS = ("grounding", "ocr")  # the expert tools a P2G need-tool decision calls
 
-def _fail(message: str) -> None:
+
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _params(sets: list[str], named: dict) -> dict:
@@ -29,7 +33,10 @@ def _params(sets: list[str], named: dict) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             _fail(f"--set expects key=value, got {item!r}")
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})")
     return params
 
 
@@ -47,7 +54,7 @@ def run(
     pipeline: Annotated[str, typer.Argument(help="A recipe name (detect, ask, ocr, ground) or a pipeline file.")],
     input: Annotated[str, typer.Argument(help="An image, a folder of images, or a COCO/LVIS annotation .json.")],
     args: Annotated[Optional[list[str]], typer.Argument(help="Values of the pipeline's other inputs, in order (e.g. the question).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder: predictions.jsonl, results.json, vis/.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder: predictions.jsonl, results.json, vis/ (default ./vlpipe-out).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image root for an annotation-file input.")] = None,
     sets: Annotated[list[str], typer.Option("--set", "-s", help="Pipeline param, key=value (repeatable).")] = [],
     questions: Annotated[Optional[int], typer.Option(help="Number of 'list the objects' questions.")] = None,
@@ -61,7 +68,7 @@ def run(
     save_vis: Annotated[bool, typer.Option(help="Write annotated images.")] = False,
     save_attention: Annotated[bool, typer.Option(help="Write attention heat-map overlays.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch through the graph.")] = 4,
-    max_failures: Annotated[Optional[int], typer.Option(help="Stop after this many failed images.")] = None,
+    max_failures: Annotated[Optional[int], typer.Option(help="Stop once this many images have failed.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run again the images whose record in OUT is a failure.")] = False,
     clip: Annotated[Optional[str], typer.Option(help="CLIP model for mapping names to dataset categories.")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Write a Chrome trace of node timings.")] = None,
@@ -71,18 +78,18 @@ def run(
     workers: Annotated[int, typer.Option(help="Ray engine: pipeline actors.")] = 2,
     num_gpus_per_worker: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (1 = one GPU each).")] = 0,
 ):
-    """Run PIPELINE on INPUT: one image prints its result; a folder or annotation file (or --out)
-    writes OUT/predictions.jsonl and, with image ids, OUT/results.json."""
+    """Run PIPELINE on INPUT: one image prints its result (--save-vis / --save-attention write
+    under --out, default ./vlpipe-out); a folder or annotation file (or --out) writes
+    OUT/predictions.jsonl and, with image ids, OUT/results.json."""
     params = _params(sets, {"questions": questions, "tiles": tiles, "rounds": rounds,
                             "mllm": mllm, "sam": sam, "device": device,
                             "trust_remote_code": trust_remote_code or None})
-    if engine not in ("local", "ray"):
-        _fail(f"--engine is local or ray, not {engine!r}")
-    if engine == "ray" and trace is not None:
-        _fail("--trace records the local engine's nodes only; the Ray actors keep their own")
-    pipe = _load_pipeline(pipeline, params)
+    _check_options(engine, trace, num_gpus_per_worker,
+                   {"--batch-size": batch_size, "--max-failures": max_failures, "--top-k": top_k,
+                    "--workers": workers})
     source = Path(input)
     if out is None and source.is_file() and source.suffix.lower() != ".json":
+        pipe = _load_pipeline(pipeline, params)
         _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
     else:
         options = {"batch_size": batch_size, "max_failures": max_failures, "save_vis": save_vis,
@@ -90,17 +97,42 @@ def run(
         if engine == "ray":
             options.update(address=address, workers=workers,
                            num_gpus_per_worker=num_gpus_per_worker)
-        _run_many(pipe, source, images, out or Path("vlpipe-out"), clip, top_k, options,
-                  ray_pipeline=(pipeline, params) if engine == "ray" else None)
+        pipe = _run_many((pipeline, params), source, images, out or DEFAULT_OUT, clip, top_k,
+                         options, on_ray=engine == "ray")
     if trace is not None:
         pipe.trace.save_chrome(trace)
+
+
+def _check_options(engine: str, trace: Path | None, num_gpus: float,
+                   at_least_one: dict[str, int | None]) -> None:
+    """The run options that can be checked before anything loads."""
+    if engine not in ("local", "ray"):
+        _fail(f"--engine is local or ray, not {engine!r}")
+    if engine == "ray" and trace is not None:
+        _fail("--trace records the local engine's nodes only; the Ray actors keep their own")
+    if num_gpus < 0:
+        _fail(f"--num-gpus-per-worker cannot be negative, got {num_gpus}")
+    for option, value in at_least_one.items():
+        if value is not None and value < 1:
+            _fail(f"{option} must be at least 1, got {value}")
+
+
+@contextmanager
+def _output_folder(out: Path):
+    """Hold ``out``'s lock for the block (one run per output folder); an ``error:`` line when
+    it is not a writable folder or another run holds it."""
+    from .runner import OutputError, lock_output
+
+    try:
+        with lock_output(out):
+            yield out
+    except OutputError as exc:
+        _fail(str(exc))
 
 
 def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
              save_attention: bool) -> None:
     from .io import ImageLoadError, load_image
-    from .results import annotate, detections_to_json, image_record, jsonable
-    from .runner import save_attention_maps, save_image
 
     image_inputs = [k for k, t in pipe.graph.inputs.items() if t == "image"]
     others = [k for k in pipe.graph.inputs if k not in image_inputs]
@@ -111,18 +143,26 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
         image = load_image(path)
     except ImageLoadError as exc:
         _fail(str(exc))
-    result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
-    if result.error is not None:
-        _fail(f"{path}: {result.error}")
+    outputs = pipe.graph.outputs
+    pictures = (save_vis and "detections" in outputs) or (save_attention and "maps" in outputs)
+    with _output_folder(DEFAULT_OUT) if pictures else nullcontext():
+        result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
+        if result.error is not None:
+            _fail(f"{path}: {result.error}")
+        _print_result(pipe, path, image, result, json_out)
+        _save_pictures(DEFAULT_OUT, path, image, result.outputs, save_vis, save_attention)
+
+
+def _print_result(pipe, path: Path, image, result, json_out: bool) -> None:
+    """One image's result: --json, the answer, the text lines, the detect JSON line, or one
+    line per detection."""
+    from .results import detections_to_json, image_record, jsonable
+
     outputs = result.outputs
-    dets = outputs.get("detections")
-    if dets is not None and save_vis:
-        save_image(path.with_name(path.stem + "_vis.jpg"), annotate(image, dets))
-    if outputs.get("maps") and save_attention:
-        save_attention_maps(path.parent / f"{path.stem}_attention", path.name, image, outputs["maps"])
     if json_out:
         payload = {k: jsonable(v) for k, v in outputs.items()}
         payload["skipped"] = result.skipped
+        payload["tools"] = _tools_ran(pipe, result)
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
     elif "answer" in outputs:
         typer.echo(outputs["answer"])
@@ -130,49 +170,113 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
         for line in outputs["lines"]:
             typer.echo(line.text)
     elif "detections" in outputs and "maps" in outputs:  # detect: the documented JSON line
-        typer.echo(json.dumps(image_record(str(path), None, image.shape[:2], dets),
-                              ensure_ascii=False))
+        typer.echo(json.dumps(image_record(str(path), None, image.shape[:2],
+                                           outputs["detections"]), ensure_ascii=False))
     else:
-        for det in detections_to_json(dets):
+        for det in detections_to_json(outputs["detections"]):
             box = [round(v, 1) for v in det["bbox"]]
             typer.echo(f"{det['name']}\t{det['score']:.3f}\tbbox xywh {box}")
 
 
-def _run_many(pipe, source: Path, images: Path | None, out: Path, clip: str | None, top_k: int,
-              options: dict, ray_pipeline: tuple[str, dict] | None = None) -> None:
-    """A folder or annotation file through the local runner or, with ``ray_pipeline``
-    (pipeline name/path and params, rebuilt in each worker), on Ray."""
+def _tools_ran(pipe, result) -> list[str]:
+    """The expert tools (node types in TOOLS) that ran on the item, in TOOLS order."""
+    from .pipeline import registry
+
+    ran = [node for name, node in pipe.graph.nodes.items() if name not in result.skipped]
+    return [tool for tool in TOOLS if any(isinstance(n, registry.get(tool)) for n in ran)]
+
+
+def _save_pictures(out: Path, path: Path, image, outputs: dict, save_vis: bool,
+                   save_attention: bool) -> None:
+    from .io import printable_name
+    from .runner import save_pictures
+
+    try:
+        written = save_pictures(out, printable_name(path.name), image, outputs, save_vis,
+                                save_attention)
+    except OSError as exc:
+        _fail(f"cannot write the pictures under '{out}': {exc}")
+    for file in written:
+        typer.echo(f"wrote {file}", err=True)
+
+
+def _run_many(pipeline: tuple[str, dict], source: Path, images: Path | None, out: Path,
+              clip: str | None, top_k: int, options: dict, on_ray: bool = False):
+    """A folder or annotation file through the local runner or on Ray (the pipeline, a name or
+    path and its params, is rebuilt in each worker); returns the pipeline. The inputs are
+    checked before the pipeline is built, the pipeline before anything is written."""
+    from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs, pending,
+                         write_results)
+
+    try:
+        inputs = collect_inputs(source, images, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _report_left_out(inputs)
+    pipe = _load_pipeline(*pipeline)
+    if "detections" not in pipe.graph.outputs:
+        _fail(f"pipeline {pipe.name!r} has no 'detections' output: batch runs need one")
+    execute, engine_errors = _engine(pipe, out, options, pipeline if on_ray else None)
+    with _output_folder(out):
+        try:
+            total = len(pending(inputs.entries, out, options["retry_failed"])[0])
+            summary, stopped = _with_progress(execute, inputs.entries, total, engine_errors)
+        except (OutputError, PredictionsError) as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"writing under '{out}' failed: {exc}; the finished images are kept in "
+                  f"{out / PREDICTIONS}: fix this and run again to resume")
+        _report_summary(summary, out, options, on_ray)
+        if stopped is not None:
+            _fail(str(stopped))
+        if summary.failed and not summary.done:
+            _fail(f"all {summary.failed} image(s) of this run failed", code=1)
+        if inputs.gt is not None:
+            typer.echo(f"wrote {write_results(out, inputs.gt, clip, top_k)}", err=True)
+    return pipe
+
+
+def _report_left_out(inputs) -> None:
+    """Say what a folder scan did not take as input."""
+    if inputs.not_images:
+        names = ", ".join(f"'{p.name}'" for p in inputs.not_images[:5])
+        more = " ..." if len(inputs.not_images) > 5 else ""
+        typer.echo(f"skipped {len(inputs.not_images)} file(s) that are not images: "
+                   f"{names}{more}", err=True)
+    for folder in inputs.output_folders:
+        typer.echo(f"skipped '{folder}': a vlpipe output folder", err=True)
+
+
+def _engine(pipe, out: Path, options: dict, ray_pipeline: tuple[str, dict] | None):
+    """``execute(entries, progress) -> Summary`` for the chosen engine, and the exceptions
+    that stop it with a message."""
+    if ray_pipeline is None:
+        from .runner import BatchRunner
+
+        runner = BatchRunner(pipe, out, **options)
+        return runner.run, ()
+    from .ray_runner import RayNotInstalled, RayRunError, import_ray, run_ray
+
+    try:
+        import_ray()
+    except RayNotInstalled as exc:
+        _fail(str(exc))
+    return (lambda entries, progress: run_ray(*ray_pipeline, entries, out, progress=progress,
+                                              **options)), (RayRunError,)
+
+
+def _with_progress(execute, entries: list, total: int, engine_errors: tuple):
+    """Run ``execute`` under a progress bar (on a terminal): the summary, and the MaxFailures
+    that stopped it (or None)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from .runner import (PREDICTIONS, BatchRunner, MaxFailures, list_inputs, pending,
-                         write_results)
+    from .runner import MaxFailures
 
-    if "detections" not in pipe.graph.outputs:
-        _fail(f"pipeline {pipe.name!r} has no 'detections' output: batch runs need one")
-    try:
-        entries, gt = list_inputs(source, images)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    if ray_pipeline is None:
-        runner = BatchRunner(pipe, out, **options)
-        execute = lambda progress: runner.run(entries, progress)
-        engine_errors: tuple = ()
-    else:
-        from .ray_runner import RayNotInstalled, RayRunError, import_ray, run_ray
-
-        try:
-            import_ray()
-        except RayNotInstalled as exc:
-            _fail(str(exc))
-        execute = lambda progress: run_ray(*ray_pipeline, entries, out, progress=progress,
-                                           **options)
-        engine_errors = (RayRunError,)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn()]
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("detect", total=len(pending(entries, out, options["retry_failed"])[0]),
-                            rate="")
+        task = bar.add_task("detect", total=total, rate="")
 
         def advance(n: int) -> None:
             bar.advance(task, n)
@@ -180,12 +284,18 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, clip: str | No
             bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
         try:
-            summary, stopped = execute(advance), None
+            return execute(entries, advance), None
         except MaxFailures as exc:
-            summary, stopped = exc.summary, exc
+            return exc.summary, exc
         except engine_errors as exc:
             _fail(str(exc))
-    engine = "" if ray_pipeline is None else f" on Ray, {options['workers']} worker(s)"
+
+
+def _report_summary(summary, out: Path, options: dict, on_ray: bool) -> None:
+    from .io import NOT_FOUND
+    from .runner import PREDICTIONS
+
+    engine = f" on Ray, {options['workers']} worker(s)" if on_ray else ""
     typer.echo(f"done {summary.done}, skipped {summary.skipped} (already in {out / PREDICTIONS}), "
                f"failed {summary.failed}, {summary.seconds:.1f} s "
                f"({summary.images_per_second:.2f} img/s){engine}", err=True)
@@ -193,10 +303,10 @@ def _run_many(pipe, source: Path, images: Path | None, out: Path, clip: str | No
         typer.echo(f"  failed: {line}", err=True)
     if len(summary.errors) > 20:
         typer.echo(f"  ... and {len(summary.errors) - 20} more (see {out / PREDICTIONS})", err=True)
-    if stopped is not None:
-        _fail(str(stopped))
-    if gt is not None:
-        typer.echo(f"wrote {write_results(out, gt, clip, top_k)}", err=True)
+    missing = sum(e.endswith(NOT_FOUND) for e in summary.errors)
+    if missing:
+        typer.echo(f"{missing} image file(s) not found: with the right --images they are run "
+                   "again on the next run", err=True)
 
 
 @app.command()
@@ -296,8 +406,27 @@ def eval_cmd(
         metrics = evaluate(gt, results, fixed_ap=fixed_ap)
     except ValueError as exc:
         _fail(str(exc))
+    _eval_notes(out, results)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2))
         return
     for iou_type, values in metrics.items():
         typer.echo(f"{iou_type}: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+
+def _eval_notes(out: Path, results: list) -> None:
+    """Warn (stderr) when the scores cannot be what the user meant: no detections at all, or
+    images of the run that failed (they count as images without detections)."""
+    from .runner import PREDICTIONS, PredictionsError, read_predictions
+
+    if not results:
+        typer.echo("note: the results hold no detections: every AP is 0", err=True)
+    try:
+        records = read_predictions(out / PREDICTIONS, repair=False) if out.is_dir() else []
+    except PredictionsError:
+        return
+    failed = [r for r in records if r["error"] is not None]
+    if failed:
+        typer.echo(f"note: {len(failed)} of {len(records)} images of this run failed (first: "
+                   f"{failed[0]['file']}: {failed[0]['error']}); they count as images without "
+                   "detections", err=True)

@@ -22,6 +22,7 @@ __all__ = ["evaluate", "load_gt", "is_lvis", "top_per_category"]
 
 _AREAS = ("small", "medium", "large")
 FIXED_AP_PER_CATEGORY = 10_000
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def load_gt(gt_json: str | Path | dict) -> dict:
@@ -88,6 +89,15 @@ def top_per_category(results: list[dict], k: int) -> list[dict]:
             for r in sorted(rs, key=lambda r: -r["score"])[:k]]
 
 
+def _check_results(results: list[dict]) -> None:
+    """ValueError naming the first result that lacks a COCO results field."""
+    for k, r in enumerate(results):
+        missing = [key for key in _RESULT_KEYS if not isinstance(r, dict) or key not in r]
+        if missing:
+            raise ValueError(f"result {k} has no {', '.join(missing)} (COCO results need "
+                             f"{', '.join(_RESULT_KEYS)})")
+
+
 def evaluate(
     gt_json: str | Path | dict,
     results: list[dict],
@@ -119,6 +129,7 @@ def evaluate(
         are left out. Empty results give zeros.
     """
     gt = load_gt(gt_json)
+    _check_results(results)
     lvis = is_lvis(gt) if lvis is None else lvis
     max_dets = max_dets or (300 if lvis else 100)
     if fixed_ap:

@@ -8,15 +8,25 @@ import struct
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageLoadError", "iter_image_files", "load_image", "safe_filename"]
+__all__ = ["IMAGE_SUFFIXES", "FolderScan", "ImageLoadError", "as_rgb_image", "iter_image_files",
+           "load_image", "printable_name", "safe_filename", "scan_folder"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Raster formats a folder scan takes as images (those this Pillow build can open); any other
+# file in a folder is reported as "not an image".
+_RASTER_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp",
+                    ".dib", ".tif", ".tiff", ".ico", ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
+                    ".jp2", ".j2k", ".jpx", ".avif", ".qoi"}
+Image.init()
+IMAGE_SUFFIXES = frozenset(ext for ext in _RASTER_SUFFIXES
+                           if Image.registered_extensions().get(ext) in Image.OPEN)
+NOT_FOUND = "file not found"
 
 # Exceptions Pillow may raise while decoding a damaged file.
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, IndexError)
@@ -83,7 +93,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = 178_956_970) ->
     """
     p = Path(path)
     if not p.exists():
-        raise ImageLoadError(p, "file not found")
+        raise ImageLoadError(p, NOT_FOUND)
     if not p.is_file():
         raise ImageLoadError(p, "not a regular file")
     if p.stat().st_size == 0:
@@ -110,18 +120,94 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = 178_956_970) ->
         raise ImageLoadError(p, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from exc
 
 
-def iter_image_files(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield image files under ``folder`` recursively, sorted, skipping hidden files/dirs."""
+def as_rgb_image(value) -> np.ndarray:
+    """An image given in memory as the pipelines' ``(H, W, 3)`` uint8 RGB array.
+
+    Accepts a PIL image or an array: ``(H, W)`` gray, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA
+    (composited on white); uint8, bool (True = 255), uint16 (``/257``), other integers in
+    0..255, floats in [0, 1] (scaled by 255) or in [0, 255]. Anything else is a ValueError
+    saying what was given. A uint8 RGB array is returned as it is."""
+    if isinstance(value, Image.Image):
+        return _to_rgb(value)
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"expected an image array (H, W, 3) or a PIL image, got "
+                         f"{type(value).__name__}")
+    if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)) \
+            or value.size == 0:
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got "
+                         f"{value.shape}")
+    pixels = _to_uint8(value)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    return _to_rgb(Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1
+                                   else pixels))
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values of any supported dtype as uint8 (see :func:`as_rgb_image`)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint16:
+        return np.rint(a / 257.0).astype(np.uint8)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"unsupported image dtype {a.dtype}")
+    if not np.isfinite(a).all():
+        raise ValueError("image has NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if np.issubdtype(a.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return np.rint(a * 255.0).astype(np.uint8)
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{a.dtype} image values span [{lo:g}, {hi:g}]; expected 0..255"
+                         + (" or [0, 1]" if np.issubdtype(a.dtype, np.floating) else ""))
+    return np.rint(a).astype(np.uint8)
+
+
+@dataclass
+class FolderScan:
+    """What a folder holds: ``images`` (sorted), ``others`` (files that are not images) and
+    ``excluded`` (folders left out, e.g. earlier runs' outputs)."""
+
+    images: list[Path] = field(default_factory=list)
+    others: list[Path] = field(default_factory=list)
+    excluded: list[Path] = field(default_factory=list)
+
+
+def scan_folder(folder: str | os.PathLike,
+                exclude: Callable[[Path], bool] = lambda _: False) -> FolderScan:
+    """The files under ``folder``, recursively, hidden files and folders skipped, folders for
+    which ``exclude(path)`` is true left out (and listed)."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a directory: {str(root)!r}")
-    found = []
+    scan = FolderScan()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        here = Path(dirpath)
+        kept = [d for d in dirnames if not d.startswith(".")]
+        scan.excluded += [here / d for d in kept if exclude(here / d)]
+        dirnames[:] = sorted(d for d in kept if here / d not in scan.excluded)
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
-    yield from sorted(found, key=lambda f: f.relative_to(root).parts)
+            if not name.startswith("."):
+                is_image = os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+                (scan.images if is_image else scan.others).append(here / name)
+    scan.images.sort(key=lambda f: f.relative_to(root).parts)
+    scan.others.sort()
+    return scan
+
+
+def iter_image_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield image files under ``folder`` recursively, sorted, skipping hidden files/dirs."""
+    yield from scan_folder(folder).images
+
+
+def printable_name(name: str) -> str:
+    """``name`` as valid UTF-8 text: bytes of a file name that are not UTF-8 (another locale's
+    encoding) become ``\\xNN`` escapes, so the name can be written to JSON and printed."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),

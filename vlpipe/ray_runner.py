@@ -1,7 +1,8 @@
 """Batch runs on Ray (``vlpipe run PIPELINE INPUT --out DIR --engine ray``).
 
-The pending images (the local runner's resume rule: an image whose ``file`` already has a line in
-``predictions.jsonl`` is not sent again) become a Ray Dataset; a map stage decodes them with
+The pending images (the local runner's resume rule, :func:`vlpipe.runner.pending`: an image
+already in ``predictions.jsonl`` is not sent again) become a Ray Dataset, with the output
+folder's lock held by the driver; a map stage decodes them with
 :func:`vlpipe.io.load_image`, and a pool of long-lived actors runs the pipeline on them, each actor
 building the pipeline once (its own :class:`~vlpipe.pipeline.ModelPool`, so each model is loaded
 once per actor, on the actor's GPU or on CPU). Each actor sends back finished JSON lines; the
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .runner import (PREDICTIONS, Entry, MaxFailures, Summary, append_record, make_record,
-                     pending)
+from .runner import (PREDICTIONS, Entry, MaxFailures, Summary, append_record,
+                     check_run_options, lock_output, make_record, pending)
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'vlpipe[ray]'"
 
@@ -83,7 +84,7 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     from .io import load_image
 
     try:
-        image, error = load_image(row["path"]), ""
+        image, error = load_image(os.fsdecode(row["path"])), ""
     except (ValueError, OSError) as exc:
         image, error = _EMPTY, str(exc)
     return {"idx": row["idx"], "file": row["file"], "image": image, "error": error}
@@ -181,22 +182,37 @@ def run_ray(pipeline: str, params: dict[str, Any], entries: list[Entry], out_dir
     actors each take ``num_cpus_per_worker`` CPUs and ``num_gpus_per_worker`` GPUs (1 puts each on
     its own GPU). A dead actor is restarted and its batch retried up to ``max_retries`` times.
     ``retry_failed`` sends images whose record is a failure again, as the local runner does.
-    Returns a :class:`RaySummary`; raises :class:`MaxFailures` past ``max_failures`` failed
-    images, :class:`RayRunError` when the run could not finish, :class:`RayNotInstalled`."""
+    Returns a :class:`RaySummary`; raises :class:`MaxFailures` once ``max_failures`` images have
+    failed, :class:`RayRunError` when the run could not finish, :class:`RayNotInstalled`,
+    :class:`~vlpipe.runner.OutputError` when another run holds ``out_dir``, ValueError for bad
+    options."""
     ray = import_ray()
     from .pipeline import Pipeline
 
+    check_run_options(batch_size, max_failures)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     probe = Pipeline.load(pipeline, **params)  # validates the file and params; loads no model
     if "detections" not in probe.graph.outputs:
         raise ValueError(f"pipeline {probe.name!r} has no 'detections' output: batch runs need one")
     spec_text = _spec_text(pipeline)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    todo, skipped = pending(entries, out, retry_failed)
-    summary = RaySummary(skipped=skipped)
-    if not todo:
-        return summary
+    with lock_output(out):
+        todo, skipped = pending(entries, out, retry_failed)
+        summary = RaySummary(skipped=skipped)
+        if todo:
+            _start_and_execute(ray, address, runtime_env, todo, out, summary,
+                               pipeline=pipeline, spec_text=spec_text, params=params,
+                               workers=workers, num_gpus=num_gpus_per_worker,
+                               num_cpus=num_cpus_per_worker, batch_size=batch_size,
+                               max_retries=max_retries, max_failures=max_failures,
+                               save_vis=save_vis, save_attention=save_attention,
+                               progress=progress, crash_marker=_crash_marker)
+    return summary
 
+
+def _start_and_execute(ray, address, runtime_env, todo, out, summary, **options) -> None:
+    """:func:`_execute`, starting (and afterwards stopping) Ray unless it is initialised."""
     started_ray = False
     if not ray.is_initialized():
         t0 = time.perf_counter()
@@ -205,15 +221,10 @@ def run_ray(pipeline: str, params: dict[str, Any], entries: list[Entry], out_dir
         summary.ray_init_seconds = time.perf_counter() - t0
         started_ray = True
     try:
-        _execute(ray, todo, out, summary, pipeline=pipeline, spec_text=spec_text, params=params,
-                 workers=workers, num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker,
-                 batch_size=batch_size, max_retries=max_retries, max_failures=max_failures,
-                 save_vis=save_vis, save_attention=save_attention, progress=progress,
-                 crash_marker=_crash_marker)
+        _execute(ray, todo, out, summary, **options)
     finally:
         if started_ray:
             ray.shutdown()
-    return summary
 
 
 def _execute(ray, todo: list[Entry], out: Path, summary: RaySummary, *, pipeline, spec_text,
@@ -224,7 +235,8 @@ def _execute(ray, todo: list[Entry], out: Path, summary: RaySummary, *, pipeline
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    items = [{"idx": i, "file": e.file, "path": str(e.path)} for i, e in enumerate(todo)]
+    items = [{"idx": i, "file": e.file, "path": os.fsencode(e.path)}  # bytes: any file name
+             for i, e in enumerate(todo)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
     ds = ds.map(_decode, num_cpus=min(1.0, num_cpus) if num_cpus else 1.0)
     with warnings.catch_warnings():  # Ray 2.5x deprecates **ray_remote_args, its only

@@ -1,66 +1,142 @@
 """Batch runs: images from a file, a folder or a COCO/LVIS annotation file, through a pipeline,
 into ``predictions.jsonl`` (append-only, resumable) and ``results.json``.
 
-Resume rule: an image whose ``file`` already has a line in ``predictions.jsonl`` is skipped. Each
-line is written with one ``write`` on an append-mode file and flushed; a torn last line left by a
-kill is cut off when the run restarts, so nothing is lost but the image in flight and nothing is
-duplicated.
+Resume rule: an image whose ``file`` (and ``image_id``) already has a line in
+``predictions.jsonl`` is skipped, unless that line says its file was missing and it is there
+now. Each line is written with one ``write`` on an append-mode file and flushed; a torn last
+line left by a kill is cut off when the run restarts, so nothing is lost but the image in flight
+and nothing is duplicated. One run at a time writes to an output folder (``vlpipe.lock``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, iter_image_files, load_image, safe_filename
+from .io import (IMAGE_SUFFIXES, NOT_FOUND, load_image, printable_name, safe_filename,
+                 scan_folder)
 from .pipeline import Pipeline, prefetch
 from .results import annotate, heatmap_overlay, image_record
 
 PREDICTIONS = "predictions.jsonl"
 RESULTS = "results.json"
+LOCK = "vlpipe.lock"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One input image: ``file`` is its key in the results (relative to the input root)."""
+    """One input image: ``file`` is its name in the results (relative to the input root, valid
+    UTF-8); ``(file, image_id)`` identifies its record in ``predictions.jsonl``."""
 
     file: str
     path: Path
     image_id: int | None = None
 
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.file, self.image_id
 
-def list_inputs(source: str | Path, images_root: str | Path | None = None) -> tuple[list[Entry], dict | None]:
-    """An image, a folder (recursive) or a COCO/LVIS json (+ ``images_root``) -> entries, and the
-    annotation dict when the input was one."""
+
+@dataclass
+class Inputs:
+    """What an input names: the entries, the annotation dict (annotation-file inputs), and what
+    a folder scan left out: files that are not images, earlier runs' output folders."""
+
+    entries: list[Entry]
+    gt: dict | None = None
+    not_images: list[Path] = field(default_factory=list)
+    output_folders: list[Path] = field(default_factory=list)
+
+
+def collect_inputs(source: str | Path, images_root: str | Path | None = None,
+                   out: str | Path | None = None) -> Inputs:
+    """An image, a folder (recursive) or a COCO/LVIS json (+ ``images_root``) -> :class:`Inputs`.
+
+    A folder scan leaves out ``out`` and every folder holding a vlpipe run's output, so outputs
+    are never read back as inputs. ValueError / FileNotFoundError for an input that cannot be
+    run at all (no images, duplicate image ids, no image under the root)."""
     source = Path(source)
     if source.is_dir():
-        return [Entry(p.relative_to(source).as_posix(), p) for p in iter_image_files(source)], None
+        return _folder_inputs(source, out)
     if source.suffix.lower() == ".json":
-        from .eval import load_gt
-
-        gt = load_gt(source)
-        root = Path(images_root) if images_root is not None else source.parent
-        entries = []
-        for img in gt["images"]:
-            name = img.get("file_name") or _from_url(root, img.get("coco_url", ""))
-            if not name:
-                raise ValueError(f"{source}: image {img.get('id')} has no file_name or coco_url")
-            entries.append(Entry(name, _inside(root, name, source), int(img["id"])))
-        return entries, gt
+        return _annotation_inputs(source, images_root)
     if not source.exists():
         raise FileNotFoundError(f"no such file or folder: '{source}'")
     if source.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"'{source}' is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "a folder, or a COCO/LVIS .json annotation file")
-    return [Entry(str(source), source)], None
+    return Inputs([Entry(printable_name(str(source)), source)])
+
+
+def list_inputs(source: str | Path, images_root: str | Path | None = None
+                ) -> tuple[list[Entry], dict | None]:
+    """The entries of an input and its annotation dict (see :func:`collect_inputs`)."""
+    inputs = collect_inputs(source, images_root)
+    return inputs.entries, inputs.gt
+
+
+def is_output_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a vlpipe run's output (its lock file or predictions)."""
+    return (folder / LOCK).is_file() or (folder / PREDICTIONS).is_file()
+
+
+def _folder_inputs(source: Path, out: str | Path | None) -> Inputs:
+    out_dir = Path(out).resolve() if out is not None else None
+    scan = scan_folder(source, lambda d: d.resolve() == out_dir or is_output_folder(d))
+    if not scan.images:
+        others = f" ({len(scan.others)} other file(s), e.g. '{scan.others[0].name}')" \
+            if scan.others else ""
+        raise ValueError(f"no image files in folder '{source}'{others}; images are "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+    entries = [Entry(printable_name(p.relative_to(source).as_posix()), p) for p in scan.images]
+    return Inputs(entries, None, scan.others, scan.excluded)
+
+
+def _annotation_inputs(source: Path, images_root: str | Path | None) -> Inputs:
+    from .eval import load_gt
+
+    gt = load_gt(source)
+    root = Path(images_root) if images_root is not None else source.parent
+    _check_unique_ids(source, gt["images"])
+    entries = []
+    for k, img in enumerate(gt["images"]):
+        name = img.get("file_name") or _from_url(root, img.get("coco_url", ""))
+        if not name:
+            raise ValueError(f"{source}: image {img.get('id')} has no file_name or coco_url")
+        entries.append(Entry(printable_name(name), _inside(root, name, source),
+                             _image_id(source, k, img)))
+    if entries and not any(e.path.is_file() for e in entries):
+        raise ValueError(f"none of the {len(entries)} images of {source} is under the image "
+                         f"root '{root}' (e.g. '{entries[0].path}'); pass the folder that holds "
+                         "them with --images")
+    return Inputs(entries, gt)
+
+
+def _image_id(source: Path, k: int, image: dict) -> int:
+    try:
+        return int(image["id"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{source}: images[{k}] has no integer id") from None
+
+
+def _check_unique_ids(source: Path, images: list[dict]) -> None:
+    """ValueError naming the image ids listed more than once (their detections would merge)."""
+    counts = Counter(img.get("id") for img in images)
+    repeated = sorted((str(i) for i, n in counts.items() if n > 1))
+    if repeated:
+        raise ValueError(f"{source}: image id(s) listed more than once: "
+                         f"{', '.join(repeated[:10])}{' ...' if len(repeated) > 10 else ''}")
 
 
 def _from_url(root: Path, url: str) -> str:
@@ -74,29 +150,48 @@ def _from_url(root: Path, url: str) -> str:
 
 
 def _inside(root: Path, name: str, source: Path) -> Path:
-    """root / name, refusing names that climb out of root."""
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
+    """root / name, refusing names that climb out of root (``..``, absolute). Checked on the
+    names, not on resolved paths: an image root made of symbolic links is the user's choice."""
+    climbs = os.path.normpath(name.replace("\\", "/"))
+    if os.path.isabs(climbs) or climbs == ".." or climbs.startswith("../"):
         raise ValueError(f"{source}: file_name {name!r} points outside the image root")
-    return path
+    return root / os.path.normpath(name)
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """One record per file from a predictions file: the last complete line for a file wins (a
-    failure run again with ``retry_failed``); a torn last line (killed mid-write) is cut off."""
+class PredictionsError(ValueError):
+    """A line of ``predictions.jsonl`` that is not a record; the message names file and line."""
+
+
+def read_predictions(path: Path, repair: bool = True) -> list[dict[str, Any]]:
+    """One record per entry (``file``, ``image_id``) from a predictions file: the last complete
+    line wins (a failure run again with ``retry_failed``); a torn last line (killed mid-write)
+    is ignored and, with ``repair``, cut off. A damaged line elsewhere is a
+    :class:`PredictionsError` naming its number."""
     if not path.exists():
         return []
     data = path.read_bytes()
     good = data[: data.rfind(b"\n") + 1]
-    if len(good) != len(data):
+    if repair and len(good) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(good))
-    latest: dict[str, dict[str, Any]] = {}
-    for line in good.splitlines():
+    latest: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for number, line in enumerate(good.splitlines(), 1):
         if line.strip():
-            record = json.loads(line)
-            latest[record["file"]] = record
+            record = _parse_record(path, number, line)
+            latest[record["file"], record.get("image_id")] = record
     return list(latest.values())
+
+
+def _parse_record(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PredictionsError(f"'{path}' line {number} is not a JSON record ({exc}); "
+                               "fix or delete that line and run again") from None
+    if not isinstance(record, dict) or not {"file", "error", "detections"} <= set(record):
+        raise PredictionsError(f"'{path}' line {number} is not a prediction record (it needs "
+                               "file, error and detections); fix or delete that line")
+    return record
 
 
 @dataclass
@@ -112,19 +207,21 @@ class Summary:
         return (self.done + self.failed) / self.seconds if self.seconds else 0.0
 
     def add(self, record: dict[str, Any], max_failures: int | None = None) -> None:
-        """Count one written record; raise :class:`MaxFailures` past ``max_failures``."""
+        """Count one written record; raise :class:`MaxFailures` once ``max_failures`` images
+        have failed."""
         if record["error"] is None:
             self.done += 1
             return
         self.failed += 1
         self.errors.append(f"{record['file']}: {record['error']}")
-        if max_failures is not None and self.failed > max_failures:
-            raise MaxFailures(f"stopped after {self.failed} failures "
+        if max_failures is not None and self.failed >= max_failures:
+            raise MaxFailures(f"stopped after {self.failed} failed image(s) "
                               f"(--max-failures {max_failures})", self)
 
 
 class MaxFailures(RuntimeError):
-    """Raised by :meth:`BatchRunner.run` past ``max_failures``; ``summary`` is the run so far."""
+    """Raised by :meth:`BatchRunner.run` once ``max_failures`` images have failed; ``summary``
+    is the run so far."""
 
     def __init__(self, message: str, summary: Summary) -> None:
         super().__init__(message)
@@ -138,6 +235,7 @@ class BatchRunner:
                  max_failures: int | None = None, save_vis: bool = False,
                  save_attention: bool = False, retry_failed: bool = False,
                  prefetch_depth: int = 8) -> None:
+        check_run_options(batch_size, max_failures)
         self.pipeline = pipeline
         self.out = Path(out_dir)
         self.batch_size, self.max_failures = batch_size, max_failures
@@ -146,23 +244,27 @@ class BatchRunner:
         self.prefetch_depth = prefetch_depth
 
     def run(self, entries: list[Entry], progress=None) -> Summary:
-        """Process every pending entry; ``progress(n)`` is called after each image."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        todo, skipped = pending(entries, self.out, self.retry_failed)
-        summary = Summary(skipped=skipped)
-        start = time.perf_counter()
-        try:
-            with open(self.out / PREDICTIONS, "a", encoding="utf-8") as sink:
-                for entry, image, outcome in self._results(todo):
-                    record = make_record(entry.file, entry.image_id, image, outcome, self.out,
-                                         self.save_vis, self.save_attention)
-                    append_record(sink, record)
-                    if progress is not None:
-                        progress(1)
-                    summary.add(record, self.max_failures)
-        finally:
-            summary.seconds = time.perf_counter() - start
+        """Process every pending entry; ``progress(n)`` is called after each image. Holds the
+        output folder's lock (:class:`OutputError` when another run holds it)."""
+        with lock_output(self.out):
+            todo, skipped = pending(entries, self.out, self.retry_failed)
+            summary = Summary(skipped=skipped)
+            start = time.perf_counter()
+            try:
+                self._write(todo, summary, progress)
+            finally:
+                summary.seconds = time.perf_counter() - start
         return summary
+
+    def _write(self, todo: list[Entry], summary: Summary, progress) -> None:
+        with open(self.out / PREDICTIONS, "a", encoding="utf-8") as sink:
+            for entry, image, outcome in self._results(todo):
+                record = make_record(entry.file, entry.image_id, image, outcome, self.out,
+                                     self.save_vis, self.save_attention)
+                append_record(sink, record)
+                if progress is not None:
+                    progress(1)
+                summary.add(record, self.max_failures)
 
     def _load(self, entries: list[Entry]) -> Iterator[tuple[Entry, np.ndarray | None, str | None]]:
         for entry in entries:
@@ -190,12 +292,69 @@ class BatchRunner:
 
 def pending(entries: list[Entry], out_dir: str | Path,
             retry_failed: bool = False) -> tuple[list[Entry], int]:
-    """Entries not yet in ``out_dir/predictions.jsonl`` (with ``retry_failed``, also those whose
-    record is a failure), and how many were skipped."""
-    done = {rec["file"] for rec in read_predictions(Path(out_dir) / PREDICTIONS)
-            if not (retry_failed and rec["error"] is not None)}
-    todo = [e for e in entries if e.file not in done]
+    """Entries without a record in ``out_dir/predictions.jsonl``, those whose record says their
+    file was missing when it is there now (a wrong image root, fixed), and with
+    ``retry_failed`` every failure; and how many were skipped."""
+    records = {(r["file"], r.get("image_id")): r
+               for r in read_predictions(Path(out_dir) / PREDICTIONS)}
+
+    def redo(entry: Entry) -> bool:
+        error = records[entry.key]["error"]
+        return error is not None and (retry_failed or (error.endswith(NOT_FOUND)
+                                                       and entry.path.is_file()))
+
+    todo = [e for e in entries if e.key not in records or redo(e)]
     return todo, len(entries) - len(todo)
+
+
+def check_run_options(batch_size: int, max_failures: int | None) -> None:
+    """ValueError for a batch size below 1 or a failure limit below 1."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_failures is not None and max_failures < 1:
+        raise ValueError(f"--max-failures must be at least 1, got {max_failures}")
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be used: not a folder, not writable, or another run holds it."""
+
+
+_LOCKED: set[Path] = set()  # output folders this process holds
+
+
+@contextmanager
+def lock_output(out: str | Path) -> Iterator[Path]:
+    """Create ``out`` if needed and hold its lock file (``out/vlpipe.lock``, flock: released
+    when the process ends, even killed) for the ``with`` block; re-entrant in one process.
+    Raises :class:`OutputError` when ``out`` is a file, is not writable, or another run holds
+    it."""
+    out = Path(out)
+    if out.resolve() in _LOCKED:
+        yield out
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "a+", encoding="utf-8")
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"--out '{out}' is not a folder") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out '{out}': {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise OutputError(f"another vlpipe run is writing to '{out}' (pid "
+                              f"{handle.read().strip() or '?'}); wait for it to finish or use "
+                              "another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _LOCKED.add(out.resolve())
+        try:
+            yield out
+        finally:
+            _LOCKED.discard(out.resolve())
 
 
 def append_record(sink, record: dict[str, Any]) -> None:
@@ -213,19 +372,29 @@ def make_record(file: str, image_id: int | None, image: np.ndarray | None, outco
     if isinstance(outcome, str) or outcome.error is not None:
         error = outcome if isinstance(outcome, str) else outcome.error
         return image_record(file, image_id, hw, None, error)
-    dets = outcome.outputs["detections"]
-    if save_vis:
-        save_image(out / "vis" / output_name(file, ".jpg"), annotate(image, dets))
-    if save_attention and outcome.outputs.get("maps"):
-        save_attention_maps(out / "attention", file, image, outcome.outputs["maps"])
-    return image_record(file, image_id, hw, dets)
+    save_pictures(out, file, image, outcome.outputs, save_vis, save_attention)
+    return image_record(file, image_id, hw, outcome.outputs["detections"])
+
+
+def save_pictures(out: Path, file: str, image: np.ndarray, outputs: dict[str, Any],
+                  save_vis: bool, save_attention: bool) -> list[Path]:
+    """The annotated image (``out/vis``) and attention overlays (``out/attention``) of entry
+    ``file`` when asked and the outputs have them; returns the files written."""
+    written = []
+    if save_vis and outputs.get("detections") is not None:
+        path = out / "vis" / output_name(file, ".jpg")
+        save_image(path, annotate(image, outputs["detections"]))
+        written.append(path)
+    if save_attention and outputs.get("maps"):
+        written += save_attention_maps(out / "attention", file, image, outputs["maps"])
+    return written
 
 
 def output_name(file: str, suffix: str) -> str:
-    """A safe, collision-free flat file name for an output derived from dataset entry ``file``:
-    ``a/b.jpg`` -> ``a_b-<8 hex of the entry's hash>.jpg``."""
+    """A safe, collision-free flat file name for an output derived from entry ``file``: its
+    file name plus a hash of the whole entry name (``val/a b.jpg`` -> ``a_b-<8 hex>.jpg``)."""
     digest = hashlib.sha1(file.encode("utf-8")).hexdigest()[:8]
-    return f"{safe_filename(str(Path(file).with_suffix('')))}-{digest}{suffix}"
+    return f"{safe_filename(PurePath(file).stem)}-{digest}{suffix}"
 
 
 def save_image(path: Path, rgb: np.ndarray) -> None:
@@ -235,16 +404,19 @@ def save_image(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path, quality=90)
 
 
-def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> None:
-    """One heat-map overlay per object map (full-image views only)."""
+def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> list[Path]:
+    """One heat-map overlay per object map (full-image views only); returns the files."""
     from .agents.points import resize_map
 
+    written = []
     for k, m in enumerate(x for x in maps if x.view == 0):
         heat = resize_map(m.map, m.region, image.shape[:2])
         lo, hi = float(heat.min()), float(heat.max())
         heat = (heat - lo) / (hi - lo) if hi > lo else heat * 0
-        save_image(folder / output_name(file, f"-{k:03d}-{safe_filename(m.name)}.jpg"),
-                   heatmap_overlay(image, heat))
+        path = folder / output_name(file, f"-{k:03d}-{safe_filename(m.name)}.jpg")
+        save_image(path, heatmap_overlay(image, heat))
+        written.append(path)
+    return written
 
 
 def write_results(out_dir: str | Path, gt: dict, clip: str | None = None, top_k: int = 1) -> Path:

@@ -3,11 +3,14 @@ tiny random ones."""
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+HUB_PROBE_SECONDS = 3.0
 
 
 class WeightsNotFound(RuntimeError):
@@ -41,19 +44,48 @@ def hf_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def fetch_hint(model: str, kind: str) -> str:
+def hub_offline() -> bool:
+    """Whether huggingface_hub runs offline (``HF_HUB_OFFLINE``, read when it was imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@functools.cache
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, or None when it answers:
+    one request with a short timeout and no retries (the hub client retries a dead network for
+    minutes). Asked once per process."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any transport error of the HTTP client means "no"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def fetch_hint(model: str, kind: str, unreachable: str | None = None) -> str:
     """The message for weights that could not be found."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    from huggingface_hub import constants
+
+    if hub_offline():
+        why = " and HF_HUB_OFFLINE is set"
+    elif unreachable is not None:
+        why = f" and the hub ({constants.ENDPOINT}) cannot be reached ({unreachable})"
+    else:
+        why = ""
     return (f"cannot load the {kind} model {model!r}: it is not a local folder and it is not in "
-            f"the Hugging Face cache ({hf_cache_dir()})"
-            + (" and HF_HUB_OFFLINE is set" if offline else "")
-            + f". Fetch it on a machine with internet: `hf download {model}` "
-            f"(or `huggingface-cli download {model}`), or pass a local path.")
+            f"the Hugging Face cache ({hf_cache_dir()}){why}. Fetch it on a machine with "
+            f"internet: `hf download {model}` (or `huggingface-cli download {model}`), or pass "
+            "a local path.")
 
 
 def from_pretrained(cls: Any, model: str, kind: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained(model, **kwargs)`` with a clear error when weights are missing.
 
+    When the hub cannot be reached (and the hub client is not offline already), only the cache
+    is read, so a missing model fails in seconds instead of after minutes of retries.
     ``trust_remote_code`` is passed through only when the caller set it explicitly.
     """
     local = Path(model).expanduser()
@@ -61,10 +93,13 @@ def from_pretrained(cls: Any, model: str, kind: str, **kwargs: Any) -> Any:
         model = str(local)
     elif model.startswith((".", "/", "~")):
         raise WeightsNotFound(f"cannot load the {kind} model: no folder {str(local)!r}")
+    unreachable = None if local.exists() or hub_offline() else hub_unreachable()
+    if unreachable is not None:
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return cls.from_pretrained(model, **kwargs)
     except OSError as exc:  # transformers raises OSError for missing repos/files
-        raise WeightsNotFound(fetch_hint(model, kind) + f" ({exc.__class__.__name__}: "
+        raise WeightsNotFound(fetch_hint(model, kind, unreachable) + f" ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]})") from None
 
 

@@ -227,6 +227,20 @@ class _MllmNode(Node):
         self.model_id, self.dtype, self.trust_remote_code = model, dtype, trust_remote_code
         self.image_fit, self.endpoint = image_fit, endpoint
 
+    MAX_NEW_TOKENS = 4096
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens one generate call may add (the nodes that generate set it from their params,
+        checked here to 1..MAX_NEW_TOKENS when the pipeline is built, before any model loads)."""
+        return self._max_new_tokens
+
+    @max_new_tokens.setter
+    def max_new_tokens(self, value: int) -> None:
+        if not 1 <= value <= self.MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be 1..{self.MAX_NEW_TOKENS}, got {value}")
+        self._max_new_tokens = value
+
     @property
     def mllm(self) -> Mllm:
         if self.endpoint:

@@ -1,7 +1,9 @@
 """OCR backends: read text lines (quadrilateral + text + score) from RGB images.
 
 ``RapidOcrBackend`` (default) runs the ONNX PP-OCR models shipped inside the ``rapidocr`` wheel,
-so it works offline. ``PaddleOcrBackend`` is optional (``pip install "vlpipe[paddle]"``).
+so it works offline; a line-shaped image (or crop) in which its detector finds no text box is
+read as one line by the angle classifier and the recognizer alone. ``PaddleOcrBackend`` is
+optional (``pip install "vlpipe[paddle]"``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def _crop_boxes(image: np.ndarray, boxes: np.ndarray) -> list[tuple[np.ndarray, 
     return out
 
 
+LINE_ASPECT = 2.0  # an image at least this many times wider than high may be one text line
+
+
+def _line_shaped(image: np.ndarray) -> bool:
+    h, w = image.shape[:2]
+    return h > 0 and w >= LINE_ASPECT * h
+
+
 class _OcrBase(ABC):
     """Shared ``read`` logic: whole image or inside boxes, quads mapped to full-image pixels."""
 
@@ -128,18 +138,29 @@ class RapidOcrBackend(_OcrBase):
                     self._engine = RapidOCR(params=self.params)
         return self._engine
 
-    def _call(self, bgr: np.ndarray, rec: bool):
+    def _call(self, bgr: np.ndarray, det: bool = True, rec: bool = True):
         eng = self.engine
         # RapidOCR stores per-call flags on the instance, so always pass all of them.
         use_cls = bool(eng.cfg.Global.use_cls) and rec
         with self._lock:
-            return eng(bgr, use_det=True, use_cls=use_cls, use_rec=rec)
+            return eng(bgr, use_det=det, use_cls=use_cls, use_rec=rec)
 
     def _read_bgr(self, bgr: np.ndarray) -> list[TextLine]:
-        res = self._call(bgr, rec=True)
+        res = self._call(bgr)
         if getattr(res, "boxes", None) is None or getattr(res, "txts", None) is None:
-            return []
+            return self._read_as_one_line(bgr) if _line_shaped(bgr) else []
         return [TextLine(str(t), float(s), np.asarray(b)) for b, t, s in zip(res.boxes, res.txts, res.scores)]
+
+    def _read_as_one_line(self, bgr: np.ndarray) -> list[TextLine]:
+        """The whole image read as one text line: the angle classifier and recognition without
+        detection, which finds no box in a tight crop of a line. Kept when the recognition
+        score reaches ``Global.text_score``; the line's box is the whole image."""
+        res = self._call(bgr, det=False)
+        texts, scores = getattr(res, "txts", None) or (), getattr(res, "scores", None) or ()
+        if not texts or not str(texts[0]).strip() or scores[0] < self.engine.cfg.Global.text_score:
+            return []
+        h, w = bgr.shape[:2]
+        return [TextLine(str(texts[0]).strip(), scores[0], [[0, 0], [w, 0], [w, h], [0, h]])]
 
     def detect_boxes(self, image: np.ndarray) -> np.ndarray:
         """Text-region quads ((N, 4, 2) float32) from the detection model only (no recognition)."""

@@ -128,10 +128,11 @@ class Executor:
             yield from self.run_batch(batch)
 
     def run_batch(self, items: list[dict[str, Any]]) -> list[Result]:
-        """Run a list of items through the whole plan."""
-        values: list[dict[PortRef, Any]] = [
-            {PortRef(INPUT, k): v for k, v in item.items()} for item in items]
+        """Run a list of items through the whole plan. Each item must give exactly the graph's
+        inputs (TypeError otherwise); a value that is not of its input's type (an image that is
+        no image) is that item's error, and the other items go on."""
         results = [Result(outputs={}) for _ in items]
+        values = [self._inputs(item, result) for item, result in zip(items, results)]
         for name in self.plan:
             ready = []
             for i, result in enumerate(results):
@@ -152,6 +153,23 @@ class Executor:
         return results
 
     # -- internals ------------------------------------------------------------------------------
+    def _inputs(self, item: dict[str, Any], result: Result) -> dict[PortRef, Any]:
+        """An item's input values, checked against the graph's inputs (see :meth:`run_batch`)."""
+        declared = self.graph.inputs
+        problems = [f"{what} input(s) {', '.join(map(repr, names))}" for what, names in (
+            ("missing", [k for k in declared if k not in item]),
+            ("unknown", [k for k in item if k not in declared])) if names]
+        if problems:
+            raise TypeError(f"{'; '.join(problems)} (the graph's inputs: "
+                            f"{', '.join(declared) or 'none'})")
+        values = {}
+        for key, value in item.items():
+            try:
+                values[PortRef(INPUT, key)] = _check_input(declared[key], value)
+            except ValueError as exc:
+                result.error = f"input {key!r}: {exc}"
+        return values
+
     def _gather(self, name: str, values: dict[PortRef, Any]) -> dict[str, Any] | None:
         """The node's inputs for one item, or None when it must be skipped."""
         cond = self.graph.when.get(name)
@@ -213,6 +231,18 @@ class Executor:
             self.trace.events.append(NodeEvent(
                 node.name, start, time.perf_counter() - start, len(batch), _rss_mb(),
                 cuda.max_memory_allocated() / 2**20 if cuda is not None else None, failed))
+
+
+def _check_input(kind: str, value: Any) -> Any:
+    """A graph input in the form its type's nodes expect: images as (H, W, 3) uint8 RGB
+    (:func:`vlpipe.io.as_rgb_image`), text as str; ValueError when it cannot be."""
+    if kind == "image":
+        from ..io import as_rgb_image
+
+        return as_rgb_image(value)
+    if kind == "text" and not isinstance(value, str):
+        raise ValueError(f"expected text (str), got {type(value).__name__}")
+    return value
 
 
 def _unskip(value: Any) -> Any:
