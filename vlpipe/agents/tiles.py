@@ -271,17 +271,18 @@ def merge_detections(
 def _compact_union(masks: sv.CompactMask, keep: np.ndarray, group: np.ndarray,
                    absorbed: np.ndarray) -> sv.CompactMask:
     """NMM's mask OR on crop-RLE masks: keeper ``keep[g]`` ORed with every ``absorbed`` ``i`` of
-    ``group[i] == g``, each union painted on the crop that spans its members' crops only."""
+    ``group[i] == g``, each union painted on the crop that spans its members' crops only. Runs of
+    keepers that absorbed nothing are taken over in one selection each."""
     members: dict[int, list[int]] = {}
     for i in absorbed:
         members.setdefault(int(group[i]), []).append(int(i))
     boxes = masks.bbox_xyxy  # (N, 4) inclusive crop boxes
-    out = []
-    for g, k in enumerate(keep):
-        if g not in members:
-            out.append(masks[[k]])
-            continue
-        idx = [int(k), *members[g]]
+    out, start = [], 0
+    for g in sorted(members):
+        if start < g:
+            out.append(masks[keep[start:g]])
+        start = g + 1
+        idx = [int(keep[g]), *members[g]]
         x0, y0 = boxes[idx, :2].min(0)
         x1, y1 = boxes[idx, 2:].max(0)
         canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
@@ -292,4 +293,6 @@ def _compact_union(masks: sv.CompactMask, keep: np.ndarray, group: np.ndarray,
         whole = np.array([[0, 0, canvas.shape[1] - 1, canvas.shape[0] - 1]])
         out.append(sv.CompactMask.from_dense(canvas[None], whole, canvas.shape)
                    .with_offset(int(x0), int(y0), new_image_shape=masks.image_shape))
+    if start < len(keep):
+        out.append(masks[keep[start:]])
     return sv.CompactMask.merge(out)
