@@ -15,7 +15,8 @@ Answers do not depend on weights, so they are forced: every question generates e
 fixed answer of the same length naming objects, which the recipe parses, maps and segments as it
 would a real answer. Speed cannot depend on the weights, so this is an honest speed measure.
 
-The recipe runs once to load the models and warm up, then ``--images`` times on a fresh trace;
+A one-view, one-question run loads the models and warms up, then the recipe runs ``--images``
+times on a fresh trace;
 printed: seconds per image per node (the pipeline's Trace), total, process peak RSS and peak
 GPU memory. ``--json`` prints as last line
 ``{"seconds_per_image": .., "device": .., "nodes": {name: seconds}, ...}``.
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from vlpipe.agents.mllm import Generation, Mllm  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import Pipeline  # noqa: E402
+from vlpipe.pipeline.models import ModelPool  # noqa: E402
 from vlpipe.tiny import LLAVA_TEMPLATE, _word_tokenizer  # noqa: E402
 
 IMAGE = ROOT.parent / "shared/data/images/truck.jpg"
@@ -103,10 +105,10 @@ def build_sam(out: Path, scale: str, device: str, dtype: torch.dtype) -> Path:
     return out
 
 
-def force_answers(answer_tokens: int) -> None:
-    """Make every ``Mllm.generate`` produce exactly ``answer_tokens`` tokens, then hand on the fixed
-    answer :data:`ANSWER` cut to the same length (its names are what the recipe parses)."""
-    real = Mllm.generate
+def forced_generate(real, answer_tokens: int):
+    """A replacement for ``Mllm.generate`` (``real``) that generates exactly ``answer_tokens`` tokens
+    per prompt (EOS held back until then), then hands on the fixed answer :data:`ANSWER` cut to
+    the same length (its names are what the recipe parses)."""
 
     def generate(self, images, prompts, max_new_tokens=None, fit="pad"):
         cfg = self.model.generation_config
@@ -117,7 +119,7 @@ def force_answers(answer_tokens: int) -> None:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return [Generation(g.prompt_ids, ids, text, False) for g in gens]
 
-    Mllm.generate = generate
+    return generate
 
 
 def main() -> None:
@@ -146,17 +148,20 @@ def main() -> None:
         llava = build_llava(Path(tmp) / "llava", args.scale, args.device, dtype)
         sam = build_sam(Path(tmp) / "sam", args.scale, args.device, dtype)
         print(f"built {args.scale} models in {time.perf_counter() - t:.1f} s")
-        force_answers(args.answer_tokens)
-        pipe = Pipeline.load("detect", mllm=str(llava), sam=str(sam), sam_backend="hf",
-                             questions=args.questions, rounds=args.rounds, tiles=args.tiles,
-                             max_new_tokens=args.answer_tokens, device=args.device,
-                             dtype=str(dtype).removeprefix("torch."))
+        Mllm.generate = forced_generate(Mllm.generate, args.answer_tokens)
+        pool = ModelPool()
+
+        def detect(**params) -> Pipeline:
+            return Pipeline.load("detect", pool, mllm=str(llava), sam=str(sam), sam_backend="hf",
+                                 max_new_tokens=args.answer_tokens, device=args.device,
+                                 dtype=str(dtype).removeprefix("torch."), **params)
+
         t = time.perf_counter()
-        warm = pipe.run(image=image)
+        warm = detect(questions=1, rounds=1, tiles="1x1").run(image=image)  # loads the models
         if warm.error:
             raise SystemExit(warm.error)
-        print(f"warm-up run (loads the models) {time.perf_counter() - t:.1f} s")
-        pipe.executor.trace.events.clear()
+        print(f"warm-up run (one view, one question; loads the models) {time.perf_counter() - t:.1f} s")
+        pipe = detect(questions=args.questions, rounds=args.rounds, tiles=args.tiles)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
