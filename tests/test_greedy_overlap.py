@@ -57,10 +57,10 @@ def test_greedy_owner_matches_reference(seed, iou, thr):
 @pytest.mark.parametrize("metric", ["iou", "ios"])
 def test_piled_up_boxes_fall_back_to_the_loop(metric):
     boxes, scores = _boxes(500, 3, canvas=40.0)  # everything overlaps everything
-    graph = greedy_owner(boxes, scores, None, metric, 0.3)
+    graph = greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=None)
     assert overlap_edges(boxes, np.argsort(np.argsort(-scores, kind="stable")), np.zeros(500, int),
-                         metric == "iou", 0.3, max_edges=100) is None
-    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_edges=100), graph)
+                         metric == "iou", 0.3, max_candidates=10) is None
+    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=10), graph)
     np.testing.assert_array_equal(graph, _ref_owner(boxes.tolist(), scores.tolist(), [0] * 500, metric == "iou", 0.3))
 
 
