@@ -50,8 +50,10 @@ def _boxes(n, seed, canvas=400.0):
 def test_greedy_owner_matches_reference(seed, iou, thr):
     boxes, scores = _boxes(300, seed)
     classes = np.random.default_rng(seed).choice([-3, 7, 1000], len(boxes))
-    got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr)
-    np.testing.assert_array_equal(got, _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, thr))
+    want = _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, thr)
+    for max_candidates in (None, 0, 32):  # the overlap graph, the keeper loop, the default choice
+        got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr, max_candidates)
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("metric", ["iou", "ios"])
@@ -95,5 +97,5 @@ def test_loop_equals_graph_on_crowded_scene():
     scores, classes = rng.random(3000), rng.integers(0, 4, 3000)
     rank = np.argsort(np.argsort(-scores, kind="stable"))
     for metric in ("iou", "ios"):
-        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5),
+        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5, max_candidates=None),
                                       greedy_owner_loop(boxes, rank, classes, metric == "iou", 0.5))
