@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["greedy_owner", "overlap_edges", "resolve_greedy"]
+__all__ = ["greedy_owner", "greedy_owner_loop", "overlap_edges", "resolve_greedy"]
 
 # candidate pairs examined per vectorized block (bounds the temporaries, ~100 MB)
 _PAIR_BLOCK = 2_000_000
@@ -129,7 +129,7 @@ def greedy_owner(
     classes: np.ndarray | None = None,
     metric: Literal["iou", "ios"] = "iou",
     threshold: float = 0.5,
-    max_candidates: float = 32.0,
+    max_candidates: float | None = 32.0,
 ) -> np.ndarray:
     """Greedy NMS/NMM assignment: (N, 4), (N,), (N,) -> owner (N,) int.
 
