@@ -70,8 +70,10 @@ def overlap_edges(
     total = np.cumsum(count)
     bounds = np.searchsorted(total, np.arange(0, int(total[-1]), _PAIR_BLOCK), side="right")
     for a, b in zip(bounds, [*bounds[1:], len(count)]):
-        p = np.repeat(np.arange(a, b) % len(key), count[a:b])
-        q = np.repeat(lo[a:b] - (total[a:b] - count[a:b]), count[a:b]) + np.arange(total[a - 1] if a else 0, total[b - 1])
+        base = total[a - 1] if a else 0  # pairs before this block
+        p = np.repeat((np.arange(a, b) % len(key)).astype(np.int32), count[a:b])
+        q = np.repeat((lo[a:b] - (total[a:b] - count[a:b] - base)).astype(np.int32), count[a:b])
+        q += np.arange(total[b - 1] - base, dtype=np.int32)
         ih = np.minimum(y1[p], y1[q])
         ih -= np.maximum(y0[p], y0[q])
         keep = ih > 0
