@@ -21,15 +21,14 @@ NMS kept set and NMM only changes the geometry of what is kept.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import supervision as sv
-import torch
-import torchvision
+
+from vlpipe.agents.greedy_overlap import greedy_owner
 
 __all__ = [
     "Tile",
@@ -156,78 +155,12 @@ def _class_codes(dets: sv.Detections) -> np.ndarray:
     """(N,) int codes of the normalized class name (falls back to class_id, then one class)."""
     names = dets.data.get("class_name")
     if names is not None:
-        norm = np.array([str(n).strip().lower() for n in names], dtype=object)
-        return np.unique(norm, return_inverse=True)[1].reshape(-1)
+        distinct, code = np.unique(np.asarray(names), return_inverse=True)
+        norm = np.array([str(n).strip().lower() for n in distinct], dtype=object)
+        return np.unique(norm, return_inverse=True)[1].reshape(-1)[code.reshape(-1)]
     if dets.class_id is not None:
         return np.asarray(dets.class_id).reshape(-1)
     return np.zeros(len(dets), dtype=np.int64)
-
-
-def greedy_owner(
-    xyxy: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray | None = None,
-    metric: Literal["iou", "ios"] = "iou",
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """Greedy NMS/NMM assignment: (N, 4), (N,), (N,) -> owner (N,) int.
-
-    Boxes are visited by score descending (stable); an unassigned box becomes a keeper
-    (``owner[i] == i``) and takes every unassigned box of its class (``classes=None``:
-    any class) whose overlap with the keeper's box is ``> threshold``. The NMS kept set
-    is ``owner == arange(N)``; NMM merges each group ``owner == k`` into ``k``.
-
-    No N x N matrix: per class, boxes are sorted by x0 once and each keeper only tests
-    the contiguous window of boxes with x0 in ``[x0_k - max_width, x1_k)``, so memory is
-    O(N) and time about O(keepers * window) (O(keepers * N) in the worst case).
-    """
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    n = len(xyxy)
-    owner = np.full(n, -1, dtype=np.int64)
-    if n == 0:
-        return owner
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")] = np.arange(n)
-    cls = np.zeros(n, dtype=np.int64) if classes is None else np.asarray(classes).reshape(-1)
-    for c in np.unique(cls):
-        idx = np.flatnonzero(cls == c)
-        owner[idx] = idx[_greedy_one_class(xyxy[idx], rank[idx], metric == "iou", threshold)]
-    return owner
-
-
-def _greedy_one_class(xyxy: np.ndarray, rank: np.ndarray, iou: bool, thr: float) -> np.ndarray:
-    """Greedy assignment within one class: (M, 4), rank (M,) -> owner (M,) local indices."""
-    m = len(xyxy)
-    by_x = np.argsort(xyxy[:, 0], kind="stable")
-    x0, y0, x1, y1 = (np.ascontiguousarray(xyxy[by_x, i]) for i in range(4))
-    area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    pos = np.empty(m, dtype=np.int64)  # local index -> position in x order
-    pos[by_x] = np.arange(m)
-    free = np.ones(m, dtype=bool)  # by x order
-    owner = np.full(m, -1, dtype=np.int64)
-    max_w = max(float((x1 - x0).max()), 0.0)
-    x0_list = x0.tolist()
-    for k in np.argsort(rank, kind="stable").tolist():
-        p = pos[k]
-        if not free[p]:
-            continue
-        free[p] = False
-        owner[k] = k
-        bx0, by0, bx1, by1, a = x0_list[p], y0[p], x1[p], y1[p], area[p]
-        lo, hi = bisect_left(x0_list, bx0 - max_w), bisect_left(x0_list, bx1)
-        iw = np.minimum(x1[lo:hi], bx1) - np.maximum(x0[lo:hi], bx0)
-        ih = np.minimum(y1[lo:hi], by1) - np.maximum(y0[lo:hi], by0)
-        inter = np.maximum(iw, 0.0, out=iw) * np.maximum(ih, 0.0, out=ih)
-        denom = area[lo:hi] + (a - inter) if iou else np.minimum(area[lo:hi], a)
-        hit = inter > thr * denom  # == inter / denom > thr, and False where denom == 0
-        hit &= free[lo:hi]
-        j = np.flatnonzero(hit) + lo
-        if len(j):
-            free[j] = False
-            owner[by_x[j]] = k
-    return owner
 
 
 def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarray:
@@ -269,11 +202,6 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
     return out
 
 
-# torchvision's CPU nms is O(N * kept) scalar C++; below this size it beats the windowed
-# greedy pass, above it loses (bench/merge.py: 10k crowded boxes ~0.24 s vs ~0.16 s).
-_TORCHVISION_MAX = 4096
-
-
 def merge_detections(
     dets: sv.Detections,
     *,
@@ -290,8 +218,8 @@ def merge_detections(
     masks, max score (the keeper's), keeper's class name and other fields. Matching is
     per normalized ``class_name`` unless ``class_agnostic``. Returns the kept
     detections (K,) in descending score order; masks (K, H, W) or None.
-    NMS + IoU on up to ``_TORCHVISION_MAX`` boxes uses ``torchvision.ops.(batched_)nms``;
-    everything else uses the windowed greedy pass of :func:`greedy_owner` (O(N) memory).
+    The greedy pass is :func:`~vlpipe.agents.greedy_overlap.greedy_owner` (sparse overlap graph,
+    no N x N matrix).
 
     Like SAHI's ``greedy_nmm`` a single pass matches against each keeper's original
     box, so if a *fragment* outscores the full-image detection, a second fragment that
@@ -309,17 +237,6 @@ def merge_detections(
     scores = np.zeros(n) if dets.confidence is None else np.asarray(dets.confidence, dtype=np.float64)
     classes = None if class_agnostic else _class_codes(dets)
     order = np.argsort(-scores, kind="stable")
-
-    if method == "nms" and metric == "iou" and n <= _TORCHVISION_MAX:
-        # torchvision fast path; rank scores make ties follow the stable order exactly
-        boxes = torch.from_numpy(xyxy[order])
-        rank = torch.arange(n, 0, -1, dtype=torch.float64)
-        if classes is None:
-            keep_sorted = torchvision.ops.nms(boxes, rank, threshold)
-        else:
-            keep_sorted = torchvision.ops.batched_nms(boxes, rank, torch.from_numpy(classes[order]), threshold)
-        keep = order[np.sort(keep_sorted.numpy())]
-        return dets[keep]
 
     owner = greedy_owner(xyxy, scores, classes, metric, threshold)
     keep = order[owner[order] == order]
@@ -354,17 +271,18 @@ def merge_detections(
 def _compact_union(masks: sv.CompactMask, keep: np.ndarray, group: np.ndarray,
                    absorbed: np.ndarray) -> sv.CompactMask:
     """NMM's mask OR on crop-RLE masks: keeper ``keep[g]`` ORed with every ``absorbed`` ``i`` of
-    ``group[i] == g``, each union painted on the crop that spans its members' crops only."""
+    ``group[i] == g``, each union painted on the crop that spans its members' crops only. Runs of
+    keepers that absorbed nothing are taken over in one selection each."""
     members: dict[int, list[int]] = {}
     for i in absorbed:
         members.setdefault(int(group[i]), []).append(int(i))
     boxes = masks.bbox_xyxy  # (N, 4) inclusive crop boxes
-    out = []
-    for g, k in enumerate(keep):
-        if g not in members:
-            out.append(masks[[k]])
-            continue
-        idx = [int(k), *members[g]]
+    out, start = [], 0
+    for g in sorted(members):
+        if start < g:
+            out.append(masks[keep[start:g]])
+        start = g + 1
+        idx = [int(keep[g]), *members[g]]
         x0, y0 = boxes[idx, :2].min(0)
         x1, y1 = boxes[idx, 2:].max(0)
         canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
@@ -375,4 +293,6 @@ def _compact_union(masks: sv.CompactMask, keep: np.ndarray, group: np.ndarray,
         whole = np.array([[0, 0, canvas.shape[1] - 1, canvas.shape[0] - 1]])
         out.append(sv.CompactMask.from_dense(canvas[None], whole, canvas.shape)
                    .with_offset(int(x0), int(y0), new_image_shape=masks.image_shape))
+    if start < len(keep):
+        out.append(masks[keep[start:]])
     return sv.CompactMask.merge(out)

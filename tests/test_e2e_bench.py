@@ -1,0 +1,44 @@
+"""bench/e2e.py's forced answers: a fixed length and names the recipe parses (tiny LLaVA)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = str(Path(__file__).resolve().parents[1] / "bench")
+sys.path.insert(0, BENCH)
+try:
+    from e2e import ANSWER, forced_generate
+finally:
+    while BENCH in sys.path:
+        sys.path.remove(BENCH)
+
+from vlpipe.agents.mllm import Mllm, ObjectListNode  # noqa: E402
+from vlpipe.agents.tiles import Tile  # noqa: E402
+from vlpipe.agents.views import View  # noqa: E402
+from vlpipe.pipeline.models import ModelPool  # noqa: E402
+
+
+def test_forced_answers_have_the_length_and_parse_into_names(tiny_models, monkeypatch):
+    calls = []
+    real = Mllm.generate
+
+    def counting(self, images, prompts, max_new_tokens=None, fit="pad"):
+        gens = real(self, images, prompts, max_new_tokens, fit)
+        calls.append((max_new_tokens, self.model.generation_config.min_new_tokens))
+        return gens
+
+    monkeypatch.setattr(Mllm, "generate", forced_generate(counting, 7))
+    node = ObjectListNode("objects", model=str(tiny_models / "llava"), questions=2, device="cpu")
+    node.pool = ModelPool()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    view = View(image, Tile(0, 0, 64, 48), (48, 64))
+    out = node.run([{"views": [view]}])[0]["objects"]
+    assert calls == [(7, 7)]  # the real generate ran once for both questions, at the forced length
+    assert len(out) == 2
+    for obj in out:
+        assert len(obj.generation.answer_ids) == 7
+        assert obj.generation.text.replace(" ", "") == "".join(ANSWER.split()[:7])
+        assert [name for name, _ in obj.names] == ["dog", "car"]  # the parser drops the colour
