@@ -125,3 +125,20 @@ def test_float16_input_gives_float32_output():
     half = attention_flow(layer.half() for layer in layers)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, rtol=5e-3, atol=0)
+
+
+@pytest.mark.parametrize("head_weighting", [True, False])
+def test_without_flow_only_the_last_layer_counts(head_weighting):
+    """flow=False: the last layer's (weighted) mean over heads, earlier layers ignored; with
+    neither weighting nor regularization, VL-SAM's 'last-layer mean attention'."""
+    layers = [layer.float() for layer in causal_layers(3, 4, 6, seed=5)]
+    acc = AttentionFlow(head_weighting=head_weighting, regularize=False, flow=False)
+    for layer in layers:
+        acc.update(layer)
+    last = layers[-1].double()
+    expected = torch.zeros(6, 6, dtype=torch.float64)
+    for h in range(4):
+        w = sum(max(last[h, i, j] for j in range(6)) for i in range(6)) / 6 if head_weighting else 1.0
+        expected += w * last[h] / 4
+    assert acc.num_layers == 3
+    torch.testing.assert_close(acc.result.double(), expected, rtol=1e-6, atol=1e-6)

@@ -4,7 +4,6 @@ refinement rounds under the merge, and the defaults' AP on crowded synthetic sce
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,12 @@ import pytest
 import supervision as sv
 import torch
 
-BENCH = str(Path(__file__).resolve().parents[1] / "bench")
-sys.path.insert(0, BENCH)
-try:
-    from oracle import run_oracle
-    from oracle_world import FAMILIES, family_processor, oracle_pipeline
-finally:  # bench/ray.py must not shadow the ray package for the other tests
-    while BENCH in sys.path:
-        sys.path.remove(BENCH)
+from conftest import import_bench
+
+oracle, oracle_world = import_bench("oracle", "oracle_world")
+run_oracle = oracle.run_oracle
+FAMILIES, family_processor, oracle_pipeline = (
+    oracle_world.FAMILIES, oracle_world.family_processor, oracle_world.oracle_pipeline)
 
 from vlpipe.agents.layouts import fit_image, token_grid  # noqa: E402
 from vlpipe.agents.sam import SamNode  # noqa: E402

@@ -172,12 +172,12 @@ def render_scene(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, 
     """(image (H, W, 3) uint8 RGB, [(category index, (H, W) bool mask), ...] non-empty only)."""
     image = _background(rng, w, h)
     instances = []
+    shade = 1.0 - 0.18 * ((np.add.outer(np.arange(h), np.arange(w)) // 6) % 2)  # stripes
     for cat, cx, cy, r in _plan_scene(rng, w, h):
         mask = draw_shape(CATEGORIES[cat].name, (h, w), cx, cy, r, rng)
         if not mask.any():
             continue
         colour = np.clip(np.array(CATEGORIES[cat].colour) + rng.integers(-12, 13, 3), 0, 255)
-        shade = 1.0 - 0.18 * ((np.add.outer(np.arange(h), np.arange(w)) // 6) % 2)  # stripes
         image[mask] = np.clip(colour[None] * shade[mask][:, None], 0, 255).astype(np.uint8)
         instances.append((cat, mask))
     return image, instances

@@ -27,12 +27,15 @@ FILLER_WORDS = [",", ".", "and", "a", "an", "the", "there", "is", "are", "in", "
 SEED = 0
 
 
-def _word_tokenizer(special: list[str], extra_special: list[str], chat_template: str):
-    """A WordLevel fast tokenizer over OBJECT_WORDS + FILLER_WORDS; specials first."""
+def _word_tokenizer(special: list[str], extra_special: list[str], chat_template: str,
+                    words: list[str] | None = None):
+    """A WordLevel fast tokenizer over ``words`` (default FILLER_WORDS + OBJECT_WORDS); specials
+    first."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(special + extra_special + FILLER_WORDS + OBJECT_WORDS)}
+    words = FILLER_WORDS + OBJECT_WORDS if words is None else words
+    vocab = {tok: i for i, tok in enumerate(special + extra_special + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -37,12 +37,16 @@ class AttentionFlow:
         S'_l[:, j] *= (j + 1) / N        (with regularization: 1 - (L0_j - 1)/N, L0_j = N - j)
         R_l = (I + S'_l) @ (I + R_{l-1}),  R_0 = 0
 
-    Only R (N, N) float32 is kept; layers are never stored.
+    Only R (N, N) float32 is kept; layers are never stored. With ``flow=False`` the result is the
+    last layer's S'_L alone (no flow: with neither head weighting nor regularization, the
+    last layer's mean attention over heads, VL-SAM's first ablation row).
     """
 
-    def __init__(self, head_weighting: bool = True, regularize: bool = True) -> None:
+    def __init__(self, head_weighting: bool = True, regularize: bool = True,
+                 flow: bool = True) -> None:
         self.head_weighting = head_weighting
         self.regularize = regularize
+        self.flow = flow
         self.num_layers = 0
         self._flow: Tensor | None = None
 
@@ -85,6 +89,10 @@ class AttentionFlow:
         if self.regularize:
             s.mul_(torch.arange(1, n + 1, dtype=torch.float32, device=s.device) / n)
 
+        if not self.flow:  # keep the last layer's S' only
+            self._flow = s
+            self.num_layers += 1
+            return
         if self._flow is None:  # R_1 = (I + S'_1) @ I
             self._flow = s
         else:  # (I + S)(I + R) = I + R + (S + S @ R)

@@ -121,8 +121,10 @@ class Mllm:
 
     @torch.inference_mode()
     def flow(self, image: np.ndarray, prompt: str, answer_ids: torch.Tensor,
-             head_weighting: bool = True, regularize: bool = True, fit: str = "pad"):
-        """Teacher-forced pass over prompt + answer; returns (R (N, N) float32 flow,
+             head_weighting: bool = True, regularize: bool = True, fit: str = "pad",
+             flow: bool = True):
+        """Teacher-forced pass over prompt + answer; returns (R (N, N) float32 flow (the last
+        layer's S' with ``flow=False``, see :class:`AttentionFlow`),
         image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1) in ``image``'s
         pixels, prompt length)."""
         inputs = self.encode([image], [prompt], fit)
@@ -132,7 +134,7 @@ class Mllm:
         if "mm_token_type_ids" in inputs:  # Qwen2-VL marks image tokens; text tokens are 0
             extra = torch.zeros_like(answer_ids[None]).to(inputs["mm_token_type_ids"])
             inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
-        acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize)
+        acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize, flow=flow)
         with self._flow_attention(acc, head_weighting):
             self.model(**inputs)
         fitted, offset = self.fit(image, fit)
@@ -311,16 +313,20 @@ class ObjectListNode(_MllmNode):
 
 
 class AttentionMapNode(_MllmNode):
-    """views + objects -> maps: one teacher-forced pass per answer, one VL-SAM map per name."""
+    """views + objects -> maps: one teacher-forced pass per answer, one VL-SAM map per name.
+
+    ``head_weighting``, ``regularize``, ``flow``: the VL-SAM steps, each can be turned off for
+    ablations (``flow: false`` reads the last layer's attention only)."""
 
     inputs = {"views": "views", "objects": "object_lists"}
     outputs = {"maps": "object_maps"}
     max_batch = 1
 
     def __init__(self, name: str, *, head_weighting: bool = True, regularize: bool = True,
-                 **kw) -> None:
+                 flow: bool = True, **kw) -> None:
         super().__init__(name, **kw)
         self.head_weighting, self.regularize = bool(head_weighting), bool(regularize)
+        self.flow = bool(flow)
 
     def run(self, batch):
         mllm = self.mllm
@@ -333,7 +339,7 @@ class AttentionMapNode(_MllmNode):
                 view = item["views"][obj.view]
                 R, positions, grid, region, prompt_len = mllm.flow(
                     view.image, obj.prompt, obj.generation.answer_ids,
-                    self.head_weighting, self.regularize, self.image_fit)
+                    self.head_weighting, self.regularize, self.image_fit, self.flow)
                 for name, tokens in obj.names:
                     m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
                     maps.append(ObjectMap(name, obj.view, obj.question, m, region))

@@ -1,0 +1,239 @@
+"""The attention path measured: a tiny LLaVA trained on synthetic scenes, the oracle segmenter.
+
+    python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes] [--scenes 20] [--seed 0]
+                              [--questions 10] [--json]
+
+On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; the model was
+trained on scenes of another random stream, ``bench/train_tiny.py``), the detect recipe runs
+with the trained MLLM — its own answers, its own attention maps through the production
+``mllm_objects`` / ``attention_maps`` nodes — and the oracle SAM of ``oracle_world.py`` (the
+true instance under the positive point), through the production batch runner, results and
+``vlpipe eval``. It prints
+
+* pointing accuracy: the share of named objects (one per map: a name in one view's answer)
+  whose first positive point falls inside an instance of that name, against chance (that
+  name's share of the view's area; 0 for a name with no instance there);
+* name recall: the share of (view, question, category visible in the view) named in the answer
+  (visible: as the training labels, ``train_tiny.view_names``), and name precision;
+* the mean row offset of those points from the nearest instance of their name (in view heights,
+  > 0: below it), which shows a pull towards the last image rows;
+* box / mask AP (LVIS) and the VL-SAM ablation chain, each step adding one part to the last.
+
+With ``--json`` the last line is ``{"pointing", "chance", "name_recall", "name_precision",
+"bbox": {"AP", "AR"}, "segm": {...}, "ablation": [[step, box AP], ...], "table": [[step,
+pointing, chance, row offset, box AP, mask AP], ...]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from oracle_world import OracleWorld  # noqa: E402
+from train_tiny import view_names  # noqa: E402
+
+from vlpipe.agents.mllm import AttentionMapNode, ObjectListNode  # noqa: E402
+from vlpipe.agents.points import instance_prompts, points_to_image  # noqa: E402
+from vlpipe.eval import evaluate  # noqa: E402
+from vlpipe.pipeline import Pipeline, PipelineSpec, registry, resolve_pipeline  # noqa: E402
+from vlpipe.runner import BatchRunner, list_inputs, write_results  # noqa: E402
+from vlpipe.synthetic import make_scenes  # noqa: E402
+
+MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_llava_shapes"
+# VL-SAM's ablation on CODA (paper, Table 3): AP after each step; "flow" there is without
+# regularization (0.1), "+ regularization" 10.1.
+PAPER = {"last-layer mean attention": 2.2, "+ head weights": None, "+ flow": 0.1,
+         "+ regularization": 10.1, "+ negative points": 12.3, "+ iterative refinement": 14.1,
+         "+ tiles": 27.3, "+ question ensemble": 40.1}
+
+
+def chain(questions: int) -> list[tuple[str, dict]]:
+    """The VL-SAM ablation chain: each step's full settings (the last one is the recipe's)."""
+    steps = [("last-layer mean attention", {}), ("+ head weights", {"head_weighting": True}),
+             ("+ flow", {"flow": True}), ("+ regularization", {"regularize": True}),
+             ("+ negative points", {"n_negative": 1}), ("+ iterative refinement", {"rounds": 3}),
+             ("+ tiles", {"tiles": "2x2"}), ("+ question ensemble", {"questions": questions})]
+    settings = {"head_weighting": False, "flow": False, "regularize": False, "n_negative": 0,
+                "rounds": 1, "tiles": "1x1", "questions": 1}
+    out = []
+    for label, change in steps:
+        settings = {**settings, **change}
+        out.append((label, settings))
+    return out
+
+
+@dataclass
+class Pointing:
+    """What the scoring nodes saw: per map whether its point hit and its chance; per answer the
+    names against the visible categories."""
+
+    hits: list[bool] = field(default_factory=list)
+    chance: list[float] = field(default_factory=list)
+    row_offset: list[float] = field(default_factory=list)
+    named_visible: int = 0
+    visible: int = 0
+    named: int = 0
+
+    def summary(self) -> dict:
+        return {"pointing": float(np.mean(self.hits)) if self.hits else 0.0,
+                "chance": float(np.mean(self.chance)) if self.chance else 0.0,
+                "name_recall": self.named_visible / max(1, self.visible),
+                "name_precision": self.named_visible / max(1, self.named), "maps": len(self.hits),
+                "row_offset": float(np.mean(self.row_offset)) if self.row_offset else 0.0}
+
+
+RECORDS: dict[str, Pointing] = {}
+
+
+class RegisteredObjectListNode(ObjectListNode):
+    """The production ``mllm_objects`` node that first makes every view known to the oracle
+    world (so the oracle SAM finds its ground truth) and records name recall."""
+
+    def __init__(self, name: str, *, gt: str, record: str, **kw) -> None:
+        super().__init__(name, **kw)
+        self.world, self.record = OracleWorld.open(gt), record
+
+    def run(self, batch):
+        for item in batch:
+            self.world.register(item["views"])
+        out = super().run(batch)
+        rec = RECORDS.setdefault(self.record, Pointing())
+        for item, result in zip(batch, out):
+            for obj in result["objects"]:
+                view = item["views"][obj.view]
+                visible = set(view_names(self.world.instances(view.image),
+                                         max(view.image.shape[:2])))
+                named = {n for n, _ in obj.names}
+                rec.visible += len(visible)
+                rec.named += len(named)
+                rec.named_visible += len(visible & named)
+        return out
+
+
+class PointingMapsNode(AttentionMapNode):
+    """The production ``attention_maps`` node, scoring each map's first positive point (the
+    SAM node's first prompt for it) against the ground truth of its view."""
+
+    def __init__(self, name: str, *, gt: str, record: str, **kw) -> None:
+        super().__init__(name, **kw)
+        self.world, self.record = OracleWorld.open(gt), record
+
+    def run(self, batch):
+        out = super().run(batch)
+        rec = RECORDS.setdefault(self.record, Pointing())
+        for item, result in zip(batch, out):
+            for m in result["maps"]:
+                view = item["views"][m.view].image
+                hit, chance, dy = point_hit(m, self.world.instances(view), view.shape[:2])
+                rec.hits.append(hit)
+                rec.chance.append(chance)
+                if dy is not None:
+                    rec.row_offset.append(dy)
+        return out
+
+
+def point_hit(m, instances: list[tuple[str, np.ndarray]], hw: tuple[int, int]
+              ) -> tuple[bool, float, float | None]:
+    """(the map's first positive point lies in an instance of its name, that name's share of
+    the view's area, the point's row minus the nearest such instance's centroid row in view
+    heights: > 0 below it; None without an instance)."""
+    mine = [mask for name, mask in instances if name == m.name]
+    if not mine:
+        return False, 0.0, None
+    union = np.logical_or.reduce(mine)
+    prompt = instance_prompts(m.map)[0]
+    x, y = points_to_image(prompt, tuple(m.map.shape), m.region)[0]
+    h, w = hw
+    inside = 0 <= x < w and 0 <= y < h and bool(union[int(y), int(x)])
+    centroids = [np.argwhere(mask).mean(0) + 0.5 for mask in mine]  # (row, col) pixel centres
+    nearest = min(centroids, key=lambda c: (c[0] - y) ** 2 + (c[1] - x) ** 2)
+    return inside, float(union.mean()), float((y - nearest[0]) / h)
+
+
+registry.register("registered_mllm_objects", RegisteredObjectListNode)
+registry.register("pointing_attention_maps", PointingMapsNode)
+
+
+def synthetic_pipeline(gt: Path, mllm: str | Path, record: str, *, head_weighting: bool = True,
+                       flow: bool = True, regularize: bool = True, n_negative: int = 1,
+                       rounds: int = 3, tiles: str = "2x2", questions: int = 10) -> Pipeline:
+    """The detect recipe with the trained MLLM (recording pointing and names under ``record``)
+    and the oracle SAM; the keyword arguments are the ablation chain's switches."""
+    OracleWorld.open(gt)
+    spec = PipelineSpec.load(resolve_pipeline("detect"))
+    objects, maps, sam = spec.nodes["objects"], spec.nodes["maps"], spec.nodes["sam"]
+    objects.type, maps.type = "registered_mllm_objects", "pointing_attention_maps"
+    objects.params.update(gt=str(gt), record=record)
+    maps.params.update(gt=str(gt), record=record, head_weighting=head_weighting, flow=flow,
+                       regularize=regularize)
+    sam.params["n_negative"] = n_negative
+    graph = spec.build(mllm=str(mllm), sam=str(Path(gt).resolve()), sam_backend="oracle",
+                       tiles=tiles, questions=questions, rounds=rounds, max_new_tokens=24,
+                       device="cpu", dtype="float32")
+    return Pipeline(graph, name="detect-synthetic")
+
+
+def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[dict, dict]:
+    """(vlpipe eval's metrics, pointing summary) of one run over the dataset into ``out``."""
+    entries, data = list_inputs(gt)
+    record = str(out)
+    RECORDS.pop(record, None)
+    summary = BatchRunner(synthetic_pipeline(gt, mllm, record, **settings), out).run(entries)
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} images failed: {summary.errors[:3]}")
+    results = json.loads(write_results(out, data).read_text())
+    return evaluate(data, results), RECORDS[record].summary()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mllm", default=str(MODEL), help="the trained model (bench/train_tiny.py)")
+    ap.add_argument("--scenes", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        gt = make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
+        for k, (label, settings) in enumerate(chain(args.questions)):
+            metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm, **settings)
+            rows.append((label, metrics, pointing))
+            print(f"{label}: box AP {metrics['bbox']['AP']:.3f}, pointing "
+                  f"{pointing['pointing']:.3f} (chance {pointing['chance']:.3f})", flush=True)
+    label, full, pointing = rows[-1]
+    print(f"\ntrained tiny LLaVA + oracle SAM, {args.scenes} held-apart scenes (seed {args.seed}), "
+          f"tiles 2x2, {args.questions} questions, 3 rounds")
+    print(f"  pointing accuracy {pointing['pointing']:.3f} vs chance {pointing['chance']:.3f} "
+          f"({pointing['maps']} maps); name recall {pointing['name_recall']:.3f}, "
+          f"precision {pointing['name_precision']:.3f}")
+    for iou_type, values in full.items():
+        print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
+    print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP | paper (CODA AP) |")
+    print(f"| {'-' * 26} | ----------------- | ---------- | ------ | ------- | --------------- |")
+    for label, m, p in rows:
+        paper = "-" if PAPER[label] is None else f"{PAPER[label]:.1f}"
+        print(f"| {label:<26} | {p['pointing']:.3f} ({p['chance']:.3f}) {'':<3}| "
+              f"{p['row_offset']:+10.3f} | {m['bbox']['AP']:6.3f} | {m['segm']['AP']:7.3f} | "
+              f"{paper:>15} |")
+    if args.json:
+        print(json.dumps({**{k: pointing[k] for k in ("pointing", "chance", "name_recall",
+                                                      "name_precision")},
+                          "bbox": {k: full["bbox"][k] for k in ("AP", "AR")},
+                          "segm": {k: full["segm"][k] for k in ("AP", "AR")},
+                          "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows],
+                          "table": [[label, p["pointing"], p["chance"], p["row_offset"],
+                                     m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows]}))
+
+
+if __name__ == "__main__":
+    main()

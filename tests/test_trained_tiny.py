@@ -1,0 +1,76 @@
+"""The tiny LLaVA trained on synthetic scenes (tests/data/tiny_llava_shapes, bench/train_tiny.py):
+it loads through from_pretrained, names the objects of held-apart scenes, and the attention maps
+of the names point at them; and the bench's scoring of that, on hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import import_bench
+from vlpipe.agents.mllm import Mllm
+from vlpipe.agents.views import ObjectMap
+from vlpipe.synthetic import make_scenes
+
+synthetic, train_tiny = import_bench("synthetic", "train_tiny")
+MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
+IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
+# the recipe on 3 held-apart scenes, as bench/synthetic.py runs it but with 2 questions, 1 round
+# and without the regularization (which pulls every point to the last image rows, README)
+SETTING = {"tiles": "2x2", "questions": 2, "rounds": 1, "regularize": False}
+
+
+def test_view_names_orders_left_to_right_and_drops_the_unseen():
+    side = 4 * IMAGE_SIZE  # the view is shrunk 4x: 16 px of it make 1 px² of the model's input
+    star, disc, speck = (np.zeros((side, side), bool) for _ in range(3))
+    star[10:30, 200:240] = True  # 800 px -> 50 px² at the model's input
+    disc[100:120, 40:80] = True  # leftmost
+    speck[0:8, 0:8] = True  # 64 px -> 4 px² < MIN_AREA, though the leftmost
+    assert 64 / 16 < MIN_AREA
+    assert view_names([("star", star), ("disc", disc), ("moon", speck)], side) == ["disc", "star"]
+    # two instances of one name: its leftmost pixel counts; ties follow the category order
+    box = np.roll(star, 290, axis=0)
+    assert view_names([("star", star), ("box", box)], side) == ["box", "star"]
+
+
+def test_point_hit_reads_the_first_prompt_in_view_pixels():
+    grid = torch.zeros(4, 4)
+    grid[2, 3] = 1.0  # peak in the cell covering x 60..80, y 40..60 of an 80x80 region
+    mask = np.zeros((80, 80), bool)
+    mask[45:55, 65:75] = True
+    m = ObjectMap("disc", 0, 0, grid, (0.0, 0.0, 80.0, 80.0))
+    # the point (70, 50); the instance's pixel centres average to (70, 50) too
+    assert point_hit(m, [("disc", mask)], (80, 80)) == (True, 100 / 6400, 0.0)
+    assert point_hit(m, [("star", mask)], (80, 80)) == (False, 0.0, None)  # no disc there
+    above = np.roll(mask, -20, axis=0)  # rows 25..34: centre row 30, the point 20 px below
+    far = np.roll(mask, -40, axis=1)
+    assert point_hit(m, [("disc", above), ("disc", far)], (80, 80)) == (False, 200 / 6400, 0.25)
+
+
+@pytest.fixture(scope="module")
+def held_apart(tmp_path_factory):
+    """(vlpipe eval's metrics, pointing summary) of the committed model on 3 held-apart scenes."""
+    tmp = tmp_path_factory.mktemp("trained")
+    gt = make_scenes(tmp / "scenes", 3, seed=0)
+    return run_synthetic(gt, tmp / "run", MODEL, **SETTING)
+
+
+def test_trained_model_loads_and_names_held_apart_objects(held_apart):
+    mllm = Mllm.load(str(MODEL), "cpu", "float32")
+    assert sum(p.numel() for p in mllm.model.parameters()) < 1_000_000
+    metrics, pointing = held_apart
+    # bench/synthetic.py, 20 scenes, 10 questions: name recall 0.527, precision 0.547; these 3
+    # scenes: 0.614 / 0.614 over 88 maps
+    assert pointing["maps"] >= 60
+    assert pointing["name_recall"] >= 0.45 and pointing["name_precision"] >= 0.45
+    assert 0.0 < pointing["chance"] < 0.1
+    assert metrics["bbox"]["AP"] > 0.0
+
+
+@pytest.mark.xfail(strict=True, reason="the committed model names objects but does not point "
+                   "at them: 0.011 vs chance 0.034 on these scenes (README); a model that points "
+                   "makes this pass, and then it must become a plain test")
+def test_trained_model_points_above_chance(held_apart):
+    _, pointing = held_apart
+    assert pointing["pointing"] >= 2 * pointing["chance"]
