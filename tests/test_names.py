@@ -222,3 +222,11 @@ def test_tiny_clip_text_encoder_offline(tmp_path):
         assert len(hits) == 2
         assert all(cid in {10, 11, 12, 13} and -1.0 - 1e-6 <= s <= 1.0 + 1e-6 for cid, s in hits)
         assert hits[0][1] >= hits[1][1]
+
+
+@pytest.mark.parametrize("answer, names", [
+    ("None.", []), ("none", []), ("nothing", []), ("disc, none", ["disc"]),
+    ("Nothing but a dog.", ["dog"]),
+])
+def test_none_and_nothing_are_no_objects(answer, names):
+    assert [n.name for n in parse_object_names(answer)] == names

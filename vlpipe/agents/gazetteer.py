@@ -34,7 +34,8 @@ NON_OBJECTS = frozenset(
     twist variety number group bunch lot lots pair couple set piece half assortment collection
     array range mix kind type sort series row line selection handful amount total layer rule
     third list name caption title text word letter meme viewer system material presentation
-    project discussion highlight use go break frame close-up stillness body key grid
+    project discussion highlight use go break frame close-up stillness body key grid none nothing
+    nobody
     red orange-red yellow green blue purple pink brown black white gray grey silver gold golden
     beige tan teal turquoise navy maroon cream ivory dark bright colorful sunny cloudy overcast
     rainy snowy foggy abstract aerial ancient antique blank blind calm circular classic clean
