@@ -21,7 +21,7 @@ from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import ModelPool, Pipeline  # noqa: E402
 from vlpipe.tiny import build_all  # noqa: E402
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+IMAGES = Path(__file__).resolve().parents[1] / "tests" / "data" / "images"
 
 
 def main() -> None:

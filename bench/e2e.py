@@ -44,7 +44,7 @@ from vlpipe.pipeline import Pipeline  # noqa: E402
 from vlpipe.pipeline.models import ModelPool  # noqa: E402
 from vlpipe.tiny import LLAVA_TEMPLATE, _word_tokenizer  # noqa: E402
 
-IMAGE = ROOT.parent / "shared/data/images/truck.jpg"
+IMAGE = ROOT / "tests/data/images/truck.jpg"
 
 # (CLIP vision, Llama text, SAM vision) sizes: published configs, and widths/depths scaled down
 SIZES = {

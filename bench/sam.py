@@ -35,7 +35,7 @@ from vlpipe.agents.sam import SamBackend, load_hf_sam, load_official_sam
 from vlpipe.agents.sam_masks import chain_matrix, upscale_in_boxes
 from vlpipe.io import load_image
 
-IMAGE = Path(__file__).resolve().parents[2] / "shared/data/images/truck.jpg"
+IMAGE = Path(__file__).resolve().parents[1] / "tests/data/images/truck.jpg"
 
 
 def test_image(path: Path) -> tuple[str, np.ndarray]:
