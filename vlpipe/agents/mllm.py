@@ -34,7 +34,7 @@ from .layouts import FITS, LAYOUTS, fit_image, token_grid
 from .names import category_terms, parse_object_names
 from .ocr import format_lines
 from .phrases import parse_phrases
-from .views import ObjectMap, View
+from .views import ObjectMap
 
 @dataclass
 class Generation:
@@ -127,7 +127,8 @@ class Mllm:
         layer's S' with ``flow=False``, see :class:`AttentionFlow`),
         image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1) in ``image``'s
         pixels, prompt length)."""
-        inputs = self.encode([image], [prompt], fit)
+        fitted, offset = self.fit(image, fit)
+        inputs = self.encode([fitted], [prompt], "native")  # fitted once, here
         prompt_len = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], 1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -137,7 +138,6 @@ class Mllm:
         acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize, flow=flow)
         with self._flow_attention(acc, head_weighting):
             self.model(**inputs)
-        fitted, offset = self.fit(image, fit)
         order, grid, region = token_grid(self.family, self.processor, inputs, 0,
                                          fitted.shape[:2], offset)
         positions = (inputs["input_ids"][0] == self.image_token_id).nonzero()[:, 0]
