@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from vlpipe.cli import app

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import supervision as sv
 import torch
 from typer.testing import CliRunner

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from vlpipe.io import (IMAGE_SUFFIXES, ImageLoadError, as_rgb_image, iter_image_files, load_image,
-                       printable_name, safe_filename, scan_folder)
+from vlpipe.io import (IMAGE_SUFFIXES, ImageLoadError, iter_image_files, load_image,
+                       safe_filename, scan_folder)
 
 SHARED_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 

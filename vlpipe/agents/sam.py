@@ -23,7 +23,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import supervision as sv
 import torch
