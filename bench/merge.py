@@ -1,4 +1,4 @@
-"""Benchmark vlpipe.agents.tiles.merge_detections against SAHI's postprocess (greedy NMS / NMM).
+"""Benchmark vlpipe.agents.merge.merge_detections against SAHI's postprocess (greedy NMS / NMM).
 
     python bench/merge.py [--sizes 1000 10000 50000] [--json]
 
@@ -56,7 +56,7 @@ def worker(impl: str, n: int, method: str, metric: str, threshold: float) -> dic
         import supervision as sv
 
         sys.path.insert(0, str(ROOT))
-        from vlpipe.agents.tiles import merge_detections
+        from vlpipe.agents.merge import merge_detections
 
         names = np.array(["car", "person", "dog"])[cls]
 
@@ -101,7 +101,7 @@ def mask_worker(method: str, metric: str, n: int = 2000, height: int = 1200, wid
 
     sys.path.insert(0, str(ROOT))
     from vlpipe.agents.sam_masks import BoxMasks
-    from vlpipe.agents.tiles import merge_detections
+    from vlpipe.agents.merge import merge_detections
 
     rng = np.random.default_rng(0)
     wh, c = rng.uniform(16, 240, (n, 2)), rng.uniform([0, 0], [width, height], (n, 2))

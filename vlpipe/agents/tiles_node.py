@@ -1,9 +1,9 @@
-"""Nodes around :mod:`vlpipe.agents.tiles`: split an image into views, merge detections."""
+"""Tiling as a node: an image -> its views (:mod:`vlpipe.agents.tiles`)."""
 
 from __future__ import annotations
 
 from ..pipeline import Node
-from .tiles import merge_detections, parse_grid, split_tiles, tile_fragments
+from .tiles import parse_grid, split_tiles
 from .views import View
 
 
@@ -29,36 +29,4 @@ class TilesNode(Node):
             h, w = image.shape[:2]
             tiles = split_tiles(h, w, self.grid, self.overlap, self.min_size)
             out.append({"views": [View(t.crop(image), t, (h, w)) for t in tiles]})
-        return out
-
-
-class MergeNode(Node):
-    """detections (every view, question and round) -> merged detections, best first.
-
-    Defaults (VL-SAM merges with NMS): tile fragments are dropped first (parts of objects cut by
-    a tile border that a larger same-name detection contains, see
-    :func:`~vlpipe.agents.tiles.tile_fragments`), then greedy NMS with IoU 0.5, class-aware by
-    normalized name. NMS keeps each object's best view, question and refinement round as they
-    are (no union of rounds) and keeps side-by-side instances apart, which intersection over
-    the smaller box with merging (``method: nmm, metric: ios``) does not."""
-
-    inputs = {"detections": "detections"}
-    outputs = {"detections": "detections"}
-
-    def __init__(self, name: str, *, method: str = "nms", metric: str = "iou",
-                 threshold: float = 0.5, class_agnostic: bool = False,
-                 drop_fragments: bool = True, fragment_containment: float = 0.8, **kw) -> None:
-        super().__init__(name, **kw)
-        self.options = {"method": method, "metric": metric, "threshold": float(threshold),
-                        "class_agnostic": bool(class_agnostic)}
-        self.drop_fragments = bool(drop_fragments)
-        self.containment = float(fragment_containment)
-
-    def run(self, batch):
-        out = []
-        for item in batch:
-            dets = item["detections"]
-            if self.drop_fragments:
-                dets = dets[~tile_fragments(dets, containment=self.containment)]
-            out.append({"detections": merge_detections(dets, **self.options)})
         return out

@@ -25,7 +25,7 @@ _TYPES: dict[str, str | type[Node]] = {
     "sam_boxes": "vlpipe.agents.sam:SamBoxNode",
     "object_names": "vlpipe.agents.fusion:ObjectNamesNode",
     "fuse": "vlpipe.agents.fusion:FuseNode",
-    "merge": "vlpipe.agents.tiles_node:MergeNode",
+    "merge": "vlpipe.agents.merge_node:MergeNode",
     "grounding": "vlpipe.agents.grounding_node:GroundingNode",
     "ocr": "vlpipe.agents.ocr_node:OcrNode",
 }
