@@ -422,7 +422,7 @@ def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> lis
 def write_results(out_dir: str | Path, gt: dict, clip: str | None = None, top_k: int = 1) -> Path:
     """``results.json`` (COCO/LVIS results) from ``predictions.jsonl``: names mapped to the
     annotation file's categories (exact/synonym match, then CLIP text similarity if ``clip``)."""
-    from .agents.names import VocabularyMapper, clip_text_encoder
+    from .agents.vocabulary import VocabularyMapper, clip_text_encoder
     from .results import coco_results
 
     out = Path(out_dir)
