@@ -15,6 +15,7 @@ from vlpipe.agents.ocr import (
     RapidOcrBackend,
     TextLine,
     format_lines,
+    lines_prompt,
     ocr_backend,
 )
 
@@ -137,6 +138,14 @@ def test_format_lines_reading_order(ch_lines, ch_img):
     assert text.splitlines()[0].startswith('"正品促销" at [')
     assert len(text.splitlines()) == len(ch_lines)
     assert format_lines([], (10, 10)) == ""
+
+
+def test_lines_prompt_heads_the_lines_and_writes_boxes_in_the_given_convention():
+    line = TextLine("STOP", 0.9, np.array([[10, 20], [50, 20], [50, 40], [10, 40]], np.float32))
+    tenths = lambda xyxy: str([v / 10 for v in xyxy])  # noqa: E731
+    assert lines_prompt([line], (100, 200), tenths) == (
+        'Text read in the image (OCR), with boxes:\n"STOP" at [1.0, 2.0, 5.0, 4.0]\n')
+    assert lines_prompt([], (100, 200), tenths) == ""
 
 
 def test_unknown_backend():

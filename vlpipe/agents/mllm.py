@@ -32,7 +32,7 @@ from .gazetteer import Gazetteer
 from .hub import from_pretrained, resolve_device, resolve_dtype
 from .layouts import FITS, LAYOUTS, fit_image, token_grid
 from .names import category_terms, parse_object_names
-from .ocr import format_lines
+from .ocr import lines_prompt
 from .phrases import parse_phrases
 from .views import ObjectMap
 
@@ -392,10 +392,7 @@ class AnswerNode(_MllmNode):
             convention, box = box_convention(self.mllm.family, item["image"].shape[:2])
             evidence = convention + "\n" + "".join(
                 f'Image {k} is a zoomed-in crop of "{c.name}" at {box(c.box)}.\n'
-                for k, c in enumerate(crops, start=2))
-            if lines:
-                evidence += "Text read in the image (OCR), with boxes:\n" + format_lines(
-                    lines, item["image"].shape[:2], box) + "\n"
+                for k, c in enumerate(crops, start=2)) + lines_prompt(lines, item["image"].shape[:2], box)
         hint = f" and the {len(crops)} zoomed-in crop{'s' * (len(crops) > 1)} after it" if crops else ""
         text = load_prompt("answer").format(evidence=evidence, question=item["question"],
                                             crops_hint=hint)

@@ -23,6 +23,7 @@ __all__ = [
     "RapidOcrBackend",
     "TextLine",
     "format_lines",
+    "lines_prompt",
     "ocr_backend",
 ]
 
@@ -268,3 +269,12 @@ def format_lines(lines: Sequence[TextLine], image_hw: tuple[int, int] | None = N
         coords = [x0, y0, x1, y1]
         out.append(f"{json.dumps(ln.text, ensure_ascii=False)} at {box(coords) if box else coords}")
     return "\n".join(out)
+
+
+def lines_prompt(lines: Sequence[TextLine], image_hw: tuple[int, int],
+                 box: Callable[[Sequence[float]], str]) -> str:
+    """The OCR lines as a paragraph of an MLLM prompt: a heading, then :func:`format_lines` with
+    boxes as ``box(xyxy)`` writes them, or "" without lines."""
+    if not lines:
+        return ""
+    return "Text read in the image (OCR), with boxes:\n" + format_lines(lines, image_hw, box) + "\n"
