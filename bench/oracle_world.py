@@ -37,6 +37,7 @@ from vlpipe.agents.points import pool_to_grid
 from vlpipe.agents.grounding_node import GROUNDING_BACKENDS
 from vlpipe.agents.sam import SAM_BACKENDS, SamBackend
 from vlpipe.agents.views import ObjectMap, View
+from vlpipe.agents.tiles import Tile
 from vlpipe.io import load_image
 from vlpipe.pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
 from vlpipe.pipeline.spec import NodeSpec
@@ -86,11 +87,11 @@ class OracleWorld:
         self.annotations = defaultdict(list)
         for a in data["annotations"]:
             self.annotations[a["image_id"]].append(a)
-        self.views: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
+        self.views: dict[str, tuple[int, Tile]] = {}
         for e in entries:
             pixels = load_image(e.path)
             h, w = pixels.shape[:2]
-            self.views[_key(pixels)] = (e.image_id, (0, 0, w, h))
+            self.views[_key(pixels)] = (e.image_id, Tile(0, 0, w, h))
         self._maps: dict[tuple, tuple[dict, tuple]] = {}
 
     @classmethod
@@ -105,8 +106,7 @@ class OracleWorld:
         """Make every view of one image findable by its pixels (views[0] is the full image)."""
         image_id, _ = self.views[_key(views[0].image)]
         for v in views[1:]:
-            t = v.tile
-            self.views[_key(v.image)] = (image_id, (t.x0, t.y0, t.x1, t.y1))
+            self.views[_key(v.image)] = (image_id, v.tile)
 
     @lru_cache(maxsize=64)
     def _instances(self, image_id: int) -> list[tuple[str, np.ndarray]]:
@@ -116,11 +116,11 @@ class OracleWorld:
     def instances(self, pixels: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """[(category name, (h, w) bool mask within the view)] of the instances in a view."""
         try:
-            image_id, (x0, y0, x1, y1) = self.views[_key(pixels)]
+            image_id, tile = self.views[_key(pixels)]
         except KeyError:
             raise KeyError("the oracle does not know this image: not in its dataset, or a tile "
                            "not registered by oracle_objects") from None
-        out = [(name, m[y0:y1, x0:x1]) for name, m in self._instances(image_id)]
+        out = [(name, tile.crop(m)) for name, m in self._instances(image_id)]
         return [(name, m) for name, m in out if m.any()]
 
     def maps(self, view: View, family: str, image_fit: str) -> tuple[dict[str, torch.Tensor], tuple]:

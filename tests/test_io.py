@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from vlpipe.io import (IMAGE_SUFFIXES, ImageLoadError, iter_image_files, load_image,
-                       safe_filename, scan_folder)
+from vlpipe.io import (IMAGE_SUFFIXES, ImageLoadError, as_rgb_image, iter_image_files,
+                       load_image, safe_filename, scan_folder)
 
 SHARED_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
@@ -401,3 +401,13 @@ def test_safe_filename_examples():
     long = safe_filename("x" * 500 + ".jpg")
     assert len(long) == 200 and long.endswith(".jpg")
     assert safe_filename("CON").upper() != "CON"
+
+
+def test_in_memory_rgb_is_kept_when_writable_and_copied_when_read_only():
+    writable = np.full((2, 3, 3), 7, np.uint8)
+    assert as_rgb_image(writable) is writable
+    read_only = np.full((2, 3, 3), 7, np.uint8)
+    read_only.flags.writeable = False
+    copied = as_rgb_image(read_only)
+    assert copied.flags.writeable and copied is not read_only
+    np.testing.assert_array_equal(copied, read_only)

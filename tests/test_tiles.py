@@ -103,6 +103,16 @@ def test_tile_round_trip_box_mask():
         to_full_image(dets([tile_box], [0.9], ["cat"], np.zeros((1, 10, 10))), tile, (H, W))
 
 
+def test_tile_covering_a_float_box_padded_and_clipped():
+    # box 9.9 x 3.3 px, pad 0.1: x 10.2 - 0.99 = 9.21 -> 9, 20.1 + 0.99 = 21.09 -> 22;
+    # y 5.7 - 0.33 = 5.37 -> 5, 9.0 + 0.33 = 9.33 -> 10, clipped to the image's 8 rows
+    assert Tile.covering((10.2, 5.7, 20.1, 9.0), (8, 30), pad=0.1) == Tile(9, 5, 22, 8)
+    assert Tile.covering((10.2, 5.7, 20.1, 9.0), (8, 30)) == Tile(10, 5, 21, 8)
+    assert Tile.covering((-5, -5, 3.5, 2), (8, 30)) == Tile(0, 0, 4, 2)
+    assert Tile.covering((40, 0, 50, 5), (8, 30)) is None  # right of the image
+    assert Tile.covering((3, 4, 3, 6), (8, 30)) is None  # no width
+
+
 # --------------------------------------------------------------------------- merge, hand-made
 
 A = [0, 0, 10, 10]  # area 100, score .9

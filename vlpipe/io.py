@@ -123,10 +123,16 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = 178_956_970) ->
 def as_rgb_image(value) -> np.ndarray:
     """An image given in memory as the pipelines' ``(H, W, 3)`` uint8 RGB array.
 
+    The image contract, stated here once: every image a node or an expert backend works on is a
+    writable ``(H, W, 3)`` uint8 RGB array, as :func:`load_image` returns it. The executor
+    passes every ``image`` input of a graph through this function, and the backends (grounding,
+    OCR) pass the images they are handed directly through it too, so one rule holds everywhere.
+
     Accepts a PIL image or an array: ``(H, W)`` gray, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA
     (composited on white); uint8, bool (True = 255), uint16 (``/257``), other integers in
     0..255, floats in [0, 1] (scaled by 255) or in [0, 255]. Anything else is a ValueError
-    saying what was given. A uint8 RGB array is returned as it is."""
+    saying what was given. A writable uint8 RGB array is returned as it is (a read-only one is
+    copied)."""
     if isinstance(value, Image.Image):
         return _to_rgb(value)
     if not isinstance(value, np.ndarray):
@@ -138,7 +144,7 @@ def as_rgb_image(value) -> np.ndarray:
                          f"{value.shape}")
     pixels = _to_uint8(value)
     if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return pixels
+        return pixels if pixels.flags.writeable else pixels.copy()
     return _to_rgb(Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1
                                    else pixels))
 

@@ -14,6 +14,7 @@ import numpy as np
 import supervision as sv
 
 from ..pipeline import Node
+from .detections import empty_detections
 from .names import normalize_name
 
 BRANCH_FIELDS = ("class_name", "view_box")
@@ -69,7 +70,7 @@ def fuse(attention: sv.Detections, grounded: sv.Detections, agreement: float = 0
     parts = [_tagged(d, b) for d, b in ((attention, "attention"), (grounded, "grounding"))
              if len(d)]
     if not parts:
-        return sv.Detections.empty()
+        return empty_detections()
     a, g = (_scores(d) for d in (attention, grounded))
     if len(attention) and len(grounded):
         iou = sv.box_iou_batch(attention.xyxy, grounded.xyxy)  # (A, G)

@@ -7,7 +7,6 @@ length; all prompts of all images run through the model in batched forward passe
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,7 +15,10 @@ import numpy as np
 import supervision as sv
 import torch
 
+from ..io import as_rgb_image
+from .detections import concat, empty_detections
 from .hub import from_pretrained, resolve_dtype, save_seeded
+from .tiles import Tile
 
 __all__ = [
     "Crop",
@@ -168,7 +170,7 @@ class GroundingDinoBackend:
         """
         if len(images) != len(phrases):
             raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
-        images = [as_rgb(im) for im in images]
+        images = [as_rgb_image(im) for im in images]
         chunks = [c for i, ph in enumerate(phrases) for c in self.chunk_phrases(ph, i)]
         per_image: list[list[sv.Detections]] = [[] for _ in images]
         if not chunks:
@@ -213,10 +215,8 @@ class GroundingDinoBackend:
 
         out = []
         for i, parts in enumerate(per_image):
-            dets = sv.Detections.merge(parts) if parts else empty_detections()
-            if len(dets) == 0:
-                dets = empty_detections()
-            else:
+            dets = concat(parts)
+            if len(dets):
                 h, w = images[i].shape[:2]
                 dets.xyxy = np.clip(dets.xyxy, 0, [w, h, w, h]).astype(np.float32)
                 order = np.argsort(-dets.confidence, kind="stable")
@@ -282,39 +282,15 @@ def fair_order(dets: sv.Detections, max_crops: int) -> list[int]:
 def crop_boxes(image: np.ndarray, dets: sv.Detections, max_crops: int = 4,
                pad: float = 0.1) -> list[Crop]:
     """Crops (RGB uint8) of up to ``max_crops`` boxes of ``dets`` in :func:`fair_order`, each
-    padded by ``pad`` × its box size and clipped to the image."""
-    h, w = image.shape[:2]
+    padded by ``pad`` × its box size and clipped to the image (:meth:`Tile.covering`)."""
     names = dets.data.get("class_name", np.array([""] * len(dets)))
     out = []
     for i in fair_order(dets, max_crops):
         box = dets.xyxy[i].astype(float)
-        x0, y0, x1, y1 = box
-        px, py = pad * (x1 - x0), pad * (y1 - y0)
-        x0, y0 = int(max(0, math.floor(x0 - px))), int(max(0, math.floor(y0 - py)))
-        x1, y1 = int(min(w, math.ceil(x1 + px))), int(min(h, math.ceil(y1 + py)))
-        if x1 > x0 and y1 > y0:
-            out.append(Crop(image[y0:y1, x0:x1].copy(), str(names[i]), box))
+        tile = Tile.covering(box, image.shape[:2], pad)
+        if tile is not None:
+            out.append(Crop(tile.crop(image).copy(), str(names[i]), box))
     return out
-
-
-def empty_detections() -> sv.Detections:
-    """Empty Detections with the same fields as non-empty results (so merging keeps them)."""
-    return sv.Detections(
-        xyxy=np.zeros((0, 4), np.float32),
-        confidence=np.zeros((0,), np.float32),
-        class_id=np.zeros((0,), int),
-        data={"class_name": np.zeros((0,), dtype=str), "text_label": np.zeros((0,), dtype=str)},
-    )
-
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    return image if image.flags.writeable else image.copy()
 
 
 # ---------------------------------------------------------------- tiny model

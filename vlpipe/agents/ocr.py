@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..io import as_rgb_image
+from .tiles import Tile
+
 __all__ = [
     "OCR_BACKENDS",
     "PaddleOcrBackend",
@@ -55,30 +58,10 @@ class TextLine:
         return {"text": self.text, "score": self.score, "box": self.box.tolist()}
 
 
-def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Return an (H, W, 3) uint8 RGB view of ``image`` (gray, RGB or RGBA composited on white)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    if image.shape[2] == 4:
-        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-        image = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        image = np.clip(np.rint(image), 0, 255)
-    return image.astype(np.uint8, copy=False)
-
-
-def _crop_boxes(image: np.ndarray, boxes: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
-    """Crop integer-rounded, clipped xyxy boxes; returns (crop, x0, y0) for non-empty crops."""
-    h, w = image.shape[:2]
-    out = []
-    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
-        x1, y1 = int(min(w, np.ceil(x1))), int(min(h, np.ceil(y1)))
-        if x1 > x0 and y1 > y0:
-            out.append((image[y0:y1, x0:x1], x0, y0))
-    return out
+def _bgr(image) -> np.ndarray:
+    """An image (see :func:`vlpipe.io.as_rgb_image`) as the (H, W, 3) uint8 BGR array the OCR
+    engines take (OpenCV order), contiguous."""
+    return np.ascontiguousarray(as_rgb_image(image)[:, :, ::-1])
 
 
 LINE_ASPECT = 2.0  # an image at least this many times wider than high may be one text line
@@ -101,14 +84,16 @@ class _OcrBase(ABC):
 
         Lines read inside boxes are returned with quads in full-image coordinates, box by box.
         """
-        rgb = _to_rgb_uint8(image)
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        bgr = _bgr(image)
         if boxes is None:
             return self._read_bgr(bgr)
         lines: list[TextLine] = []
-        for crop, x0, y0 in _crop_boxes(bgr, boxes):
-            for line in self._read_bgr(np.ascontiguousarray(crop)):
-                line.box = line.box + np.array([x0, y0], dtype=np.float32)
+        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            tile = Tile.covering(box, bgr.shape[:2])
+            if tile is None:
+                continue
+            for line in self._read_bgr(np.ascontiguousarray(tile.crop(bgr))):
+                line.box = line.box + np.array([tile.x0, tile.y0], dtype=np.float32)
                 lines.append(line)
         return lines
 
@@ -165,7 +150,7 @@ class RapidOcrBackend(_OcrBase):
 
     def detect_boxes(self, image: np.ndarray) -> np.ndarray:
         """Text-region quads ((N, 4, 2) float32) from the detection model only (no recognition)."""
-        bgr = np.ascontiguousarray(_to_rgb_uint8(image)[:, :, ::-1])
+        bgr = _bgr(image)
         res = self._call(bgr, rec=False)
         boxes = getattr(res, "boxes", None)
         if boxes is None or len(boxes) == 0:

@@ -15,7 +15,8 @@ import numpy as np
 import supervision as sv
 import torch
 
-from .grounding import as_rgb, empty_detections
+from ..io import as_rgb_image
+from .detections import empty_detections
 from .hub import from_pretrained, resolve_dtype, save_seeded
 
 __all__ = ["Owlv2Backend", "build_tiny_owlv2", "load_owlv2"]
@@ -67,7 +68,7 @@ class Owlv2Backend:
             raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
         from transformers.image_transforms import center_to_corners_format
 
-        images = [as_rgb(im) for im in images]
+        images = [as_rgb_image(im) for im in images]
         phrases = [[str(p) for p in ph] for ph in phrases]
         used = [i for i, ph in enumerate(phrases) if ph]
         out = [empty_detections() for _ in images]

@@ -30,6 +30,7 @@ import torch
 from ..pipeline import Node
 from .hub import WeightsNotFound, from_pretrained, resolve_device
 from .sam_masks import BoxMasks, chain_matrix, upscale_in_boxes
+from .detections import concat, empty_detections
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
 from .sam3 import load_sam3_tracker
 from .tiles import to_full_image
@@ -327,7 +328,7 @@ class SamBoxNode(_SamModelNode):
         for item in batch:
             image, dets = item["image"], item["detections"]
             if len(dets) == 0:
-                out.append({"detections": sv.Detections.empty()})
+                out.append({"detections": empty_detections()})
                 continue
             sam.set_image(image)
             k = len(dets)
@@ -375,14 +376,14 @@ class SamNode(_SamModelNode):
             views, maps = item["views"], item["maps"]
             per_view = [self.segment_view(sam, view, [m for m in maps if m.view == v])
                         for v, view in enumerate(views)]
-            out.append({"detections": sv.Detections.merge(per_view)})
+            out.append({"detections": concat(per_view)})
         return out
 
     def segment_view(self, sam: SamBackend, view: View, maps: list[ObjectMap]) -> sv.Detections:
         """All rounds for every instance of the objects of one view, one decoder call per
         round."""
         if not maps:
-            return sv.Detections.empty()
+            return empty_detections()
         h, w = view.image.shape[:2]
         sam.set_image(view.image)
         targets = [(m, p) for m in maps
@@ -405,7 +406,7 @@ class SamNode(_SamModelNode):
             share = [_attention_share(heat[id(m)], masks, k) for k, (m, _) in enumerate(targets)]
             score = np.clip(iou, 0.0, 1.0) * np.array(share)  # predicted IoU may leave [0, 1]
             rounds.append(_detections(masks, score, [m for m, _ in targets], r))
-        dets = to_full_image(sv.Detections.merge(rounds), view.tile, view.full_hw)
+        dets = to_full_image(concat(rounds), view.tile, view.full_hw)
         t = view.tile
         dets.data["view_box"] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
         return dets

@@ -18,7 +18,8 @@ import numpy as np
 import supervision as sv
 import torch
 
-from .grounding import as_rgb, empty_detections
+from ..io import as_rgb_image
+from .detections import concat, empty_detections
 from .hub import from_pretrained, resolve_dtype, save_seeded
 
 __all__ = ["Sam3ConceptBackend", "build_tiny_sam3", "build_tiny_sam3_tracker", "load_sam3",
@@ -89,7 +90,7 @@ class Sam3ConceptBackend:
         confidence first."""
         if len(images) != len(phrases):
             raise ValueError(f"got {len(images)} images but {len(phrases)} phrase lists")
-        images = [as_rgb(im) for im in images]
+        images = [as_rgb_image(im) for im in images]
         pairs = [(i, k, str(p)) for i, ph in enumerate(phrases) for k, p in enumerate(ph)]
         parts: list[list[sv.Detections]] = [[] for _ in images]
         if pairs:
@@ -149,9 +150,7 @@ class Sam3ConceptBackend:
 
 def _by_confidence(parts: list[sv.Detections]) -> sv.Detections:
     """One image's per-phrase Detections merged, highest confidence first."""
-    if not parts:
-        return empty_detections()
-    dets = sv.Detections.merge(parts)
+    dets = concat(parts)
     return dets[np.argsort(-dets.confidence, kind="stable")]
 
 

@@ -37,8 +37,20 @@ class Tile:
         return self.y1 - self.y0
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, C) image -> (height, width, C) view of this tile."""
+        """(H, W, ...) image or mask -> (height, width, ...) view of this tile."""
         return image[self.y0 : self.y1, self.x0 : self.x1]
+
+    @classmethod
+    def covering(cls, xyxy, image_hw: tuple[int, int], pad: float = 0.0) -> Tile | None:
+        """The whole pixels covering box ``xyxy`` (4,) (pixel edges, floats) grown by ``pad`` x
+        its size on each side, clipped to an image of ``image_hw`` = (H, W); None when nothing
+        of it is left."""
+        x0, y0, x1, y1 = (float(v) for v in xyxy)
+        px, py = pad * (x1 - x0), pad * (y1 - y0)
+        h, w = image_hw[:2]
+        tile = cls(max(0, math.floor(x0 - px)), max(0, math.floor(y0 - py)),
+                   min(w, math.ceil(x1 + px)), min(h, math.ceil(y1 + py)))
+        return tile if tile.width > 0 and tile.height > 0 else None
 
 
 def _axis_tiles(length: int, n: int, overlap: float) -> tuple[int, list[int]]:
