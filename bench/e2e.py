@@ -117,7 +117,7 @@ def forced_generate(real, answer_tokens: int):
         ids = self.tokenizer(ANSWER, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         ids = ids.repeat(answer_tokens // len(ids) + 1)[:answer_tokens]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return [Generation(g.prompt_ids, ids, text, False) for g in gens]
+        return [Generation(ids, text, False) for _ in gens]
 
     return generate
 

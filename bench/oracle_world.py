@@ -162,7 +162,7 @@ class OracleObjectsNode(Node):
             lists = []
             for v, view in enumerate(item["views"]):
                 names = sorted(self.world.maps(view, self.family, self.image_fit)[0])
-                gen = Generation(empty, empty, ", ".join(names), stopped=True)
+                gen = Generation(empty, ", ".join(names), stopped=True)
                 lists += [ObjectList(v, q, gen, "", [(n, []) for n in names])
                           for q in range(self.questions)]
             out.append({"objects": lists})

@@ -48,7 +48,7 @@ def test_fuse_boosts_agreeing_pairs_by_noisy_or():
 
 def test_object_names_most_often_named_first():
     empty = torch.zeros(0, dtype=torch.long)
-    gen = Generation(empty, empty, "", True)
+    gen = Generation(empty, "", True)
     lists = [ObjectList(0, 0, gen, "", [("cup", [1]), ("dog", [3])]),
              ObjectList(1, 0, gen, "", [("dog", [1]), ("tree", [2])]),
              ObjectList(1, 1, gen, "", [("tree", [1]), ("dog", [2])])]

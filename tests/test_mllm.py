@@ -156,7 +156,7 @@ def test_object_list_drops_the_last_name_of_a_cut_answer(tiny_models, image, mon
     node.pool = ModelPool()
     tok = node.mllm.tokenizer
     answer_ids = torch.tensor(tok("dog , cat , tree", add_special_tokens=False)["input_ids"])
-    gen = Generation(torch.tensor([1]), answer_ids, tok.decode(answer_ids), stopped)
+    gen = Generation(answer_ids, tok.decode(answer_ids), stopped)
     monkeypatch.setattr(node.mllm, "generate", lambda images, prompts, n, fit: [gen] * len(prompts))
     views = TilesNode("v", tiles="1x1").run([{"image": image}])[0]["views"]
     (lst,) = node.run([{"views": views}])[0]["objects"]

@@ -97,16 +97,13 @@ def draw_shape(kind: str, hw: tuple[int, int], cx: float, cy: float, r: float,
     return canvas.astype(bool)
 
 
-@dataclass
-class _Placed:
-    category: int
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 of the circumscribed square
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 of an object's circumscribed square
 
 
-def _fits(box, placed: list[_Placed], gap: float) -> bool:
+def _fits(box: Box, placed: list[Box], gap: float) -> bool:
     x0, y0, x1, y1 = box
-    return all(x0 >= p.box[2] + gap or p.box[0] >= x1 + gap or y0 >= p.box[3] + gap
-               or p.box[1] >= y1 + gap for p in placed)
+    return all(x0 >= p[2] + gap or p[0] >= x1 + gap or y0 >= p[3] + gap or p[1] >= y1 + gap
+               for p in placed)
 
 
 def _plan_scene(rng: np.random.Generator, w: int, h: int) -> list[tuple[int, float, float, float]]:
@@ -114,14 +111,14 @@ def _plan_scene(rng: np.random.Generator, w: int, h: int) -> list[tuple[int, flo
     short = min(w, h)
     weights = np.array([_WEIGHT[c.frequency] for c in CATEGORIES])
     weights /= weights.sum()
-    placed: list[_Placed] = []
+    placed: list[Box] = []
     plan = []
 
     def place(cat: int, cx: float, cy: float, r: float, gap: float) -> bool:
         box = (cx - r, cy - r, cx + r, cy + r)
         if not _fits(box, placed, gap):
             return False
-        placed.append(_Placed(cat, box))
+        placed.append(box)
         plan.append((cat, cx, cy, r))
         return True
 

@@ -4,8 +4,8 @@ Pure torch. Attention is reduced layer by layer, so the extra memory is O(N^2) w
 number of layers and heads: a layer's (H, N, N) attention is turned into one (N, N) matrix as soon
 as it arrives and folded into the running flow R.
 
-Notation (DESIGN.md, "VL-SAM"): ``A[h, i, j]`` is the causal, softmaxed attention of
-query token ``i`` to key token ``j`` in head ``h`` of one layer.
+Notation (as in VL-SAM, arXiv 2410.05963): ``A[h, i, j]`` is the causal, softmaxed
+attention of query token ``i`` to key token ``j`` in head ``h`` of one layer.
 """
 
 from __future__ import annotations

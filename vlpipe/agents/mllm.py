@@ -38,10 +38,9 @@ from .views import ObjectMap
 
 @dataclass
 class Generation:
-    """One generated answer. ``prompt_ids`` (P,) include the image tokens; ``answer_ids`` (T,);
-    ``stopped``: generation ended with an end-of-sequence token (False: cut at max_new_tokens)."""
+    """One generated answer: ``answer_ids`` (T,); ``stopped``: generation ended with an
+    end-of-sequence token (False: cut at max_new_tokens)."""
 
-    prompt_ids: torch.Tensor
     answer_ids: torch.Tensor
     text: str
     stopped: bool
@@ -105,10 +104,10 @@ class Mllm:
         start = inputs["input_ids"].shape[1]
         stop = self.stop_ids
         gens = []
-        for row, mask, seq in zip(inputs["input_ids"], inputs["attention_mask"], out):
+        for seq in out:
             answer, stopped = _strip_special(seq[start:], stop)
-            gens.append(Generation(row[mask.bool()].cpu(), answer.cpu(),
-                                   self.tokenizer.decode(answer, skip_special_tokens=True), stopped))
+            text = self.tokenizer.decode(answer, skip_special_tokens=True)
+            gens.append(Generation(answer.cpu(), text, stopped))
         return gens
 
     @property

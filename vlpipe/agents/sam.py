@@ -40,8 +40,6 @@ from .views import ObjectMap, View
 class SamBackend(ABC):
     """One image at a time: ``set_image`` encodes it, ``predict`` decodes K objects at once."""
 
-    decoder_calls: int = 0
-
     @abstractmethod
     def set_image(self, image: np.ndarray) -> None:
         """image (H, W, 3) uint8 RGB; runs the image encoder."""
@@ -77,7 +75,6 @@ class OfficialSam(SamBackend):
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(model)
-        self.decoder_calls = 0
 
     def set_image(self, image):
         self.predictor.set_image(image, image_format="RGB")
@@ -105,7 +102,6 @@ class OfficialSam(SamBackend):
             image_embeddings=p.features, image_pe=p.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=False)
-        self.decoder_calls += 1
         return self.upscale(low), iou[:, 0].float().cpu().numpy(), low
 
 
@@ -117,7 +113,6 @@ class HfSam(SamBackend):
 
     def __init__(self, processor, model) -> None:
         self.processor, self.model = processor, model
-        self.decoder_calls = 0
 
     @torch.inference_mode()
     def set_image(self, image):
@@ -157,7 +152,6 @@ class HfSam(SamBackend):
             image_embeddings=self._embeddings(k), **prompts,
             input_masks=None if mask_logits is None else mask_logits.to(dtype),
             multimask_output=False)
-        self.decoder_calls += 1
         low = out.pred_masks[:, 0]  # (K, 1, m, m)
         if self.logit_limit is not None:
             low = low.clamp(-self.logit_limit, self.logit_limit)

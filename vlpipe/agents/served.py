@@ -97,7 +97,7 @@ class ServedMllm:
         gens = []
         for image, text in zip(images, prompts):
             choice = self._chat(image, text, **kw)
-            gens.append(Generation(empty, empty, choice.message.content or "",
+            gens.append(Generation(empty, choice.message.content or "",
                                    choice.finish_reason == "stop"))
         return gens
 
