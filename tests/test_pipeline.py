@@ -286,6 +286,25 @@ def test_third_party_node_type_from_entry_point(tmp_path, monkeypatch):
     assert Pipeline(spec.build()).run(x=4).outputs == {"y": -4}
 
 
+def test_when_runs_on_truthy_values_skips_falsy_ones_and_rejects_arrays():
+    import numpy as np
+    import supervision as sv
+
+    conditions = [True, 1, "yes", [0], np.True_,  # truthy: the node runs
+                  False, None, 0, "", [], np.False_, sv.Detections.empty(),  # falsy: skipped
+                  np.array([1, 2])]  # no truth value: the item's error
+    g = Graph({"x": "number"})
+    g.add(fn_node("gate", lambda x: {"go": conditions[x]}, {"x": "number"}, {"go": "any"}),
+          x="input.x")
+    g.add(add_one(), when="gate.go", x="input.x")
+    g.output("y", "inc.y")
+    results = Executor(g).run_batch([{"x": k} for k in range(len(conditions))])
+    assert [r.outputs.get("y") for r in results[:5]] == [1, 2, 3, 4, 5]
+    assert all(r.outputs == {"y": None} and r.skipped == ["inc"] for r in results[5:12])
+    bad = results[12]
+    assert bad.error_node == "inc" and "condition 'when: gate.go' has no truth value" in bad.error
+
+
 def test_skipped_sentinel_never_leaks_into_results():
     g = Graph({"x": "number"})
     g.add(fn_node("gate", lambda x: {"go": False}, {"x": "number"}, {"go": "bool"}), x="input.x")

@@ -1,7 +1,7 @@
 """Runs a validated graph over items (one image, a list, or a stream).
 
 The loop: for each node in topological order, gather the inputs of every live item, hand them to
-``node.run`` in chunks of ``node.max_batch``, store the outputs. An item whose condition is false,
+``node.run`` in chunks of ``node.max_batch``, store the outputs. An item whose condition is falsy,
 or whose required input was skipped, gets its outputs marked skipped. A node that raises is
 retried item by item, so one bad item records its error and the others go on.
 """
@@ -138,7 +138,11 @@ class Executor:
             for i, result in enumerate(results):
                 if result.error is not None:
                     continue
-                inputs = self._gather(name, values[i])
+                try:
+                    inputs = self._gather(name, values[i])
+                except ValueError as exc:  # a condition without a truth value
+                    _record(result, name, exc)
+                    continue
                 if inputs is None:
                     result.skipped.append(name)
                     values[i].update({PortRef(name, p): SKIPPED
@@ -171,9 +175,11 @@ class Executor:
         return values
 
     def _gather(self, name: str, values: dict[PortRef, Any]) -> dict[str, Any] | None:
-        """The node's inputs for one item, or None when it must be skipped."""
+        """The node's inputs for one item, or None when it must be skipped: its ``when`` port is
+        falsy (Python's ``bool``) or skipped, or a required input is skipped. ValueError when the
+        ``when`` value has no truth value (a NumPy array of several elements)."""
         cond = self.graph.when.get(name)
-        if cond is not None and values.get(cond) in (SKIPPED, None, False):
+        if cond is not None and not _holds(cond, values.get(cond, SKIPPED)):
             return None
         node = self.graph.nodes[name]
         inputs = {}
@@ -243,6 +249,17 @@ def _check_input(kind: str, value: Any) -> Any:
     if kind == "text" and not isinstance(value, str):
         raise ValueError(f"expected text (str), got {type(value).__name__}")
     return value
+
+
+def _holds(cond: PortRef, value: Any) -> bool:
+    """Whether a ``when`` condition holds: its value is truthy and was not skipped."""
+    if value is SKIPPED:
+        return False
+    try:
+        return bool(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"condition 'when: {cond}' has no truth value "
+                         f"({type(value).__name__}: {exc})") from None
 
 
 def _unskip(value: Any) -> Any:

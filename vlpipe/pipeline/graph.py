@@ -45,7 +45,7 @@ class Graph:
 
     ``inputs`` declares the pipeline's inputs (name -> type); ``outputs`` names the ports whose
     values make the result (result key -> ``"node.port"``); ``when[node]`` is a port whose value
-    must be truthy for the node to run on an item.
+    must be truthy (Python's ``bool``) for the node to run on an item.
     """
 
     def __init__(self, inputs: dict[str, str] | None = None) -> None:
