@@ -1,4 +1,4 @@
-"""Object names from free-form MLLM answers, and their mapping to a dataset vocabulary.
+"""Object names from free-form MLLM answers.
 
 ``parse_object_names`` finds the objects an answer names, whatever its form: sentences ("The
 image features a cat sitting on a wooden desk"), numbered or bulleted lists with descriptions,
