@@ -176,6 +176,13 @@ def test_class_aware_vs_agnostic():
     np.testing.assert_array_equal(merged_aware.xyxy, [A, B])
 
 
+def test_names_are_matched_by_their_normalized_form():
+    # "Dogs" and "dog" are one class (normalize_name: lowercase, head noun singular), "cat" another
+    d = dets([A, B, B], [0.9, 0.8, 0.7], ["Dogs", "dog", "cat"])
+    out = merge_detections(d, method="nms", metric="iou")  # IoU(A, B) = .818 > .5
+    assert list(out.data["class_name"]) == ["Dogs", "cat"]
+
+
 def test_nmm_masks_are_unions():
     hw = (20, 20)
     P, Q, R = (0, 0, 10, 10), (4, 0, 14, 10), (15, 15, 20, 20)  # IoS(P,Q) = 60/100 = .6; R disjoint

@@ -20,16 +20,18 @@ import numpy as np
 import supervision as sv
 
 from .greedy_overlap import greedy_owner
+from .names import normalize_name
 
 __all__ = ["merge_detections", "tile_fragments"]
 
 
 def _class_codes(dets: sv.Detections) -> np.ndarray:
-    """(N,) int codes of the normalized class name (falls back to class_id, then one class)."""
+    """(N,) int codes of the class name as :func:`~.names.normalize_name` keys it (as the fusion
+    pairs names); falls back to class_id, then one class."""
     names = dets.data.get("class_name")
     if names is not None:
         distinct, code = np.unique(np.asarray(names), return_inverse=True)
-        norm = np.array([str(n).strip().lower() for n in distinct], dtype=object)
+        norm = np.array([normalize_name(str(n)) for n in distinct], dtype=object)
         return np.unique(norm, return_inverse=True)[1].reshape(-1)[code.reshape(-1)]
     if dets.class_id is not None:
         return np.asarray(dets.class_id).reshape(-1)
