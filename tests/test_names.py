@@ -9,13 +9,13 @@ from vlpipe.agents.gazetteer import Gazetteer
 from vlpipe.agents.names import (
     NameSpan,
     VocabularyMapper,
-    build_tiny_clip_text,
     category_terms,
     clip_text_encoder,
     normalize_name,
     parse_object_names,
     singularize,
 )
+from vlpipe.tiny.clip import build_tiny_clip_text
 
 
 def names(text, **kw):
