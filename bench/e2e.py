@@ -42,7 +42,7 @@ from vlpipe.agents.mllm import Generation, Mllm  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import Pipeline  # noqa: E402
 from vlpipe.pipeline.models import ModelPool  # noqa: E402
-from vlpipe.tiny import LLAVA_TEMPLATE, _word_tokenizer  # noqa: E402
+from vlpipe.tiny.mllm import LLAVA_TEMPLATE, _word_tokenizer  # noqa: E402
 
 IMAGE = ROOT / "tests/data/images/truck.jpg"
 

@@ -34,8 +34,8 @@ import torch
 from vlpipe.agents.layouts import fit_image, token_grid
 from vlpipe.agents.mllm import Generation, ObjectList
 from vlpipe.agents.points import pool_to_grid
-from vlpipe.agents.grounding_node import GROUNDING_BACKENDS
-from vlpipe.agents.sam import SAM_BACKENDS, SamBackend
+from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
+from vlpipe.agents.sam import SamBackend
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.agents.tiles import Tile
 from vlpipe.io import load_image
@@ -255,9 +255,17 @@ class OracleGrounding:
 
 registry.register("oracle_objects", OracleObjectsNode)
 registry.register("oracle_maps", OracleMapsNode)
-SAM_BACKENDS["oracle"] = lambda model, variant, device: OracleSam(OracleWorld._open[model])
-GROUNDING_BACKENDS["oracle"] = (lambda model, device, dtype: (OracleWorld._open[model], None),
-                                lambda world, _, **thresholds: OracleGrounding(world))
+
+
+@SAM_BACKENDS.register("oracle")
+def load_oracle_sam(weights: str, device: str, dtype: str) -> OracleSam:
+    """``weights``: the key of an open world (its annotation file's resolved path)."""
+    return OracleSam(OracleWorld._open[weights])
+
+
+@GROUNDING_BACKENDS.register("oracle")
+def load_oracle_grounding(weights: str, device: str, dtype: str) -> OracleGrounding:
+    return OracleGrounding(OracleWorld._open[weights])
 
 
 def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",

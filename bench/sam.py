@@ -135,18 +135,19 @@ def main() -> None:
           f"{'+ masks ms':>12s} {'1-by-1 ms':>12s} {'ratio':>7s} {'box %':>6s}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.hf_model:
-            backends = {"hf (local)": lambda: load_hf_sam(args.hf_model, args.device)}
+            backends = {"hf (local)": lambda: load_hf_sam(args.hf_model, args.device, "float32")}
         else:
             from transformers.utils import logging as hf_logging
 
-            from vlpipe.tiny import build_hf_sam, build_official_sam
+            from vlpipe.tiny.sam import build_hf_sam, build_official_sam  # + variant "tiny"
 
             hf_logging.disable_progress_bar()
 
             hf_dir = build_hf_sam(Path(tmp) / "sam_hf")
             ckpt = build_official_sam(Path(tmp) / "sam_official")
-            backends = {"hf tiny": lambda: load_hf_sam(str(hf_dir), args.device),
-                        "official tiny": lambda: load_official_sam(str(ckpt), "tiny", args.device)}
+            backends = {"hf tiny": lambda: load_hf_sam(str(hf_dir), args.device, "float32"),
+                        "official tiny": lambda: load_official_sam(str(ckpt), args.device,
+                                                                   "float32", variant="tiny")}
         times = {name: bench(name, load(), image, args.objects, args.repeats, args.device)
                  for name, load in backends.items()}
     masks_out = bench_masks_out(*image.shape[:2], args.objects, args.repeats, args.device)

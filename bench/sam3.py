@@ -5,7 +5,7 @@ encoded once, all phrases in one forward over its features) vs the model card's 
     python bench/sam3.py [--image PATH] [--phrases 1 4 16] [--image-size 112] [--repeats 3]
     python bench/sam3.py --model PATH_TO_LOCAL_SAM3 --device cuda   # a real checkpoint instead
 
-By default a random-weight SAM 3 is built by :func:`~vlpipe.agents.sam3.build_tiny_sam3`
+By default a random-weight SAM 3 is built by :func:`~vlpipe.tiny.grounding.build_tiny_sam3`
 (``--image-size`` px square input) into a temp dir and loaded as users load it. Both columns
 include post-processing to full-image boxes and masks at ``--threshold``; the instance count of
 both ways is printed to show they agree. Median of ``--repeats``.
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vlpipe.agents.sam3 import Sam3ConceptBackend, build_tiny_sam3, load_sam3
+from vlpipe.agents.sam3 import Sam3ConceptBackend, load_sam3
+from vlpipe.tiny.grounding import build_tiny_sam3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sam import test_image, timed  # noqa: E402  (bench/sam.py, this folder)
@@ -59,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or build_tiny_sam3(Path(tmp) / "sam3", image_size=args.image_size)
         processor, model = load_sam3(path, args.device, "float32")
-    backend = Sam3ConceptBackend.from_loaded(processor, model, box_threshold=args.threshold)
+    backend = Sam3ConceptBackend(processor, model, box_threshold=args.threshold)
     print(f"{name} {image.shape[1]}x{image.shape[0]}, {args.device}, "
           f"{'model ' + args.model if args.model else f'tiny SAM 3 at {args.image_size} px'}")
     print("phrases | ours: one encoding, one forward | one forward per phrase | speed-up | instances")

@@ -28,7 +28,7 @@ from vlpipe.agents.layouts import fit_image
 from vlpipe.agents.tiles import split_tiles
 from vlpipe.prompts import load_questions
 from vlpipe.synthetic import CATEGORIES, SIZES, render_scene
-from vlpipe.tiny import FILLER_WORDS, LLAVA_TEMPLATE, _word_tokenizer
+from vlpipe.tiny.mllm import FILLER_WORDS, LLAVA_TEMPLATE, _word_tokenizer
 
 IMAGE_SIZE, PATCH = 96, 12
 MIN_AREA = 8.0  # px² in the 96 px input: smaller objects are not named

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from vlpipe.cli import app
 from vlpipe.runner import (PREDICTIONS, RESULTS, list_inputs, output_name, read_predictions,
                            write_results)
-from vlpipe.tiny import OBJECT_WORDS
+from vlpipe.tiny.mllm import OBJECT_WORDS
 
 FAST = ["--tiles", "1x1", "--questions", "1", "--set", "rounds=1"]
 

@@ -91,7 +91,7 @@ def test_sam_box_node_segments_each_box(monkeypatch):
 def test_box_prompts_reach_the_hf_sam_decoder(tiny_models, shared_images):
     """A box prompt through the tiny SamModel gives the same masks as the model called directly
     with the box scaled to its input frame: 534 x 800 resized to 171 x 256."""
-    sam = load_hf_sam(str(tiny_models / "sam_hf"), "cpu")
+    sam = load_hf_sam(str(tiny_models / "sam_hf"), "cpu", "float32")
     image = load_image(shared_images / "dog.jpg")
     sam.set_image(image)
     box = np.array([[100.0, 50.0, 500.0, 400.0]], np.float32)
@@ -115,7 +115,7 @@ def test_detect_fused_runs_on_tiny_models(tiny_models, shared_images):
     assert len(out) and set(out.data["branch"]) <= {"attention", "grounding"}
     # the MLLM loaded once for both of its nodes, SAM once for both branches
     kinds = [k.kind for k in pipe.pool.keys()]
-    assert kinds.count("mllm") == 1 and kinds.count("sam-hf") == 1
+    assert kinds.count("mllm-transformers") == 1 and kinds.count("sam-hf") == 1
 
 
 def test_vlpipe_run_detect_fused(tiny_models, shared_images):

@@ -10,8 +10,9 @@ import pytest
 import supervision as sv
 from PIL import Image
 
-from vlpipe.agents.grounding import (GroundingDinoBackend, build_tiny_grounding_dino, crop_boxes, fair_order,
-                                    load_grounding_dino)
+from vlpipe.agents.backends import GROUNDING_BACKENDS
+from vlpipe.agents.grounding import GroundingDinoBackend, crop_boxes, fair_order, load_grounding_dino
+from vlpipe.tiny.grounding import build_tiny_grounding_dino
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
@@ -50,7 +51,7 @@ def test_tiny_model_reloads_offline(tiny_dir, monkeypatch):
 
 
 def test_detect_batched(loaded, images):
-    backend = GroundingDinoBackend.from_loaded(*loaded, box_threshold=0.0)
+    backend = GroundingDinoBackend(*loaded, box_threshold=0.0)
     n_chunks = len(backend.chunk_phrases(MANY))
     assert n_chunks > 1
     dets = backend.detect(images, [["a dog"], MANY])
@@ -71,9 +72,9 @@ def test_detect_batched(loaded, images):
 
 
 def test_detect_batch_size(loaded, images):
-    backend = GroundingDinoBackend.from_loaded(*loaded, box_threshold=0.0, batch_size=2)
+    backend = GroundingDinoBackend(*loaded, box_threshold=0.0, batch_size=2)
     n_chunks = 1 + len(backend.chunk_phrases(MANY))
-    full = GroundingDinoBackend.from_loaded(*loaded, box_threshold=0.0).detect(images, [["a dog"], MANY])
+    full = GroundingDinoBackend(*loaded, box_threshold=0.0).detect(images, [["a dog"], MANY])
     dets = backend.detect(images, [["a dog"], MANY])
     assert backend.forward_calls == math.ceil(n_chunks / 2)
     for a, b in zip(full, dets):
@@ -82,7 +83,7 @@ def test_detect_batch_size(loaded, images):
 
 
 def test_chunks_fit_text_len(loaded):
-    backend = GroundingDinoBackend.from_loaded(*loaded)
+    backend = GroundingDinoBackend(*loaded)
     chunks = backend.chunk_phrases(MANY + ["a dog", ""])  # duplicate and empty are dropped
     assert sorted(i for c in chunks for i in c.phrase_indices) == list(range(len(MANY)))
     for c in chunks:
@@ -91,7 +92,7 @@ def test_chunks_fit_text_len(loaded):
 
 
 def test_no_phrases(loaded, images):
-    backend = GroundingDinoBackend.from_loaded(*loaded)
+    backend = GroundingDinoBackend(*loaded)
     dets = backend.detect(images, [[], []])
     assert [len(d) for d in dets] == [0, 0] and backend.forward_calls == 0
     assert dets[0].data["class_name"].shape == (0,)
@@ -101,7 +102,8 @@ def test_no_phrases(loaded, images):
 
 
 def test_backend_from_path_and_crops(tiny_dir, images):
-    backend = GroundingDinoBackend(str(tiny_dir), box_threshold=0.0)
+    backend = GROUNDING_BACKENDS.build("grounding_dino", str(tiny_dir), "cpu", "auto",
+                                       box_threshold=0.0)
     dets = backend.detect(images[:1], [["a dog", "a cat"]])[0]
     crops = crop_boxes(images[0], dets, max_crops=4, pad=0.1)
     assert 0 < len(crops) <= 4

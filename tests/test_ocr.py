@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlpipe.agents.ocr import (
-    OCR_BACKENDS,
-    PaddleOcrBackend,
-    RapidOcrBackend,
-    TextLine,
-    format_lines,
-    lines_prompt,
-    ocr_backend,
-)
+from vlpipe.agents.backends import OCR_BACKENDS
+from vlpipe.agents.ocr import PaddleOcrBackend, RapidOcrBackend, TextLine, format_lines, lines_prompt
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
 
@@ -28,7 +21,7 @@ def load_rgb(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ocr() -> RapidOcrBackend:
-    return ocr_backend("rapidocr")
+    return OCR_BACKENDS.build("rapidocr", None, "cpu", None)
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +142,15 @@ def test_lines_prompt_heads_the_lines_and_writes_boxes_in_the_given_convention()
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="rapidocr") as exc:
-        ocr_backend("tesseract")
-    assert "paddleocr" in str(exc.value)
-    assert set(OCR_BACKENDS) == {"rapidocr", "paddleocr"}
+    with pytest.raises(ValueError, match="unknown OCR backend 'tesseract'") as exc:
+        OCR_BACKENDS.build("tesseract", None, "cpu", None)
+    assert "(known: paddleocr, rapidocr)" in str(exc.value)
+    assert OCR_BACKENDS.names() == ["paddleocr", "rapidocr"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("paddleocr") is not None, reason="paddleocr installed")
 def test_paddle_missing_is_clear():
-    backend = ocr_backend("paddleocr")
+    backend = OCR_BACKENDS.build("paddleocr", None, "cpu", None)
     assert isinstance(backend, PaddleOcrBackend)
     with pytest.raises(RuntimeError, match=r'pip install "vlpipe\[paddle\]"'):
         backend.read(np.zeros((32, 32, 3), np.uint8))

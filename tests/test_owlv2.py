@@ -40,7 +40,7 @@ def reference(processor, model, image, phrases):
 
 
 def test_boxes_scores_and_phrases_match_a_worked_out_reference(loaded, images):
-    backend = Owlv2Backend.from_loaded(*loaded, box_threshold=0.0)
+    backend = Owlv2Backend(*loaded, box_threshold=0.0)
     phrases = ["a dog", "a cat", "red car"]
     for image in images:  # landscape 800x534 and a wide strip: the square padding matters
         dets = backend.detect([image], [phrases])[0]
@@ -53,7 +53,7 @@ def test_boxes_scores_and_phrases_match_a_worked_out_reference(loaded, images):
 
 
 def test_one_forward_for_a_batch_and_padded_queries_never_reported(loaded, images):
-    backend = Owlv2Backend.from_loaded(*loaded, box_threshold=0.0)
+    backend = Owlv2Backend(*loaded, box_threshold=0.0)
     five = ["a dog", "a cat", "red car", "a tree", "the sign"]
     dets = backend.detect([images[0], images[1], images[0]], [["a tree"], five, []])
     assert backend.forward_calls == 1
@@ -67,7 +67,7 @@ def test_one_forward_for_a_batch_and_padded_queries_never_reported(loaded, image
         np.testing.assert_allclose(batched.confidence, alone.confidence, atol=1e-5)
     # threshold: only boxes above it, and batch_size splits the forward passes
     cut = float(np.median(dets[1].confidence))
-    strict = Owlv2Backend.from_loaded(*loaded, box_threshold=cut, batch_size=1)
+    strict = Owlv2Backend(*loaded, box_threshold=cut, batch_size=1)
     kept = strict.detect(images, [five, five])
     assert strict.forward_calls == 2
     assert len(kept[1]) == int((dets[1].confidence > cut).sum())
@@ -76,5 +76,6 @@ def test_one_forward_for_a_batch_and_padded_queries_never_reported(loaded, image
 def test_ground_recipe_with_the_owlv2_backend(ground_cli):
     boxes = ground_cli("owlv2")
     assert len(boxes) == 16 and {b["name"] for b in boxes} <= {"a dog", "a cat"}
-    with pytest.raises(ValueError, match="unknown grounding backend 'owl'.*grounding_dino, owlv2"):
+    with pytest.raises(ValueError,
+                       match=r"unknown grounding backend 'owl' \(known: grounding_dino, .*owlv2"):
         GroundingNode("g", model="m", backend="owl")

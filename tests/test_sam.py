@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.sam import SamNode, load_hf_sam, load_hf_sam2, load_official_sam, mask_to_grid
-from vlpipe.agents.sam3 import load_sam3_tracker
+from vlpipe.agents.backends import SAM_BACKENDS
+from vlpipe.agents.sam import SamNode, mask_to_grid
 from vlpipe.agents.tiles import Tile
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image
@@ -18,11 +18,13 @@ def image(shared_images):
 
 
 def backends(tiny_models):
-    return {"hf": lambda: load_hf_sam(str(tiny_models / "sam_hf"), "cpu"),
-            "hf2": lambda: load_hf_sam2(str(tiny_models / "sam_hf2"), "cpu"),
-            "official": lambda: load_official_sam(
-                str(tiny_models / "sam_official" / "sam_tiny.safetensors"), "tiny", "cpu"),
-            "sam3": lambda: load_sam3_tracker(str(tiny_models / "sam3_tracker"), "cpu")}
+    """Backend name -> a builder of it on the tiny model (the official one is segment-anything's
+    variant ``tiny``, which building the tiny models registered)."""
+    weights = {"hf": "sam_hf", "hf2": "sam_hf2", "official": "sam_official/sam_tiny.safetensors",
+               "sam3": "sam3_tracker"}
+    return {name: lambda name=name, path=path: SAM_BACKENDS.build(
+                name, str(tiny_models / path), "cpu", "float32", variant="tiny")
+            for name, path in weights.items()}
 
 
 @pytest.fixture(scope="module", params=["hf", "hf2", "official", "sam3"])

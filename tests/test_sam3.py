@@ -29,7 +29,7 @@ def loaded(tiny_models):
 def test_tracker_points_and_masks_match_the_processor_path(tiny_models, images):
     """Pixel points scaled to SAM 3's square input (x and y apart) and masks upscaled to the
     image equal what Sam3TrackerProcessor and post_process_masks give for the same prompts."""
-    sam = load_sam3_tracker(str(tiny_models / "sam3_tracker"), "cpu")
+    sam = load_sam3_tracker(str(tiny_models / "sam3_tracker"), "cpu", "float32")
     image = images[1]  # 709 x 132: x and y scale very differently
     sam.set_image(image)
     points = np.array([[[50, 40], [600, 100]], [[300, 20], [0, 0]]], np.float32)
@@ -97,7 +97,7 @@ def test_boxes_masks_scores_match_a_worked_out_reference(loaded, images):
         cut = float(np.median(scores))  # the threshold keeps the better half
         keep = scores > cut
         scores, boxes, masks, labels = scores[keep], boxes[keep], masks[keep], labels[keep]
-        backend = Sam3ConceptBackend.from_loaded(*loaded, box_threshold=cut)
+        backend = Sam3ConceptBackend(*loaded, box_threshold=cut)
         dets = backend.detect([image], [phrases])[0]
         assert len(dets) == len(scores) == 15
         np.testing.assert_allclose(dets.confidence, scores, atol=1e-5)
@@ -110,7 +110,7 @@ def test_boxes_masks_scores_match_a_worked_out_reference(loaded, images):
 
 
 def test_one_image_encoding_and_one_forward_for_a_batch(loaded, images):
-    backend = Sam3ConceptBackend.from_loaded(*loaded, box_threshold=0.3)
+    backend = Sam3ConceptBackend(*loaded, box_threshold=0.3)
     encodings = []
     hook = backend.model.vision_encoder.register_forward_hook(
         lambda module, args, out: encodings.append(args[0].shape[0]))
@@ -126,7 +126,7 @@ def test_one_image_encoding_and_one_forward_for_a_batch(loaded, images):
         alone = backend.detect([image], [phrases])[0]
         np.testing.assert_allclose(batched.xyxy, alone.xyxy, atol=1e-3)
         np.testing.assert_allclose(batched.confidence, alone.confidence, atol=1e-5)
-    split = Sam3ConceptBackend.from_loaded(*loaded, box_threshold=0.3, batch_size=2)
+    split = Sam3ConceptBackend(*loaded, box_threshold=0.3, batch_size=2)
     again = split.detect([images[1]], [five])[0]
     assert split.forward_calls == 3
     np.testing.assert_allclose(again.confidence, dets[1].confidence, atol=1e-5)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vlpipe.agents.gazetteer import Gazetteer
-from vlpipe.agents.names import build_tiny_clip_text, category_terms, parse_object_names
+from vlpipe.agents.names import category_terms, parse_object_names
+from vlpipe.tiny.clip import build_tiny_clip_text
 from vlpipe.agents.vocabulary import VocabularyMapper, clip_text_encoder
 
 LVIS_LIKE = [

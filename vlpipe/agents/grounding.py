@@ -16,21 +16,19 @@ import supervision as sv
 import torch
 
 from ..io import as_rgb_image
+from .backends import GROUNDING_BACKENDS
 from .detections import concat, empty_detections
-from .hub import from_pretrained, resolve_dtype, save_seeded
+from .hub import from_pretrained, resolve_dtype
 from .tiles import Tile
 
 __all__ = [
     "Crop",
     "GroundingDinoBackend",
-    "build_tiny_grounding_dino",
     "crop_boxes",
     "fair_order",
     "load_grounding_dino",
+    "load_grounding_dino_backend",
 ]
-
-# Grounding DINO hard-codes BERT's ids for these tokens.
-_BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
 
 
 def load_grounding_dino(model: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
@@ -58,44 +56,16 @@ class GroundingDinoBackend:
     """Detect boxes for free-text phrases with a transformers Grounding DINO model.
 
     Args:
-        model: local directory or hub id passed to ``from_pretrained``.
-        device: torch device for the model and inputs.
-        dtype: optional torch dtype (or name such as ``"float16"``).
+        processor, model: a loaded pair (:func:`load_grounding_dino`).
         box_threshold: minimum box confidence (max token probability of a query).
         text_threshold: token probability threshold used by the processor's text labels.
         max_text_len: upper bound on prompt token length (the model's own limit also applies).
         batch_size: prompts per forward pass; ``None`` puts all prompts in one pass.
     """
 
-    def __init__(
-        self,
-        model: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: Any = None,
-        box_threshold: float = 0.35,
-        text_threshold: float = 0.25,
-        max_text_len: int = 256,
-        batch_size: int | None = None,
-    ):
-        processor, net = load_grounding_dino(model, device, dtype)
-        self._setup(processor, net, box_threshold, text_threshold, max_text_len, batch_size)
-
-    @classmethod
-    def from_loaded(
-        cls,
-        processor: Any,
-        model: Any,
-        box_threshold: float = 0.35,
-        text_threshold: float = 0.25,
-        max_text_len: int = 256,
-        batch_size: int | None = None,
-    ) -> "GroundingDinoBackend":
-        """Wrap an already loaded ``(processor, model)`` pair (e.g. from a model pool)."""
-        self = cls.__new__(cls)
-        self._setup(processor, model, box_threshold, text_threshold, max_text_len, batch_size)
-        return self
-
-    def _setup(self, processor, model, box_threshold, text_threshold, max_text_len, batch_size) -> None:
+    def __init__(self, processor: Any, model: Any, box_threshold: float = 0.35,
+                 text_threshold: float = 0.25, max_text_len: int = 256,
+                 batch_size: int | None = None) -> None:
         self.processor = processor
         self.model = model
         self.tokenizer = processor.tokenizer
@@ -257,6 +227,14 @@ class GroundingDinoBackend:
         )
 
 
+@GROUNDING_BACKENDS.register("grounding_dino")
+def load_grounding_dino_backend(weights: str, device: str, dtype: str, *,
+                                box_threshold: float = 0.35,
+                                text_threshold: float = 0.25) -> GroundingDinoBackend:
+    return GroundingDinoBackend(*load_grounding_dino(weights, device, dtype), box_threshold,
+                                text_threshold)
+
+
 @dataclass
 class Crop:
     """A zoomed-in view of one detection: ``image`` (h, w, 3) the padded crop, ``name`` the
@@ -293,63 +271,3 @@ def crop_boxes(image: np.ndarray, dets: sv.Detections, max_crops: int = 4,
     return out
 
 
-# ---------------------------------------------------------------- tiny model
-_TINY_WORDS = (
-    "a an the of and with on in at to for is are this that "
-    "dog cat person man woman child people car truck bus bicycle bike motorcycle train boat plane "
-    "sign text logo word words letter number price label tag poster board banner "
-    "red blue green yellow black white brown big small left right top bottom front back "
-    "tree house building road street window door wall table chair bed sofa cup bottle bowl "
-    "phone laptop book bag hat shirt shoe hand face head eye bird horse cow sheep ball box "
-    "object thing animal vehicle food fruit apple banana orange pizza cake sky grass water"
-).split()
-
-
-def _tiny_vocab(size: int = 1100) -> dict[str, int]:
-    vocab: dict[str, int] = {tok: i for tok, i in _BERT_SPECIAL_IDS.items()}
-    free = [i for i in range(size) if i not in vocab.values()]
-    free_iter = iter(free)
-    for word in _TINY_WORDS:
-        vocab[word] = next(free_iter)
-    for i in free_iter:
-        vocab[f"[unused{i}]"] = i
-    return vocab
-
-
-def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build a tiny random Grounding DINO (model + processor) offline and save it to ``out_dir``.
-
-    Keeps BERT's special-token ids (the model hard-codes them); tiny Swin backbone, d_model 32,
-    2 decoder layers, 20 queries, max_text_len 32. For tests and examples only.
-    """
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = _tiny_vocab()
-    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=32)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
-    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-
-    backbone = SwinConfig(
-        image_size=224, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-        window_size=4, out_features=["stage2", "stage3", "stage4"],
-    )
-    text = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )
-    config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
-        num_queries=20, max_text_len=32, disable_custom_kernels=True,
-    )
-    return save_seeded(GroundingDinoForObjectDetection, config, processor, out, seed)

@@ -27,6 +27,7 @@ from ..prompts import load_prompt, load_questions
 from ..results import detections_to_json
 from . import flow_attention
 from .attention import AttentionFlow, object_map
+from .backends import MLLM_BACKENDS
 from .box_text import box_convention
 from .gazetteer import Gazetteer
 from .hub import from_pretrained, resolve_device, resolve_dtype
@@ -61,7 +62,8 @@ class Mllm:
         self.tokenizer = processor.tokenizer
 
     @classmethod
-    def load(cls, model: str, device: str, dtype: str | None, trust_remote_code: bool = False):
+    def load(cls, model: str, device: str, dtype: str | None, *,
+             trust_remote_code: bool = False) -> Mllm:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device = resolve_device(device)
@@ -166,6 +168,9 @@ class Mllm:
             self.model.set_attn_implementation(before)
 
 
+MLLM_BACKENDS.register("transformers")(Mllm.load)  # any family with an image-token layout
+
+
 def _strip_special(ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, bool]:
     """(answer ids up to the first stop token, without it; whether there was one)."""
     for k, t in enumerate(ids.tolist()):
@@ -245,13 +250,10 @@ class _MllmNode(Node):
     @property
     def mllm(self) -> Mllm:
         if self.endpoint:
-            from .served import ServedMllm
-
-            return self.pool.get("mllm-served", f"{self.endpoint} {self.model_id}", "remote",
-                                 None, lambda: ServedMllm(self.endpoint, self.model_id))
-        return self.pool.get("mllm", self.model_id, self.device, self.dtype,
-                             lambda: Mllm.load(self.model_id, self.device, self.dtype,
-                                               self.trust_remote_code))
+            return MLLM_BACKENDS.load(self.pool, "served", self.model_id, "remote", None,
+                                      endpoint=self.endpoint)
+        return MLLM_BACKENDS.load(self.pool, "transformers", self.model_id, self.device,
+                                  self.dtype, trust_remote_code=self.trust_remote_code)
 
 
 @dataclass

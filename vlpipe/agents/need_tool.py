@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..prompts import load_prompt
+from .backends import OCR_BACKENDS
 from .mllm import _MllmNode
-from .ocr import ocr_backend
 
 OPTIONS = ("none", "objects", "text", "both")
 TEXT_CUES = re.compile(r"\b(written|write|say|says|read|text|sign|word|words|letter|letters|"
@@ -120,6 +120,7 @@ class NeedToolNode(_MllmNode):
                              "(known: mllm, calibrated, always, never)")
         if policy == "calibrated" and not calibrator:
             raise ValueError("policy 'calibrated' needs a calibrator file (vlpipe calibrate)")
+        OCR_BACKENDS.check(ocr)
         self.policy, self.ocr_name = policy, ocr
         self.calibrator = Calibrator.load(calibrator) if policy == "calibrated" else None
 
@@ -131,7 +132,7 @@ class NeedToolNode(_MllmNode):
 
     def features(self, image: np.ndarray, question: str) -> np.ndarray:
         """(F,) calibrator features, in FEATURES order."""
-        ocr = self.pool.get("ocr", self.ocr_name, "cpu", None, lambda: ocr_backend(self.ocr_name))
+        ocr = OCR_BACKENDS.load(self.pool, self.ocr_name, None, "cpu", None)
         return np.array([*self.option_probs(image, question), ocr.text_area_fraction(image),
                          *question_cues(question)])
 

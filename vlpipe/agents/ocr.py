@@ -18,16 +18,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io import as_rgb_image
+from .backends import OCR_BACKENDS
 from .tiles import Tile
 
 __all__ = [
-    "OCR_BACKENDS",
     "PaddleOcrBackend",
     "RapidOcrBackend",
     "TextLine",
     "format_lines",
     "lines_prompt",
-    "ocr_backend",
+    "load_paddleocr",
+    "load_rapidocr",
 ]
 
 
@@ -207,16 +208,16 @@ class PaddleOcrBackend(_OcrBase):
         return lines
 
 
-OCR_BACKENDS: dict[str, type] = {"rapidocr": RapidOcrBackend, "paddleocr": PaddleOcrBackend}
+# OCR engines bring their own models and run on the CPU: the builders take no weights, device
+# or dtype, only the engine's params.
+@OCR_BACKENDS.register("rapidocr")
+def load_rapidocr(weights: None, device: str, dtype: None, **params: Any) -> RapidOcrBackend:
+    return RapidOcrBackend(**params)
 
 
-def ocr_backend(name: str, **params: Any):
-    """Instantiate an OCR backend by name (see ``OCR_BACKENDS``)."""
-    try:
-        cls = OCR_BACKENDS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown OCR backend {name!r}; known: {', '.join(sorted(OCR_BACKENDS))}") from None
-    return cls(**params)
+@OCR_BACKENDS.register("paddleocr")
+def load_paddleocr(weights: None, device: str, dtype: None, **params: Any) -> PaddleOcrBackend:
+    return PaddleOcrBackend(**params)
 
 
 def _reading_order(lines: Sequence[TextLine]) -> list[TextLine]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..pipeline import Node
-from .ocr import ocr_backend
+from .backends import OCR_BACKENDS
 
 
 class OcrNode(Node):
@@ -15,12 +15,14 @@ class OcrNode(Node):
 
     def __init__(self, name: str, *, backend: str = "rapidocr", **kw) -> None:
         super().__init__(name, device="cpu")
+        OCR_BACKENDS.check(backend)
         self.backend_name, self.backend_params = backend, kw
 
     @property
     def backend(self):
-        return self.pool.get("ocr", self.backend_name, "cpu", None,
-                             lambda: ocr_backend(self.backend_name, **self.backend_params))
+        """The engine from the pool, one per backend and params."""
+        return OCR_BACKENDS.load(self.pool, self.backend_name, None, "cpu", None,
+                                 **self.backend_params)
 
     def run(self, batch):
         ocr = self.backend

@@ -16,10 +16,11 @@ import supervision as sv
 import torch
 
 from ..io import as_rgb_image
+from .backends import GROUNDING_BACKENDS
 from .detections import empty_detections
-from .hub import from_pretrained, resolve_dtype, save_seeded
+from .hub import from_pretrained, resolve_dtype
 
-__all__ = ["Owlv2Backend", "build_tiny_owlv2", "load_owlv2"]
+__all__ = ["Owlv2Backend", "load_owlv2", "load_owlv2_backend"]
 
 
 def load_owlv2(model: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
@@ -36,7 +37,7 @@ def load_owlv2(model: str | Path, device: str = "cpu", dtype: Any = None) -> tup
 class Owlv2Backend:
     """Detect boxes for free-text phrases with a transformers OWLv2 model.
 
-    Args (of :meth:`from_loaded`):
+    Args:
         processor, model: a loaded pair (:func:`load_owlv2`).
         box_threshold: minimum box confidence (sigmoid of the query's class logit).
         batch_size: images per forward pass; ``None`` puts all images in one pass.
@@ -50,12 +51,6 @@ class Owlv2Backend:
         self.box_threshold = float(box_threshold)
         self.batch_size = batch_size
         self.forward_calls = 0
-
-    @classmethod
-    def from_loaded(cls, processor: Any, model: Any, box_threshold: float = 0.1,
-                    batch_size: int | None = None, **_ignored: Any) -> "Owlv2Backend":
-        """Wrap a loaded pair; options other backends take (``text_threshold``) are ignored."""
-        return cls(processor, model, box_threshold, batch_size)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], phrases: Sequence[Sequence[str]]) -> list[sv.Detections]:
@@ -97,6 +92,12 @@ class Owlv2Backend:
         return out
 
 
+@GROUNDING_BACKENDS.register("owlv2")
+def load_owlv2_backend(weights: str, device: str, dtype: str, *,
+                       box_threshold: float = 0.1) -> Owlv2Backend:
+    return Owlv2Backend(*load_owlv2(weights, device, dtype), box_threshold)
+
+
 def _detections(xyxy: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                 phrases: list[str], hw: tuple[int, int]) -> sv.Detections:
     if len(scores) == 0:
@@ -111,29 +112,3 @@ def _detections(xyxy: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
         class_id=class_id,
         data={"class_name": names, "text_label": names.copy()},
     )
-
-
-def build_tiny_owlv2(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build a tiny random OWLv2 (model + processor) offline and save it to ``out_dir``: 64 px
-    input, 16 px patches (4x4 = 16 boxes), hidden size 32, one layer per tower, the tiny CLIP
-    word tokenizer (16 tokens a query). For tests and examples only."""
-    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor,
-                              Owlv2Processor)
-
-    from .names import tiny_clip_tokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny_clip_tokenizer(max_len=16)
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
-                               tokenizer=tokenizer)
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2}
-    config = Owlv2Config(
-        text_config={**tower, "vocab_size": len(tokenizer), "max_position_embeddings": 16,
-                     "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id},
-        vision_config={**tower, "image_size": 64, "patch_size": 16},
-        projection_dim=32,  # OWL's class head compares text embeddings at the text width
-    )
-    return save_seeded(Owlv2ForObjectDetection, config, processor, out, seed)

@@ -1,8 +1,9 @@
 """SAM: attention-map point prompts -> masks, with VL-SAM's iterative refinement.
 
-Four backends behind one interface (:class:`SamBackend`): the official ``segment-anything``
-package, transformers' ``SamModel``, transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker
-(``Sam3TrackerModel``, driven as SAM 2; :mod:`.sam3`). For each view the
+Four backends behind one interface (:class:`SamBackend`), in ``SAM_BACKENDS``
+(:mod:`.backends`): the official ``segment-anything`` package, transformers' ``SamModel``,
+transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker (``Sam3TrackerModel``, driven as SAM 2;
+:mod:`.sam3`). For each view the
 image encoder runs once; every object's prompt of that view goes through the mask decoder in one
 batched call per refinement round:
 
@@ -20,7 +21,6 @@ scores low. Every round's detections are kept (``data["round"]``) for the merge.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,11 @@ import supervision as sv
 import torch
 
 from ..pipeline import Node
-from .hub import WeightsNotFound, from_pretrained, resolve_device
+from .backends import SAM_BACKENDS
+from .hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
 from .sam_masks import BoxMasks, chain_matrix, upscale_in_boxes
 from .detections import concat, empty_detections
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
-from .sam3 import load_sam3_tracker
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -74,6 +74,7 @@ class OfficialSam(SamBackend):
     def __init__(self, model: torch.nn.Module) -> None:
         from segment_anything import SamPredictor
 
+        self.model = model
         self.predictor = SamPredictor(model)
 
     def set_image(self, image):
@@ -183,46 +184,21 @@ class HfSam2(HfSam):
         return [(H, H)], [(W, W)]
 
 
-# -- official variants: name -> builder(checkpoint_path | None) -> nn.Module --------------------
-def _official_registry() -> dict[str, Callable[[], torch.nn.Module]]:
+# -- builders: weights, device, dtype -> backend ---------------------------------------------
+@SAM_BACKENDS.register("official")
+def load_official_sam(weights: str, device: str, dtype: str, *,
+                      variant: str = "vit_h") -> OfficialSam:
+    """Build segment-anything's ``sam_model_registry[variant]`` and load the checkpoint file
+    ``weights`` (.pth via ``torch.load(weights_only=True)``, or .safetensors)."""
     from segment_anything import sam_model_registry
 
-    builders = {name: (lambda n=name: sam_model_registry[n](checkpoint=None))
-                for name in ("vit_h", "vit_l", "vit_b")}
-    builders["tiny"] = build_tiny_official_sam
-    return builders
-
-
-def build_tiny_official_sam() -> torch.nn.Module:
-    """A tiny official-architecture SAM: 256 px input, 16x16 embedding, 64x64 low-res masks."""
-    from functools import partial
-
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
-
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2,
-            out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=4, global_attn_indexes=[1]),
-        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(16, 16),
-                                     input_image_size=(256, 256), mask_in_chans=8),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer_dim=32, iou_head_depth=2, iou_head_hidden_dim=32,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2)),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-
-
-def load_official_sam(checkpoint: str, variant: str, device: str) -> OfficialSam:
-    """Build ``variant`` and load ``checkpoint`` (.pth via ``torch.load(weights_only=True)``,
-    or .safetensors)."""
-    registry = _official_registry()
-    if variant not in registry:
-        raise ValueError(f"unknown SAM variant {variant!r} (known: {', '.join(registry)})")
-    path = Path(checkpoint).expanduser()
+    if variant not in sam_model_registry:
+        raise ValueError(f"unknown SAM variant {variant!r} "
+                         f"(known: {', '.join(sam_model_registry)})")
+    path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsNotFound(
-            f"cannot load the SAM checkpoint {checkpoint!r}: no such file. Download the official "
+            f"cannot load the SAM checkpoint {weights!r}: no such file. Download the official "
             "checkpoint (e.g. sam_vit_h_4b8939.pth from the segment-anything README) and pass "
             "its path, or use backend 'hf' with a Hugging Face id such as facebook/sam-vit-huge.")
     if path.suffix == ".safetensors":
@@ -231,34 +207,27 @@ def load_official_sam(checkpoint: str, variant: str, device: str) -> OfficialSam
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model = registry[variant]()
+    model = sam_model_registry[variant](checkpoint=None)
     model.load_state_dict(state)
-    return OfficialSam(model.to(device).eval())
+    return OfficialSam(model.to(device, resolve_dtype(dtype, device)).eval())
 
 
-def load_hf_sam(model: str, device: str) -> HfSam:
+@SAM_BACKENDS.register("hf")
+def load_hf_sam(weights: str, device: str, dtype: str) -> HfSam:
     from transformers import SamModel, SamProcessor
 
-    processor = from_pretrained(SamProcessor, model, "SAM")
-    net = from_pretrained(SamModel, model, "SAM")
+    processor = from_pretrained(SamProcessor, weights, "SAM")
+    net = from_pretrained(SamModel, weights, "SAM", dtype=resolve_dtype(dtype, device))
     return HfSam(processor, net.to(device).eval())
 
 
-def load_hf_sam2(model: str, device: str) -> HfSam2:
+@SAM_BACKENDS.register("hf2")
+def load_hf_sam2(weights: str, device: str, dtype: str) -> HfSam2:
     from transformers import Sam2Model, Sam2Processor
 
-    processor = from_pretrained(Sam2Processor, model, "SAM 2")
-    net = from_pretrained(Sam2Model, model, "SAM 2")
+    processor = from_pretrained(Sam2Processor, weights, "SAM 2")
+    net = from_pretrained(Sam2Model, weights, "SAM 2", dtype=resolve_dtype(dtype, device))
     return HfSam2(processor, net.to(device).eval())
-
-
-# backend name -> loader(model, variant, device); ``variant`` matters to the official one only
-SAM_BACKENDS: dict[str, Callable[[str, str, str], SamBackend]] = {
-    "hf": lambda model, variant, device: load_hf_sam(model, device),
-    "hf2": lambda model, variant, device: load_hf_sam2(model, device),
-    "official": load_official_sam,
-    "sam3": lambda model, variant, device: load_sam3_tracker(model, device),
-}
 
 
 # -- refinement -----------------------------------------------------------------------------
@@ -294,16 +263,13 @@ class _SamModelNode(Node):
     def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
                  device: str = "auto", **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
-        if backend not in SAM_BACKENDS:
-            raise ValueError(f"unknown SAM backend {backend!r} "
-                             f"(known: {', '.join(SAM_BACKENDS)})")
+        SAM_BACKENDS.check(backend)
         self.model_id, self.backend, self.variant = model, backend, variant
 
     @property
     def sam(self) -> SamBackend:
-        load = lambda: SAM_BACKENDS[self.backend](self.model_id, self.variant, self.device)
-        return self.pool.get(f"sam-{self.backend}", f"{self.model_id}:{self.variant}",
-                             self.device, "float32", load)
+        return SAM_BACKENDS.load(self.pool, self.backend, self.model_id, self.device, "float32",
+                                 variant=self.variant)
 
 
 class SamBoxNode(_SamModelNode):

@@ -19,25 +19,26 @@ import supervision as sv
 import torch
 
 from ..io import as_rgb_image
+from .backends import GROUNDING_BACKENDS, SAM_BACKENDS
 from .detections import concat, empty_detections
-from .hub import from_pretrained, resolve_dtype, save_seeded
+from .hub import from_pretrained, resolve_dtype
+from .sam import HfSam2
 
-__all__ = ["Sam3ConceptBackend", "build_tiny_sam3", "build_tiny_sam3_tracker", "load_sam3",
-           "load_sam3_tracker"]
+__all__ = ["Sam3ConceptBackend", "load_sam3", "load_sam3_concept", "load_sam3_tracker"]
 
 TEXT_TOKENS = 32  # Sam3Processor pads every phrase to 32 tokens (SAM 3's CLIP text length)
 
 
-def load_sam3_tracker(model: str, device: str):
+@SAM_BACKENDS.register("sam3")
+def load_sam3_tracker(weights: str, device: str, dtype: str) -> HfSam2:
     """``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (e.g. ``facebook/sam3``) behind the SAM 2
     interface (:class:`~vlpipe.agents.sam.HfSam2`: fixed square input, multi-level embedding,
     logits clamped to ±32)."""
     from transformers import Sam3TrackerModel, Sam3TrackerProcessor
 
-    from .sam import HfSam2  # sam.py registers this loader
-
-    processor = from_pretrained(Sam3TrackerProcessor, model, "SAM 3 tracker")
-    net = from_pretrained(Sam3TrackerModel, model, "SAM 3 tracker")
+    processor = from_pretrained(Sam3TrackerProcessor, weights, "SAM 3 tracker")
+    net = from_pretrained(Sam3TrackerModel, weights, "SAM 3 tracker",
+                          dtype=resolve_dtype(dtype, device))
     return HfSam2(processor, net.to(device).eval())
 
 
@@ -58,7 +59,7 @@ class Sam3ConceptBackend:
     post-processing computes it; masks are the query's mask probabilities resized (bilinear) to
     the image and cut at ``mask_threshold``.
 
-    Args (of :meth:`from_loaded`):
+    Args:
         processor, model: a loaded pair (:func:`load_sam3`).
         box_threshold: minimum instance score.
         mask_threshold: probability above which a pixel is in the mask.
@@ -73,12 +74,6 @@ class Sam3ConceptBackend:
         self.box_threshold, self.mask_threshold = float(box_threshold), float(mask_threshold)
         self.batch_size = batch_size
         self.forward_calls = 0
-
-    @classmethod
-    def from_loaded(cls, processor: Any, model: Any, box_threshold: float = 0.5,
-                    batch_size: int | None = None, **_ignored: Any) -> "Sam3ConceptBackend":
-        """Wrap a loaded pair; options other backends take (``text_threshold``) are ignored."""
-        return cls(processor, model, box_threshold, batch_size=batch_size)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], phrases: Sequence[Sequence[str]]) -> list[sv.Detections]:
@@ -154,58 +149,7 @@ def _by_confidence(parts: list[sv.Detections]) -> sv.Detections:
     return dets[np.argsort(-dets.confidence, kind="stable")]
 
 
-# ---------------------------------------------------------------- tiny models
-def _tiny_vision(image_size: int) -> dict:
-    """A tiny SAM 3 ViT (patch 14, width 32, two layers, the second with global attention) and
-    its FPN: e = image_size / 14 cells, levels 4e, 2e, e (the released model: 1008 px, e = 72)."""
-    e = image_size // 14
-    vit = {"model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
-           "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size,
-           "patch_size": 14, "window_size": 4, "global_attn_indexes": [1],
-           "pretrain_image_size": image_size}
-    return {"backbone_config": vit, "fpn_hidden_size": 32,
-            "backbone_feature_sizes": [[4 * e, 4 * e], [2 * e, 2 * e], [e, e]]}
-
-
-def build_tiny_sam3_tracker(out_dir: str | Path, seed: int = 0, image_size: int = 224) -> Path:
-    """A tiny random ``Sam3TrackerModel`` + processor saved to ``out_dir``: 224 px square input,
-    16x16 embedding, 64x64 low-res masks (as the other tiny SAMs). For tests and examples only."""
-    from transformers import Sam3ImageProcessor, Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerProcessor
-
-    s = image_size
-    config = Sam3TrackerConfig(
-        vision_config=_tiny_vision(s),
-        prompt_encoder_config={"hidden_size": 32, "image_size": s, "patch_size": 14,
-                               "mask_input_channels": 8},
-        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2,
-                             "iou_head_hidden_dim": 32})
-    # the image processor facebook/sam3 gives the tracker too (SAM 2's resize and mask upscaling)
-    processor = Sam3TrackerProcessor(Sam3ImageProcessor(size={"height": s, "width": s}))
-    return save_seeded(Sam3TrackerModel, config, processor, Path(out_dir), seed)
-
-
-def build_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) -> Path:
-    """A tiny random ``Sam3Model`` + processor saved to ``out_dir``: 112 px square input (8x8
-    cells, 32x32 mask logits), 10 queries, one layer per DETR stage, a CLIP text tower of width
-    32 over the tiny word tokenizer. For tests and examples only."""
-    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
-
-    from .names import tiny_clip_tokenizer
-
-    tokenizer = tiny_clip_tokenizer(max_len=TEXT_TOKENS)
-    # weights drawn 10x wider than SAM 3's default (0.02), so random queries differ in score
-    wide = {"initializer_range": 0.2}
-    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_layers": 1,
-             **wide}
-    config = Sam3Config(
-        vision_config=_tiny_vision(image_size),
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
-                     "max_position_embeddings": TEXT_TOKENS, "pad_token_id": tokenizer.pad_token_id,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
-        geometry_encoder_config=small, detr_encoder_config=small,
-        detr_decoder_config={**small, "num_queries": 10},
-        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2, **wide}, **wide)
-    processor = Sam3Processor(Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
-                              tokenizer)
-    return save_seeded(Sam3Model, config, processor, Path(out_dir), seed)
+@GROUNDING_BACKENDS.register("sam3")
+def load_sam3_concept(weights: str, device: str, dtype: str, *,
+                      box_threshold: float = 0.5) -> Sam3ConceptBackend:
+    return Sam3ConceptBackend(*load_sam3(weights, device, dtype), box_threshold)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backends import MLLM_BACKENDS
 from .mllm import Generation
 
 API_KEY_VARIABLES = ("VLPIPE_API_KEY", "OPENAI_API_KEY")
@@ -110,3 +111,9 @@ class ServedMllm:
                                "(or use policy always / never / calibrated)")
         top = [(t.token, t.logprob) for t in choice.logprobs.content[0].top_logprobs]
         return option_probs_from_top(top, options)
+
+
+@MLLM_BACKENDS.register("served")
+def load_served_mllm(weights: str, device: str, dtype: None, *, endpoint: str) -> ServedMllm:
+    """``weights``: the model name the server at ``endpoint`` serves."""
+    return ServedMllm(endpoint, weights)

@@ -1,7 +1,7 @@
-"""ModelPool: each model is loaded once per (kind, weights, device, dtype) and shared.
+"""ModelPool: each model is loaded once per (kind, weights, device, dtype, options) and shared.
 
-Nodes ask ``pool.get(kind, weights, device, dtype, loader)``; the first ask calls ``loader()``,
-later asks return the same object. With a memory budget, the least recently used models are
+Nodes ask ``pool.get(kind, weights, device, dtype, loader, options)``; the first ask calls
+``loader()``, later asks with the same key return the same object. With a memory budget, the least recently used models are
 dropped to make room (their memory returns once no node holds them).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 
@@ -19,19 +19,32 @@ class ModelKey(NamedTuple):
     weights: str
     device: str
     dtype: str
+    options: tuple = ()  # sorted (name, value) pairs, values made hashable by frozen()
+
+
+def frozen(value: Any) -> Any:
+    """A hashable stand-in for an option value: mappings become sorted (key, value) tuples,
+    lists and tuples tuples, sets frozensets, recursively."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(frozen(v) for v in value)
+    return value
 
 
 def model_nbytes(obj: Any) -> int:
-    """Bytes held by the parameters and buffers of a torch module (or a tuple/list/dict of
-    them, e.g. ``(processor, model)``); 0 for anything else."""
+    """Bytes held by the parameters and buffers of a torch module, of a tuple/list/dict of
+    them (e.g. ``(processor, model)``), or of a backend's ``model``; 0 for anything else."""
     if isinstance(obj, (tuple, list)):
         return sum(model_nbytes(o) for o in obj)
     if isinstance(obj, dict):
         return sum(model_nbytes(o) for o in obj.values())
-    tensors = []
     if hasattr(obj, "parameters") and hasattr(obj, "buffers"):
-        tensors = [*obj.parameters(), *obj.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in [*obj.parameters(), *obj.buffers()])
+    model = getattr(obj, "model", None)
+    return 0 if model is None else model_nbytes(model)
 
 
 class ModelPool:
@@ -45,8 +58,8 @@ class ModelPool:
         self.evictions = 0
 
     def get(self, kind: str, weights: str, device: str, dtype: Any,
-            loader: Callable[[], Any]) -> Any:
-        key = ModelKey(kind, str(weights), str(device), str(dtype))
+            loader: Callable[[], Any], options: Mapping[str, Any] | None = None) -> Any:
+        key = ModelKey(kind, str(weights), str(device), str(dtype), frozen(options or {}))
         if key in self._models:
             self._models.move_to_end(key)
             self.hits += 1

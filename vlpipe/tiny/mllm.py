@@ -1,15 +1,12 @@
-"""Tiny random-weight models for tests and offline smoke runs (``vlpipe models tiny DIR``).
-
-Every model is built from a config, saved with ``save_pretrained`` (or as a safetensors
-checkpoint for the official SAM) and loaded back by the same code path users take. Their outputs
-are meaningless: they prove the plumbing, not the perception.
-"""
+"""Tiny MLLMs: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen3-VL over a word-level tokenizer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from . import SEED
 
 # Words the tiny language models can say: mostly object names, so random generations still parse
 # into object lists.
@@ -24,7 +21,6 @@ FILLER_WORDS = [",", ".", "and", "a", "an", "the", "there", "is", "are", "in", "
                 "every", "object", "?", ":", "1", "2", "3", "none", "both", "tools", "yes", "no",
                 "answer", "question", "written", "on", "say", "does", "it", "where", "how", "many",
                 "with", "to", "need", "or", "text_reading", "finding", "reply", "one", "word"]
-SEED = 0
 
 
 def _word_tokenizer(special: list[str], extra_special: list[str], chat_template: str,
@@ -187,128 +183,3 @@ def build_qwen3_vl(out: Path) -> Path:
         **tokens)
     model = Qwen3VLForConditionalGeneration(cfg).eval()
     return _save_qwen(model, tok, Qwen3VLProcessor, Qwen3VLVideoProcessor(), out)
-
-
-def build_hf_sam(out: Path) -> Path:
-    """Tiny transformers SamModel: 256 px input, 16x16 embedding, 64x64 low-res masks."""
-    from transformers import (SamConfig, SamImageProcessor, SamMaskDecoderConfig, SamModel,
-                              SamProcessor, SamPromptEncoderConfig, SamVisionConfig)
-
-    torch.manual_seed(SEED)
-    cfg = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      image_size=256, patch_size=16, window_size=4,
-                                      global_attn_indexes=[1], output_channels=32,
-                                      mlp_dim=128, num_pos_feats=16),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256,
-                                                     patch_size=16, image_embedding_size=16,
-                                                     mask_input_channels=8),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, mlp_dim=64,
-                                                 iou_head_hidden_dim=32))
-    SamModel(cfg).eval().save_pretrained(out)
-    processor = SamProcessor(SamImageProcessor(size={"longest_edge": 256},
-                                               pad_size={"height": 256, "width": 256}))
-    processor.save_pretrained(out)
-    return out
-
-
-def build_hf_sam2(out: Path, image_size: int = 256) -> Path:
-    """Tiny transformers Sam2Model: a one-block-per-stage Hiera (windowed attention only),
-    256 px square input, 16x16 embedding, 64x64 low-res masks."""
-    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2ImageProcessor,
-                              Sam2MaskDecoderConfig, Sam2Model, Sam2Processor,
-                              Sam2PromptEncoderConfig, Sam2VisionConfig)
-
-    torch.manual_seed(SEED)
-    s = image_size
-    # no global-attention block: one that opens a pooled stage divides by a zero window
-    backbone = Sam2HieraDetConfig(
-        hidden_size=16, num_attention_heads=1, image_size=[s, s], blocks_per_stage=[1, 1, 1, 1],
-        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
-        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[],
-        window_positional_embedding_background_size=[4, 4])
-    cfg = Sam2Config(
-        vision_config=Sam2VisionConfig(
-            backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
-            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-            fpn_hidden_size=32),
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16,
-                                                      mask_input_channels=8),
-        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64,
-                                                  num_attention_heads=2, iou_head_hidden_dim=32))
-    Sam2Model(cfg).eval().save_pretrained(out)
-    processor = Sam2Processor(Sam2ImageProcessor(size={"height": s, "width": s},
-                                                 mask_size={"height": s // 4, "width": s // 4}))
-    processor.save_pretrained(out)
-    return out
-
-
-def build_official_sam(out: Path) -> Path:
-    """Tiny official-architecture SAM (variant ``tiny``) as a safetensors checkpoint."""
-    from safetensors.torch import save_file
-
-    from .agents.sam import build_tiny_official_sam
-
-    torch.manual_seed(SEED)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sam_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build_tiny_official_sam().state_dict().items()}, path)
-    return path
-
-
-def tiny_params(models: dict[str, Path]) -> dict[str, dict]:
-    """Per built-in recipe, the params that point it at the tiny models (small and fast)."""
-    return {
-        "detect": {"mllm": str(models["llava"]), "sam": str(models["sam_hf"]),
-                   "sam_backend": "hf", "questions": 2, "tiles": "2x2", "rounds": 3,
-                   "max_new_tokens": 12, "device": "cpu"},
-        "detect-fused": {"mllm": str(models["llava"]), "sam": str(models["sam_hf"]),
-                         "grounding": str(models["grounding_dino"]), "box_threshold": 0.0,
-                         "questions": 2, "tiles": "2x2", "rounds": 3, "max_new_tokens": 12,
-                         "device": "cpu"},
-        "ask": {"mllm": str(models["llava"]), "grounding": str(models["grounding_dino"]),
-                "max_new_tokens": 12, "device": "cpu"},
-        "ground": {"grounding": str(models["grounding_dino"]), "device": "cpu"},
-        "ocr": {},
-    }
-
-
-def build_all(out: str | Path) -> list[Path]:
-    """Every tiny model under ``out`` plus ``out/<recipe>.yaml`` for each built-in recipe."""
-    import yaml
-
-    from .agents.grounding import build_tiny_grounding_dino
-    from .agents.names import build_tiny_clip_text
-    from .agents.owlv2 import build_tiny_owlv2
-    from .agents.sam3 import build_tiny_sam3, build_tiny_sam3_tracker
-    from .pipeline import recipe_names, resolve_pipeline
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    models = {
-        "llava": build_llava(out / "llava"),
-        "llava_next": build_llava_next(out / "llava_next"),
-        "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
-        "qwen3_vl": build_qwen3_vl(out / "qwen3_vl"),
-        "sam_hf": build_hf_sam(out / "sam_hf"),
-        "sam_hf2": build_hf_sam2(out / "sam_hf2"),
-        "sam_official": build_official_sam(out / "sam_official"),
-        "sam3_tracker": build_tiny_sam3_tracker(out / "sam3_tracker"),
-        "grounding_dino": build_tiny_grounding_dino(out / "grounding_dino"),
-        "owlv2": build_tiny_owlv2(out / "owlv2"),
-        "sam3": build_tiny_sam3(out / "sam3"),
-        "clip_text": build_tiny_clip_text(out / "clip_text"),
-    }
-    written = list(models.values())
-    for recipe, params in tiny_params(models).items():
-        if recipe not in recipe_names():
-            continue
-        spec = yaml.safe_load(resolve_pipeline(recipe).read_text())
-        spec["description"] = "Tiny random-weight models: meaningless results. " + spec.get(
-            "description", "")
-        spec["params"] = {**spec.get("params", {}), **params}
-        path = out / f"{recipe}.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-        written.append(path)
-    return written
