@@ -1,4 +1,4 @@
-"""Benchmark the batch runner (vlpipe.runner.BatchRunner) on tiny random-weight models.
+"""Benchmark the local batch engine (vlpipe.batch.run) on tiny random-weight models.
 
     python bench/batch.py [--images 200] [--big 1000] [--batch-size 8]
 
@@ -7,13 +7,14 @@ temporary folder, loads the detect pipeline once (tiles 1x1, 1 question, 1 SAM r
 warms it up, then on the same ``--images`` images:
 
 * plain loop: ``for f in files: pipe.run(image=load_image(f))`` + one JSON line per image;
-* BatchRunner: prefetched decoding, ``--batch-size`` images per graph run, fsynced JSON lines;
+* ``vlpipe.batch.run`` (local engine, the same loaded models through the pipeline's
+  ``ModelPool``): prefetched decoding, ``--batch-size`` images per graph run, fsynced JSON lines;
 
 alternating in 5 chunks (so that load from other processes on a shared machine hits both
 alike), reporting images per wall second and per CPU second of the process.
 
 Then, in a fresh subprocess, the process's peak RSS (``ru_maxrss``) after ``--images`` images
-through a BatchRunner and again after continuing (resume) to ``--big`` images: no growth with
+through ``vlpipe.batch.run`` and again after continuing (resume) to ``--big`` images: no growth with
 the number of images means nothing accumulates per image.
 """
 
@@ -50,9 +51,11 @@ def make_images(folder: Path, n: int, size: int = 96) -> list[Path]:
 
 
 def load_pipeline(tiny: Path):
-    from vlpipe.pipeline import Pipeline
+    """The tiny detect spec and its pipeline with PARAMS."""
+    from vlpipe.pipeline import Pipeline, PipelineSpec
 
-    return Pipeline.load(tiny / "detect.yaml", **PARAMS)
+    spec = PipelineSpec.load(tiny / "detect.yaml")
+    return spec, Pipeline.from_spec(spec, **PARAMS)
 
 
 def rss_mb() -> float:
@@ -72,15 +75,16 @@ def plain_loop(pipe, files: list[Path], out: Path) -> None:
             sink.write(json.dumps(rec) + "\n")
 
 
-def batch_runner(pipe, entries, out: Path, batch_size: int):
-    from vlpipe.runner import BatchRunner
+def batch_run(spec, pipe, entries, out: Path, batch_size: int):
+    """``vlpipe.batch.run`` of ``spec``, loading its models through ``pipe.pool``."""
+    from vlpipe.batch import RunOptions, run
 
-    summary = BatchRunner(pipe, out, batch_size=batch_size).run(entries)
+    summary = run(spec, PARAMS, entries, out, RunOptions(batch_size, pool=pipe.pool))
     assert summary.failed == 0, summary.errors[:3]
     return summary
 
 
-def compare(pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 5) -> dict[str, list[float]]:
+def compare(spec, pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 5) -> dict[str, list[float]]:
     """Wall and CPU seconds of both ways over the same images, alternating in ``chunks`` so
     that load from other processes on a shared machine hits both alike."""
     from vlpipe.runner import list_inputs
@@ -94,7 +98,7 @@ def compare(pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 5) -> 
             if way == "loop":
                 plain_loop(pipe, [e.path for e in entries[lo:hi]], tmp / "loop.jsonl")
             else:
-                batch_runner(pipe, entries[lo:hi], tmp / "batch", batch_size)
+                batch_run(spec, pipe, entries[lo:hi], tmp / "batch", batch_size)
             times[way][0] += time.perf_counter() - wall
             times[way][1] += time.process_time() - cpu
     return times
@@ -104,12 +108,12 @@ def rss_worker(tiny: Path, folder: Path, out: Path, first: int, total: int, batc
     """Peak RSS after ``first`` images, then after resuming up to ``total`` (JSON on stdout)."""
     from vlpipe.runner import list_inputs
 
-    pipe = load_pipeline(tiny)
+    spec, pipe = load_pipeline(tiny)
     entries, _ = list_inputs(folder)
     start = time.perf_counter()
-    s1 = batch_runner(pipe, entries[:first], out, batch_size)
+    s1 = batch_run(spec, pipe, entries[:first], out, batch_size)
     after_first = rss_mb()
-    s2 = batch_runner(pipe, entries[:total], out, batch_size)
+    s2 = batch_run(spec, pipe, entries[:total], out, batch_size)
     after_total = rss_mb()
     lines = sum(1 for _ in open(out / "predictions.jsonl", encoding="utf-8"))
     print(json.dumps({"first": first, "total": total, "rss_first_mb": after_first,
@@ -149,18 +153,18 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
         print(f"pipeline: tiny detect, {PARAMS}, cpu")
 
-        pipe = load_pipeline(tmp / "tiny")
+        spec, pipe = load_pipeline(tmp / "tiny")
         for f in files[:4]:  # warm-up: model loading, first-call costs
             pipe.run(image=load_image(f))
 
         n = args.images
-        t = compare(pipe, small, tmp, args.batch_size)
+        t = compare(spec, pipe, small, tmp, args.batch_size)
         (lw, lc), (bw, bc) = t["loop"], t["batch"]
         print(f"\nthroughput on the same {n} images (the two ways alternate in 5 chunks):")
         for label, (w, c) in (("plain per-image loop", t["loop"]),
-                              (f"BatchRunner (batch {args.batch_size}, prefetch)", t["batch"])):
+                              (f"batch.run (batch {args.batch_size}, prefetch)", t["batch"])):
             print(f"  {label:34s}: {n / w:6.2f} img/s wall ({w:.1f} s), {n / c:6.2f} img/CPU-s")
-        print(f"  {'ratio BatchRunner / loop':34s}: {lw / bw:.2f}x wall, {lc / bc:.2f}x CPU")
+        print(f"  {'ratio batch.run / loop':34s}: {lw / bw:.2f}x wall, {lc / bc:.2f}x CPU")
         loop = {r["file"]: r for r in map(json.loads, open(tmp / "loop.jsonl", encoding="utf-8"))}
         batch = read_predictions(tmp / "batch" / "predictions.jsonl")
         same = sum(sorted(d["name"] for d in r["detections"])
@@ -176,7 +180,7 @@ def main() -> None:
             sys.exit(f"rss worker failed:\n{worker.stderr[-3000:]}")
         r = json.loads(worker.stdout.strip().splitlines()[-1])
         assert r["lines"] == r["total"] == r["done"] and r["skipped_on_resume"] == r["first"], r
-        print(f"\npeak RSS of a fresh process running BatchRunner (batch {args.batch_size}), "
+        print(f"\npeak RSS of a fresh process running batch.run (batch {args.batch_size}), "
               f"{r['total']} images in {r['seconds']:.0f} s:")
         print(f"  after {r['first']:5d} images: {r['rss_first_mb']:7.1f} MB")
         print(f"  after {r['total']:5d} images: {r['rss_total_mb']:7.1f} MB "

@@ -25,14 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oracle_world import FAMILIES, oracle_pipeline  # noqa: E402
+from oracle_world import FAMILIES, oracle_pipeline, oracle_spec  # noqa: E402
 
 import numpy as np  # noqa: E402
 import supervision as sv  # noqa: E402
 
+from vlpipe.batch import run  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
-from vlpipe.runner import BatchRunner, list_inputs, write_results  # noqa: E402
+from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 
 OLD_MERGE = {"method": "nmm", "metric": "ios", "threshold": 0.5, "drop_fragments": False}
@@ -53,7 +54,7 @@ ABLATION = [
 def run_oracle(gt: Path, images: Path | None, out: Path, **options) -> dict:
     """Run the oracle detect over the dataset into ``out`` and evaluate it."""
     entries, data = list_inputs(gt, images)
-    summary = BatchRunner(oracle_pipeline(gt, images, **options), out).run(entries)
+    summary = run(*oracle_spec(gt, images, **options), entries, out)
     if summary.failed:
         raise RuntimeError(f"{summary.failed} images failed: {summary.errors[:3]}")
     results = json.loads(write_results(out, data).read_text())

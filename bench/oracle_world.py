@@ -268,13 +268,13 @@ def load_oracle_grounding(weights: str, device: str, dtype: str) -> OracleGround
     return OracleGrounding(OracleWorld._open[weights])
 
 
-def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",
-                    image_fit: str = "pad", tiles: str = "2x2", questions: int = 2,
-                    rounds: int = 3, max_instances: int = 8, merge: dict | None = None,
-                    recipe: str = "detect") -> Pipeline:
-    """The ``detect`` or ``detect-fused`` recipe with the oracle experts in place of the MLLM,
-    SAM (and the grounding expert); ``merge`` params replace the recipe's merge params. The
-    fused recipe also outputs ``fused``: both branches before the merge."""
+def oracle_spec(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",
+                image_fit: str = "pad", tiles: str = "2x2", questions: int = 2, rounds: int = 3,
+                max_instances: int = 8, merge: dict | None = None,
+                recipe: str = "detect") -> tuple[PipelineSpec, dict]:
+    """The ``detect`` or ``detect-fused`` recipe's spec, and its params, with the oracle experts
+    in place of the MLLM, SAM (and the grounding expert); ``merge`` params replace the recipe's
+    merge params. The fused recipe also outputs ``fused``: both branches before the merge."""
     world_key = str(Path(gt).resolve())
     OracleWorld.open(gt, images)
     common = {"gt": str(gt), "images": None if images is None else str(images),
@@ -292,6 +292,12 @@ def oracle_pipeline(gt: str | Path, images: str | Path | None = None, *, family:
     spec.nodes["sam"].params["max_instances"] = max_instances
     if merge is not None:
         spec.nodes["merge"].params = dict(merge)
-    graph = spec.build(tiles=tiles, questions=questions, rounds=rounds, sam=world_key,
-                       sam_backend="oracle", mllm="oracle", device="cpu", **extra)
-    return Pipeline(graph, name=f"{recipe}-oracle")
+    spec.name = f"{recipe}-oracle"
+    return spec, dict(tiles=tiles, questions=questions, rounds=rounds, sam=world_key,
+                      sam_backend="oracle", mllm="oracle", device="cpu", **extra)
+
+
+def oracle_pipeline(gt: str | Path, images: str | Path | None = None, **options) -> Pipeline:
+    """The pipeline of :func:`oracle_spec`."""
+    spec, params = oracle_spec(gt, images, **options)
+    return Pipeline.from_spec(spec, **params)

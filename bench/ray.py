@@ -5,7 +5,7 @@
 
 Writes ``--images`` random ``--size`` px images to a temporary folder, builds the tiny models (or
 uses ``--models DIR`` from ``vlpipe models tiny DIR``), then runs the detect pipeline over the
-folder, each run into a fresh output folder: the local :class:`~vlpipe.runner.BatchRunner` (torch
+folder with :func:`vlpipe.batch.run`, each run into a fresh output folder: the local engine (torch
 on 1 thread, as in a Ray worker with fewer than 2 CPUs; ``--local-threads 1 0`` adds a row with
 torch's default count), then Ray with 1 worker and with 2 workers (``--cpu-per-worker`` CPUs
 each, on a local Ray started with ``--cpus`` CPUs; ``ray.init`` is timed on its own line).
@@ -50,7 +50,9 @@ class Clock:
         self.start = time.perf_counter()
         self.first = self.last = None
 
-    def __call__(self, n: int) -> None:
+    def __call__(self, done: int, total: int) -> None:
+        if done == 0:  # before the first image
+            return
         now = time.perf_counter() - self.start
         self.first = now if self.first is None else self.first
         self.last = now
@@ -78,9 +80,9 @@ def main() -> None:
 
     import yaml
 
-    from vlpipe.pipeline import Pipeline
-    from vlpipe.ray_runner import import_ray, run_ray
-    from vlpipe.runner import BatchRunner, list_inputs
+    from vlpipe.batch import RunOptions, run
+    from vlpipe.ray_runner import RayEngine, import_ray
+    from vlpipe.runner import list_inputs
 
     params = {}
     for item in args.sets:
@@ -115,8 +117,8 @@ def main() -> None:
     for threads in args.local_threads:
         torch.set_num_threads(threads or default_threads)
         clock = Clock()
-        BatchRunner(Pipeline.load(detect, **params), tmp / f"out-local{threads}",
-                    batch_size=args.batch_size).run(entries, progress=clock)
+        run(detect, params, entries, tmp / f"out-local{threads}",
+            RunOptions(batch_size=args.batch_size), progress=clock)
         print(row(f"local {torch.get_num_threads()} thr", n, clock,
                   "(in-process: pipeline build + model load are in 'first s')"), flush=True)
     torch.set_num_threads(default_threads)
@@ -128,9 +130,9 @@ def main() -> None:
     ray_init = time.perf_counter() - t0
     for workers in (1, 2):
         clock = Clock()
-        summary = run_ray(detect, params, entries, tmp / f"out-ray{workers}", workers=workers,
-                          num_cpus_per_worker=args.cpu_per_worker, batch_size=args.batch_size,
-                          progress=clock)
+        engine = RayEngine(workers=workers, num_cpus_per_worker=args.cpu_per_worker)
+        summary = run(detect, params, entries, tmp / f"out-ray{workers}",
+                      RunOptions(batch_size=args.batch_size, engine=engine), progress=clock)
         assert summary.done == n, summary
         starts = "  ".join(f"{summary.worker_init_seconds[pid]:.2f}+"
                            f"{summary.worker_first_batch_seconds.get(pid, float('nan')):.2f}"

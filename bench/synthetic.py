@@ -43,8 +43,9 @@ from train_tiny import view_names  # noqa: E402
 from vlpipe.agents.mllm import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.points import instance_prompts, points_to_image  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
-from vlpipe.pipeline import Pipeline, PipelineSpec, registry, resolve_pipeline  # noqa: E402
-from vlpipe.runner import BatchRunner, list_inputs, write_results  # noqa: E402
+from vlpipe.batch import run  # noqa: E402
+from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
+from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_llava_shapes"
@@ -162,11 +163,13 @@ registry.register("registered_mllm_objects", RegisteredObjectListNode)
 registry.register("pointing_attention_maps", PointingMapsNode)
 
 
-def synthetic_pipeline(gt: Path, mllm: str | Path, record: str, *, head_weighting: bool = True,
-                       flow: bool = True, regularize: bool = True, n_negative: int = 1,
-                       rounds: int = 3, tiles: str = "2x2", questions: int = 10) -> Pipeline:
-    """The detect recipe with the trained MLLM (recording pointing and names under ``record``)
-    and the oracle SAM; the keyword arguments are the ablation chain's switches."""
+def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, head_weighting: bool = True,
+                   flow: bool = True, regularize: bool = True, n_negative: int = 1,
+                   rounds: int = 3, tiles: str = "2x2",
+                   questions: int = 10) -> tuple[PipelineSpec, dict]:
+    """The detect recipe's spec, and its params, with the trained MLLM (recording pointing and
+    names under ``record``) and the oracle SAM; the keyword arguments are the ablation chain's
+    switches."""
     OracleWorld.open(gt)
     spec = PipelineSpec.load(resolve_pipeline("detect"))
     objects, maps, sam = spec.nodes["objects"], spec.nodes["maps"], spec.nodes["sam"]
@@ -175,10 +178,10 @@ def synthetic_pipeline(gt: Path, mllm: str | Path, record: str, *, head_weightin
     maps.params.update(gt=str(gt), record=record, head_weighting=head_weighting, flow=flow,
                        regularize=regularize)
     sam.params["n_negative"] = n_negative
-    graph = spec.build(mllm=str(mllm), sam=str(Path(gt).resolve()), sam_backend="oracle",
-                       tiles=tiles, questions=questions, rounds=rounds, max_new_tokens=24,
-                       device="cpu", dtype="float32")
-    return Pipeline(graph, name="detect-synthetic")
+    spec.name = "detect-synthetic"
+    return spec, dict(mllm=str(mllm), sam=str(Path(gt).resolve()), sam_backend="oracle",
+                      tiles=tiles, questions=questions, rounds=rounds, max_new_tokens=24,
+                      device="cpu", dtype="float32")
 
 
 def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[dict, dict]:
@@ -186,7 +189,7 @@ def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[di
     entries, data = list_inputs(gt)
     record = str(out)
     RECORDS.pop(record, None)
-    summary = BatchRunner(synthetic_pipeline(gt, mllm, record, **settings), out).run(entries)
+    summary = run(*synthetic_spec(gt, mllm, record, **settings), entries, out)
     if summary.failed:
         raise RuntimeError(f"{summary.failed} images failed: {summary.errors[:3]}")
     results = json.loads(write_results(out, data).read_text())

@@ -1,8 +1,9 @@
 """Batch runs end to end (``vlpipe run detect INPUT --out DIR``, ``vlpipe eval``) on tiny models.
 
 Covers: folder inputs with bad files, SIGKILL + resume, COCO/LVIS annotation-file inputs
-(image ids, category mapping, unsafe file names, --save-vis), --max-failures, and the eval CLI
-on a synthetic LVIS-format dataset with hand-worked AP values.
+(image ids, category mapping, unsafe file names, --save-vis), --max-failures, the eval CLI
+on a synthetic LVIS-format dataset with hand-worked AP values, and the Python batch API
+(:func:`vlpipe.batch.run`) on a test-only node type.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import supervision as sv
 from PIL import Image
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
+from vlpipe.batch import MaxFailures, RunOptions, run
 from vlpipe.cli import app
+from vlpipe.pipeline import GraphError, Node, PipelineSpec, registry
 from vlpipe.runner import (PREDICTIONS, RESULTS, list_inputs, output_name, read_predictions,
                            write_results)
 from vlpipe.tiny.mllm import OBJECT_WORDS
@@ -422,3 +426,96 @@ def test_output_names_are_flat_distinct_and_keep_one_suffix():
         assert out.endswith(f"-{hashlib.sha1(name.encode()).hexdigest()[:8]}.jpg")
     # named after the file, not its whole path
     assert [o.rsplit("-", 1)[0] for o in outs] == ["a", "a", "b", "a_b", "passwd", "x", "dog"]
+
+
+# -- (f) the Python API: vlpipe.batch.run ---------------------------------------------------------
+
+class WholeImageBox(Node):
+    """Test-only: one detection ``thing`` covering the image, score 0.5; fails on an image
+    whose top-left pixel is (1, 2, 3)."""
+
+    inputs = {"image": "image"}
+    outputs = {"detections": "detections"}
+
+    def run(self, batch):
+        outs = []
+        for item in batch:
+            image = item["image"]
+            if tuple(image[0, 0]) == (1, 2, 3):
+                raise RuntimeError("poisoned pixel")
+            h, w = image.shape[:2]
+            outs.append({"detections": sv.Detections(
+                xyxy=np.array([[0, 0, w, h]], np.float32), confidence=np.array([0.5]),
+                data={"class_name": np.array(["thing"])})})
+        return outs
+
+
+BOX_SPEC = {"name": "box", "inputs": {"image": "image"},
+            "nodes": {"box": {"type": "whole_image_box", "in": {"image": "input.image"}}},
+            "outputs": {"detections": "box.detections"}}
+
+
+@pytest.fixture
+def box_spec() -> PipelineSpec:
+    registry.register("whole_image_box", WholeImageBox)
+    return PipelineSpec.model_validate(BOX_SPEC)
+
+
+def test_run_api_writes_resumes_and_isolates(box_spec, tmp_path):
+    src = tmp_path / "imgs"
+    sizes = {"a.png": (20, 30), "b.png": (24, 16), "c.png": (10, 12), "d.png": (8, 8)}
+    for k, (name, (h, w)) in enumerate(sizes.items()):
+        write_image(src / name, h, w, seed=k)
+    poisoned = np.asarray(Image.open(src / "c.png")).copy()
+    poisoned[0, 0] = (1, 2, 3)
+    Image.fromarray(poisoned).save(src / "c.png")
+    (src / "e.png").write_bytes(b"not a png")
+    entries, _ = list_inputs(src)
+    out = tmp_path / "out"
+    calls = []
+
+    summary = run(box_spec, {}, entries[:4], out, RunOptions(batch_size=3),
+                  progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert (summary.done, summary.failed, summary.skipped) == (3, 1, 0)
+    # the node's calls: [a b c] fails, then a, b, c alone (c fails again), then [d]
+    assert [(e.items, e.failed) for e in summary.trace.events] == \
+        [(3, True), (1, False), (1, False), (1, True), (1, False)]
+    records = {r["file"]: r for r in read_predictions(out / PREDICTIONS)}
+    for name in ("a.png", "b.png", "d.png"):
+        h, w = sizes[name]
+        assert records[name] == {"file": name, "image_id": None, "width": w, "height": h,
+                                 "error": None, "detections": [
+                                     {"name": "thing", "bbox": [0.0, 0.0, w, h], "score": 0.5}]}
+    assert records["c.png"]["error"] == \
+        "node 'box' failed: RuntimeError: poisoned pixel"
+
+    # resume: the four recorded entries are skipped; the undecodable one is a failure line
+    calls.clear()
+    summary = run(box_spec, {}, entries, out, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(0, 1), (1, 1)]
+    assert (summary.done, summary.failed, summary.skipped) == (0, 1, 4)
+    assert "e.png" in summary.errors[0]
+    # --retry-failed as an option, stopped by max_failures after the first failure
+    with pytest.raises(MaxFailures) as stopped:
+        run(box_spec, {}, entries, out, RunOptions(retry_failed=True, max_failures=1))
+    assert (stopped.value.summary.failed, stopped.value.summary.skipped) == (1, 3)
+    assert len((out / PREDICTIONS).read_text().splitlines()) == 6
+
+
+def test_batch_runs_need_a_detections_output(box_spec, tiny_models, tmp_path):
+    write_image(tmp_path / "imgs" / "a.jpg", 16, 16)
+    entries, _ = list_inputs(tmp_path / "imgs")
+    out = tmp_path / "out"
+    no_detections = PipelineSpec.model_validate(
+        {**BOX_SPEC, "outputs": {"boxes": "box.detections"}})
+    with pytest.raises(GraphError, match="pipeline 'box' has no 'detections' output"):
+        run(no_detections, {}, entries, out)
+    assert not out.exists()  # checked before the output folder is made
+    res = cli("run", tiny_models / "ask.yaml", tmp_path / "imgs", "--out", out)
+    assert res.exit_code == 2
+    assert "pipeline 'ask' has no 'detections' output: batch runs need one" in res.output
+    assert "pipeline 'ask' takes 'image', 'question': batch runs give it one input" in res.output
+    with pytest.raises(GraphError, match="pipeline 'ground' takes 'image', 'phrases'"):
+        run(tiny_models / "ground.yaml", {}, entries, out)  # detections, but needs phrases
+    assert not out.exists()

@@ -231,10 +231,10 @@ def test_user_mistakes_are_one_error_line(tiny_models, two_images, tmp_path, cas
 
 def test_disk_full_is_an_error_line_and_keeps_what_was_written(tiny_models, two_images, tmp_path,
                                                               monkeypatch):
-    import vlpipe.runner
+    import vlpipe.batch
     from vlpipe.cli import app
 
-    write = vlpipe.runner.append_record
+    write = vlpipe.batch.append_record
     written = []
 
     def fill_up(sink, record):
@@ -243,7 +243,7 @@ def test_disk_full_is_an_error_line_and_keeps_what_was_written(tiny_models, two_
         write(sink, record)
         written.append(record)
 
-    monkeypatch.setattr(vlpipe.runner, "append_record", fill_up)
+    monkeypatch.setattr(vlpipe.batch, "append_record", fill_up)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["run", str(tiny_models / "detect.yaml"), str(two_images),
                                    "--out", str(out), "--batch-size", "1", *FAST])

@@ -1,5 +1,5 @@
 """The Ray engine (issue 8): a local Ray instance (CPU only, 2 workers) runs the tiny detect
-pipeline; its predictions match the local runner's, resume gives every image once, a dead worker
+pipeline; its predictions match the local engine's, resume gives every image once, a dead worker
 is replaced and its images retried."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlpipe.runner import PREDICTIONS, BatchRunner, list_inputs
+from vlpipe.batch import RunOptions, run
+from vlpipe.runner import PREDICTIONS, list_inputs
 
 PARAMS = {"tiles": "1x1", "questions": 1, "rounds": 1}
 
@@ -46,11 +47,9 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_out(tiny_models, folder, tmp_path_factory) -> Path:
-    from vlpipe.pipeline import Pipeline
-
     out = tmp_path_factory.mktemp("local_out")
     entries, _ = list_inputs(folder)
-    BatchRunner(Pipeline.load(str(tiny_models / "detect.yaml"), **PARAMS), out).run(entries)
+    run(tiny_models / "detect.yaml", PARAMS, entries, out)
     return out
 
 
@@ -74,11 +73,19 @@ def _assert_same(ours: list[dict], ref: list[dict]) -> None:
             assert a.get("segmentation") == b.get("segmentation"), file
 
 
-def test_same_predictions_as_local_runner(ray_local, tiny_models, folder, local_out, tmp_path):
-    from vlpipe.ray_runner import run_ray
+def ray_options(**engine) -> RunOptions:
+    from vlpipe.ray_runner import RayEngine
+
+    return RunOptions(engine=RayEngine(**engine))
+
+
+def test_same_predictions_as_local_engine(ray_local, tiny_models, folder, local_out, tmp_path):
+    from vlpipe.pipeline import PipelineSpec
 
     entries, _ = list_inputs(folder)
-    summary = run_ray(str(tiny_models / "detect.yaml"), PARAMS, entries, tmp_path, workers=2)
+    spec = PipelineSpec.load(tiny_models / "detect.yaml")
+    spec.params.update(PARAMS)  # only in memory: the actors get this spec, not the file
+    summary = run(spec, {}, entries, tmp_path, ray_options(workers=2))
     ours, ref = _records(tmp_path), _records(local_out)
     _assert_same(ours, ref)
     assert any(r["detections"] for r in ours)
@@ -113,30 +120,46 @@ def test_interrupted_run_resumes_through_cli(ray_local, tiny_models, folder, loc
     _assert_same(ours, ref)
 
 
-def test_dead_worker_is_replaced_and_its_images_retried(ray_local, tiny_models, folder,
-                                                        local_out, tmp_path):
-    from vlpipe.ray_runner import run_ray
+@pytest.fixture
+def crash_once(monkeypatch, tmp_path) -> Path:
+    """A marker file; the first Ray actor to find it removes it and dies hard (the actor class
+    is swapped for a subclass defined here, which Ray pickles by value)."""
+    from vlpipe import ray_runner
 
     marker = tmp_path / "crash-once"
     marker.touch()
+
+    class CrashingWorker(ray_runner.PipelineWorker):
+        def __call__(self, batch):
+            try:
+                os.remove(marker)
+            except FileNotFoundError:
+                return super().__call__(batch)
+            os._exit(1)
+
+    monkeypatch.setattr(ray_runner, "PipelineWorker", CrashingWorker)
+    return marker
+
+
+def test_dead_worker_is_replaced_and_its_images_retried(ray_local, tiny_models, folder,
+                                                        local_out, tmp_path, crash_once):
     entries, _ = list_inputs(folder)
     out = tmp_path / "out"
-    summary = run_ray(str(tiny_models / "detect.yaml"), PARAMS, entries, out, workers=2,
-                      max_retries=2, _crash_marker=str(marker))
-    assert not marker.exists(), "no worker died"
+    summary = run(tiny_models / "detect.yaml", PARAMS, entries, out,
+                  ray_options(workers=2, max_retries=2))
+    assert not crash_once.exists(), "no worker died"
     assert (summary.done, summary.failed) == (11, 1)
     _assert_same(_records(out), _records(local_out))
 
 
-def test_retries_are_bounded(ray_local, tiny_models, folder, tmp_path):
-    from vlpipe.ray_runner import RayRunError, run_ray
+def test_retries_are_bounded(ray_local, tiny_models, folder, tmp_path, crash_once):
+    from vlpipe.ray_runner import RayRunError
 
-    marker = tmp_path / "crash-once"
-    marker.touch()
     entries, _ = list_inputs(folder)
     with pytest.raises(RayRunError, match="run again to resume"):
-        run_ray(str(tiny_models / "detect.yaml"), PARAMS, entries, tmp_path / "out",
-                workers=1, max_retries=0, _crash_marker=str(marker))
+        run(tiny_models / "detect.yaml", PARAMS, entries, tmp_path / "out",
+            ray_options(workers=1, max_retries=0))
+    assert not crash_once.exists(), "no worker died"
 
 
 def test_without_ray_says_how_to_install(monkeypatch, tiny_models, folder, tmp_path):

@@ -91,16 +91,16 @@ def run(
     if out is None and source.is_file() and source.suffix.lower() != ".json":
         pipe = _load_pipeline(pipeline, params)
         _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
+        node_trace = pipe.trace
     else:
-        options = {"batch_size": batch_size, "max_failures": max_failures, "save_vis": save_vis,
-                   "save_attention": save_attention, "retry_failed": retry_failed}
-        if engine == "ray":
-            options.update(address=address, workers=workers,
-                           num_gpus_per_worker=num_gpus_per_worker)
-        pipe = _run_many((pipeline, params), source, images, out or DEFAULT_OUT, clip, top_k,
-                         options, on_ray=engine == "ray")
+        options = _run_options(engine, address, workers, num_gpus_per_worker,
+                               batch_size=batch_size, max_failures=max_failures,
+                               save_vis=save_vis, save_attention=save_attention,
+                               retry_failed=retry_failed)
+        node_trace = _run_many(pipeline, params, source, images, out or DEFAULT_OUT, clip, top_k,
+                               options)
     if trace is not None:
-        pipe.trace.save_chrome(trace)
+        node_trace.save_chrome(trace)
 
 
 def _check_options(engine: str, trace: Path | None, num_gpus: float,
@@ -200,12 +200,26 @@ def _save_pictures(out: Path, path: Path, image, outputs: dict, save_vis: bool,
         typer.echo(f"wrote {file}", err=True)
 
 
-def _run_many(pipeline: tuple[str, dict], source: Path, images: Path | None, out: Path,
-              clip: str | None, top_k: int, options: dict, on_ray: bool = False):
-    """A folder or annotation file through the local runner or on Ray (the pipeline, a name or
-    path and its params, is rebuilt in each worker); returns the pipeline. The inputs are
-    checked before the pipeline is built, the pipeline before anything is written."""
-    from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs, pending,
+def _run_options(engine: str, address: str | None, workers: int, num_gpus_per_worker: float,
+                 **options):
+    """The batch run's options with the chosen engine."""
+    from .batch import LocalEngine, RunOptions
+    from .ray_runner import RayEngine
+
+    if engine == "ray":
+        return RunOptions(**options, engine=RayEngine(address=address, workers=workers,
+                                                      num_gpus_per_worker=num_gpus_per_worker))
+    return RunOptions(**options, engine=LocalEngine())
+
+
+def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, out: Path,
+              clip: str | None, top_k: int, options):
+    """A folder or annotation file through :func:`vlpipe.batch.run`; returns the node trace
+    (None on Ray). The inputs are checked before the pipeline is built, the pipeline before
+    anything is written."""
+    from .pipeline import GraphError
+    from .ray_runner import RayNotInstalled, RayRunError
+    from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs,
                          write_results)
 
     try:
@@ -213,27 +227,22 @@ def _run_many(pipeline: tuple[str, dict], source: Path, images: Path | None, out
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _report_left_out(inputs)
-    pipe = _load_pipeline(*pipeline)
-    if "detections" not in pipe.graph.outputs:
-        _fail(f"pipeline {pipe.name!r} has no 'detections' output: batch runs need one")
-    execute, engine_errors = _engine(pipe, out, options, pipeline if on_ray else None)
-    with _output_folder(out):
-        try:
-            total = len(pending(inputs.entries, out, options["retry_failed"])[0])
-            summary, stopped = _with_progress(execute, inputs.entries, total, engine_errors)
-        except (OutputError, PredictionsError) as exc:
-            _fail(str(exc))
-        except OSError as exc:
-            _fail(f"writing under '{out}' failed: {exc}; the finished images are kept in "
-                  f"{out / PREDICTIONS}: fix this and run again to resume")
-        _report_summary(summary, out, options, on_ray)
-        if stopped is not None:
-            _fail(str(stopped))
-        if summary.failed and not summary.done:
-            _fail(f"all {summary.failed} image(s) of this run failed", code=1)
-        if inputs.gt is not None:
+    try:
+        summary, stopped = _with_progress(pipeline, params, inputs.entries, out, options)
+    except (GraphError, RayNotInstalled, RayRunError, OutputError, PredictionsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"writing under '{out}' failed: {exc}; the finished images are kept in "
+              f"{out / PREDICTIONS}: fix this and run again to resume")
+    _report_summary(summary, out, options)
+    if stopped is not None:
+        _fail(str(stopped))
+    if summary.failed and not summary.done:
+        _fail(f"all {summary.failed} image(s) of this run failed", code=1)
+    if inputs.gt is not None:
+        with _output_folder(out):
             typer.echo(f"wrote {write_results(out, inputs.gt, clip, top_k)}", err=True)
-    return pipe
+    return summary.trace
 
 
 def _report_left_out(inputs) -> None:
@@ -247,55 +256,37 @@ def _report_left_out(inputs) -> None:
         typer.echo(f"skipped '{folder}': a vlpipe output folder", err=True)
 
 
-def _engine(pipe, out: Path, options: dict, ray_pipeline: tuple[str, dict] | None):
-    """``execute(entries, progress) -> Summary`` for the chosen engine, and the exceptions
-    that stop it with a message."""
-    if ray_pipeline is None:
-        from .runner import BatchRunner
-
-        runner = BatchRunner(pipe, out, **options)
-        return runner.run, ()
-    from .ray_runner import RayNotInstalled, RayRunError, import_ray, run_ray
-
-    try:
-        import_ray()
-    except RayNotInstalled as exc:
-        _fail(str(exc))
-    return (lambda entries, progress: run_ray(*ray_pipeline, entries, out, progress=progress,
-                                              **options)), (RayRunError,)
-
-
-def _with_progress(execute, entries: list, total: int, engine_errors: tuple):
-    """Run ``execute`` under a progress bar (on a terminal): the summary, and the MaxFailures
-    that stopped it (or None)."""
+def _with_progress(pipeline: str, params: dict, entries: list, out: Path, options):
+    """:func:`vlpipe.batch.run` under a progress bar (on a terminal): the summary, and the
+    MaxFailures that stopped it (or None)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from .runner import MaxFailures
+    from .batch import MaxFailures, run
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn()]
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("detect", total=total, rate="")
+        task = bar.add_task("detect", total=None, rate="")
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
             speed = bar.tasks[task].speed
             bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
         try:
-            return execute(entries, advance), None
+            return run(pipeline, params, entries, out, options, advance), None
         except MaxFailures as exc:
             return exc.summary, exc
-        except engine_errors as exc:
-            _fail(str(exc))
 
 
-def _report_summary(summary, out: Path, options: dict, on_ray: bool) -> None:
+def _report_summary(summary, out: Path, options) -> None:
     from .io import NOT_FOUND
+    from .ray_runner import RayEngine
     from .runner import PREDICTIONS
 
-    engine = f" on Ray, {options['workers']} worker(s)" if on_ray else ""
+    ray = options.engine
+    engine = f" on Ray, {ray.workers} worker(s)" if isinstance(ray, RayEngine) else ""
     typer.echo(f"done {summary.done}, skipped {summary.skipped} (already in {out / PREDICTIONS}), "
                f"failed {summary.failed}, {summary.seconds:.1f} s "
                f"({summary.images_per_second:.2f} img/s){engine}", err=True)

@@ -45,18 +45,6 @@ def detections_to_json(dets: sv.Detections) -> list[dict[str, Any]]:
     return out
 
 
-def detections_from_json(dets: list[dict[str, Any]], hw: tuple[int, int]) -> sv.Detections:
-    """The inverse of :func:`detections_to_json` (masks decoded when present)."""
-    if not dets:
-        return sv.Detections.empty()
-    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], np.float32)
-    masks = (np.stack([decode_mask(d["segmentation"]) for d in dets])
-             if all("segmentation" in d for d in dets) else None)
-    return sv.Detections(xyxy=xyxy, mask=masks,
-                         confidence=np.array([d["score"] for d in dets], np.float32),
-                         data={"class_name": np.array([d["name"] for d in dets])})
-
-
 def image_record(file: str, image_id: int | None, hw: tuple[int, int] | None,
                  dets: sv.Detections | None, error: str | None = None) -> dict[str, Any]:
     """The JSON line of one image."""

@@ -1,5 +1,6 @@
-"""Batch runs: images from a file, a folder or a COCO/LVIS annotation file, through a pipeline,
-into ``predictions.jsonl`` (append-only, resumable) and ``results.json``.
+"""What batch runs read and write: the entries of an image, a folder or a COCO/LVIS annotation
+file; ``predictions.jsonl`` (append-only, resumable), its records and pictures, the output
+folder's lock, and ``results.json`` (:func:`vlpipe.batch.run` runs the pipeline).
 
 Resume rule: an image whose ``file`` (and ``image_id``) already has a line in
 ``predictions.jsonl`` is skipped, unless that line says its file was missing and it is there
@@ -14,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import (IMAGE_SUFFIXES, NOT_FOUND, load_image, printable_name, safe_filename,
-                 scan_folder)
-from .pipeline import Pipeline, prefetch
+from .io import IMAGE_SUFFIXES, NOT_FOUND, printable_name, safe_filename, scan_folder
 from .results import annotate, heatmap_overlay, image_record
 
 PREDICTIONS = "predictions.jsonl"
@@ -194,102 +192,6 @@ def _parse_record(path: Path, number: int, line: bytes) -> dict[str, Any]:
     return record
 
 
-@dataclass
-class Summary:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def images_per_second(self) -> float:
-        return (self.done + self.failed) / self.seconds if self.seconds else 0.0
-
-    def add(self, record: dict[str, Any], max_failures: int | None = None) -> None:
-        """Count one written record; raise :class:`MaxFailures` once ``max_failures`` images
-        have failed."""
-        if record["error"] is None:
-            self.done += 1
-            return
-        self.failed += 1
-        self.errors.append(f"{record['file']}: {record['error']}")
-        if max_failures is not None and self.failed >= max_failures:
-            raise MaxFailures(f"stopped after {self.failed} failed image(s) "
-                              f"(--max-failures {max_failures})", self)
-
-
-class MaxFailures(RuntimeError):
-    """Raised by :meth:`BatchRunner.run` once ``max_failures`` images have failed; ``summary``
-    is the run so far."""
-
-    def __init__(self, message: str, summary: Summary) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-
-class BatchRunner:
-    """Runs a detect-style pipeline (input ``image``, output ``detections``) over entries."""
-
-    def __init__(self, pipeline: Pipeline, out_dir: str | Path, *, batch_size: int = 4,
-                 max_failures: int | None = None, save_vis: bool = False,
-                 save_attention: bool = False, retry_failed: bool = False,
-                 prefetch_depth: int = 8) -> None:
-        check_run_options(batch_size, max_failures)
-        self.pipeline = pipeline
-        self.out = Path(out_dir)
-        self.batch_size, self.max_failures = batch_size, max_failures
-        self.save_vis, self.save_attention = save_vis, save_attention
-        self.retry_failed = retry_failed
-        self.prefetch_depth = prefetch_depth
-
-    def run(self, entries: list[Entry], progress=None) -> Summary:
-        """Process every pending entry; ``progress(n)`` is called after each image. Holds the
-        output folder's lock (:class:`OutputError` when another run holds it)."""
-        with lock_output(self.out):
-            todo, skipped = pending(entries, self.out, self.retry_failed)
-            summary = Summary(skipped=skipped)
-            start = time.perf_counter()
-            try:
-                self._write(todo, summary, progress)
-            finally:
-                summary.seconds = time.perf_counter() - start
-        return summary
-
-    def _write(self, todo: list[Entry], summary: Summary, progress) -> None:
-        with open(self.out / PREDICTIONS, "a", encoding="utf-8") as sink:
-            for entry, image, outcome in self._results(todo):
-                record = make_record(entry.file, entry.image_id, image, outcome, self.out,
-                                     self.save_vis, self.save_attention)
-                append_record(sink, record)
-                if progress is not None:
-                    progress(1)
-                summary.add(record, self.max_failures)
-
-    def _load(self, entries: list[Entry]) -> Iterator[tuple[Entry, np.ndarray | None, str | None]]:
-        for entry in entries:
-            try:
-                yield entry, load_image(entry.path), None
-            except (ValueError, OSError) as exc:
-                yield entry, None, str(exc)
-
-    def _results(self, entries: list[Entry]):
-        """(entry, image, pipeline Result or load error) in input order, batched."""
-        batch = []
-        for loaded in prefetch(self._load(entries), self.prefetch_depth):
-            batch.append(loaded)
-            if len(batch) == self.batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        yield from self._run_batch(batch)
-
-    def _run_batch(self, batch):
-        ok = [(e, img) for e, img, err in batch if err is None]
-        results = iter(self.pipeline.run_batch([{"image": img} for _, img in ok]) if ok else [])
-        for entry, image, error in batch:
-            yield entry, image, (error if error is not None else next(results))
-
-
 def pending(entries: list[Entry], out_dir: str | Path,
             retry_failed: bool = False) -> tuple[list[Entry], int]:
     """Entries without a record in ``out_dir/predictions.jsonl``, those whose record says their
@@ -305,14 +207,6 @@ def pending(entries: list[Entry], out_dir: str | Path,
 
     todo = [e for e in entries if e.key not in records or redo(e)]
     return todo, len(entries) - len(todo)
-
-
-def check_run_options(batch_size: int, max_failures: int | None) -> None:
-    """ValueError for a batch size below 1 or a failure limit below 1."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    if max_failures is not None and max_failures < 1:
-        raise ValueError(f"--max-failures must be at least 1, got {max_failures}")
 
 
 class OutputError(RuntimeError):

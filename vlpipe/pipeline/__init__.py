@@ -53,7 +53,12 @@ class Pipeline:
     @classmethod
     def load(cls, name_or_path: str | Path, pool: ModelPool | None = None,
              **params: Any) -> Pipeline:
-        spec = PipelineSpec.load(resolve_pipeline(name_or_path))
+        return cls.from_spec(PipelineSpec.load(resolve_pipeline(name_or_path)), pool, **params)
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec, pool: ModelPool | None = None,
+                  **params: Any) -> Pipeline:
+        """The pipeline of a validated spec with ``params`` (loads no model)."""
         return cls(spec.build(**params), pool, name=spec.name)
 
     @property
