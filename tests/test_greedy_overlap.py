@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlpipe.agents.greedy_overlap import greedy_owner, greedy_owner_loop, overlap_edges, resolve_greedy
+from vlpipe.agents import box_pairs
+from vlpipe.agents.greedy_overlap import (
+    descending_order,
+    greedy_owner,
+    greedy_owner_loop,
+    overlap_edges,
+    resolve_greedy,
+)
 
 
 def _ref_owner(boxes, scores, classes, iou, thr):
@@ -79,6 +86,24 @@ def test_edges_are_the_overlapping_pairs_oriented_by_rank():
     np.fill_diagonal(dense, False)
     want = {(int(a), int(b)) for a, b in zip(*np.nonzero(dense)) if rank[a] < rank[b]}
     assert set(zip(u.tolist(), v.tolist())) == want
+    assert len(u) == len(want)  # each pair once
+
+
+@pytest.mark.parametrize("iou", [True, False])
+def test_blocks_of_pairs_give_the_same_owner(monkeypatch, iou):
+    boxes, scores = _boxes(400, 6)
+    classes = np.random.default_rng(6).integers(0, 2, 400)
+    want = _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, 0.4)
+    monkeypatch.setattr(box_pairs, "_PAIR_BLOCK", 300)
+    np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, "iou" if iou else "ios", 0.4, None), want)
+
+
+def test_descending_order_is_the_stable_sort():
+    rng = np.random.default_rng(7)
+    for scores in (rng.random(500), rng.random(500).round(1), np.array([0.5, np.nan, 0.5, np.nan, 1.0]),
+                   np.array([0.0, -0.0, 0.0]), np.zeros(0)):
+        want = sorted(range(len(scores)), key=lambda i: (np.isnan(scores[i]), -scores[i] if scores[i] == scores[i] else 0))
+        np.testing.assert_array_equal(descending_order(scores), np.array(want, dtype=np.int64))
 
 
 def test_resolve_greedy_on_a_chain():
