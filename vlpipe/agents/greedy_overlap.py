@@ -59,8 +59,9 @@ def overlap_edges(
 def resolve_greedy(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """Greedy outcome of an overlap graph: edges (E,) with ``rank[u] < rank[v]`` -> owner (N,).
 
-    Each step settles every open box whose higher-ranked neighbours are all settled (at least the
-    best open box): taken if one of them is a keeper, else a keeper. A taken box's owner is its
+    Each step makes a keeper of every open box without an open higher-ranked neighbour (at least
+    the best open box; its other higher-ranked neighbours are taken), then takes every open box
+    next to a new keeper, and keeps the edges between open boxes. A taken box's owner is its
     best-ranked keeper neighbour, the one that took it in the box-by-box loop.
     """
     state = np.zeros(n, dtype=np.int8)  # 0 open, 1 keeper, 2 taken
@@ -70,12 +71,11 @@ def resolve_greedy(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray) -> np
         if not open_.any():
             break
         blocked = np.zeros(n, dtype=bool)
-        blocked[ev[open_[eu]]] = True
-        taken = np.zeros(n, dtype=bool)
-        taken[ev[state[eu] == 1]] = True
-        state[open_ & taken] = 2
-        state[open_ & ~taken & ~blocked] = 1
-        live = np.flatnonzero((state[ev] == 0) & (state[eu] != 2))
+        blocked[ev] = True  # every edge left joins two open boxes
+        state[open_ & ~blocked] = 1
+        taken = ev[state[eu] == 1]
+        state[taken] = 2
+        live = np.flatnonzero((state[ev] == 0) & (state[eu] == 0))
         eu, ev = eu[live], ev[live]
     by_keeper = np.flatnonzero(state[u] == 1)
     best = np.full(n, np.iinfo(np.int64).max)  # rank * n + index of the best keeper neighbour

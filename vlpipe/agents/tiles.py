@@ -29,7 +29,7 @@ import numpy as np
 import supervision as sv
 
 from vlpipe.agents.box_pairs import contained_in_larger
-from vlpipe.agents.greedy_overlap import greedy_owner
+from vlpipe.agents.greedy_overlap import descending_order, greedy_owner
 
 __all__ = [
     "Tile",
@@ -226,7 +226,7 @@ def merge_detections(
     xyxy = np.asarray(dets.xyxy, dtype=np.float64)
     scores = np.zeros(n) if dets.confidence is None else np.asarray(dets.confidence, dtype=np.float64)
     classes = None if class_agnostic else _class_codes(dets)
-    order = np.argsort(-scores, kind="stable")
+    order = descending_order(scores)
 
     owner = greedy_owner(xyxy, scores, classes, metric, threshold)
     keep = order[owner[order] == order]
