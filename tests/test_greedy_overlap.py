@@ -58,18 +58,20 @@ def test_greedy_owner_matches_reference(seed, iou, thr):
     boxes, scores = _boxes(300, seed)
     classes = np.random.default_rng(seed).choice([-3, 7, 1000], len(boxes))
     want = _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, thr)
-    for max_candidates in (None, 0, 32):  # the overlap graph, the keeper loop, the default choice
-        got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr, max_candidates)
+    for max_overlaps in (None, 16):  # the overlap graph, the default choice
+        got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr, max_overlaps)
         np.testing.assert_array_equal(got, want)
+    rank = np.argsort(np.argsort(-scores, kind="stable"))
+    np.testing.assert_array_equal(greedy_owner_loop(boxes, rank, classes, iou, thr), want)
 
 
 @pytest.mark.parametrize("metric", ["iou", "ios"])
 def test_piled_up_boxes_fall_back_to_the_loop(metric):
     boxes, scores = _boxes(500, 3, canvas=40.0)  # everything overlaps everything
-    graph = greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=None)
+    graph = greedy_owner(boxes, scores, None, metric, 0.3, max_overlaps=None)
     assert overlap_edges(boxes, np.argsort(np.argsort(-scores, kind="stable")), np.zeros(500, int),
-                         metric == "iou", 0.3, max_candidates=10) is None
-    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=10), graph)
+                         metric == "iou", 0.3, max_overlaps=10) is None
+    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_overlaps=10), graph)
     np.testing.assert_array_equal(graph, _ref_owner(boxes.tolist(), scores.tolist(), [0] * 500, metric == "iou", 0.3))
 
 
@@ -122,5 +124,5 @@ def test_loop_equals_graph_on_crowded_scene():
     scores, classes = rng.random(3000), rng.integers(0, 4, 3000)
     rank = np.argsort(np.argsort(-scores, kind="stable"))
     for metric in ("iou", "ios"):
-        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5, max_candidates=None),
+        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5, max_overlaps=None),
                                       greedy_owner_loop(boxes, rank, classes, metric == "iou", 0.5))

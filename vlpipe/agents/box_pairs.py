@@ -73,24 +73,37 @@ def strip_windows(xyxy: np.ndarray, classes: np.ndarray, reach: float) -> Placem
     return Placements(box[at], order < len(box), count, x0[at], y0[at], x1[at], y1[at])
 
 
-def near_pairs(pl: Placements) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def near_pairs(pl: Placements, sample: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The windows' pairs whose y ranges overlap, not both ghosts: -> blocks of (p (S,), q (S,)).
 
-    ``p < q`` index placements; each pair of boxes comes once."""
+    ``p < q`` index placements; each pair of boxes comes once. ``sample``: only those among
+    that many pairs drawn at random (with replacement, fixed seed) from the windows, one block."""
     total = np.cumsum(pl.count)
-    if len(total) == 0:
+    if len(total) == 0 or total[-1] == 0:
         return
-    bounds = np.searchsorted(total, np.arange(0, int(total[-1]), _PAIR_BLOCK), side="right")
-    for a, b in zip(bounds, [*bounds[1:], len(total)]):
-        base = total[a - 1] if a else 0  # pairs before this block
-        p = np.repeat(np.arange(a, b), pl.count[a:b])
-        q = np.repeat(np.arange(a + 1, b + 1) - (total[a:b] - pl.count[a:b] - base), pl.count[a:b])
-        q += np.arange(total[b - 1] - base)
+    if sample is not None:
+        flat = np.sort(np.random.default_rng(0).integers(0, total[-1], sample))
+        p = np.searchsorted(total, flat, side="right")
+        blocks = [(p, flat - (total[p] - pl.count[p]) + p + 1)]
+    else:
+        blocks = _window_blocks(pl.count, total)
+    for p, q in blocks:
         near = pl.y0[q] < pl.y1[p]
         near &= pl.y0[p] < pl.y1[q]
         near &= pl.real[p] | pl.real[q]
         s = np.flatnonzero(near)
         yield p[s], q[s]
+
+
+def _window_blocks(count: np.ndarray, total: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every window pair, in blocks of about ``_PAIR_BLOCK``: count, cumsum (P,) -> (p, q) blocks."""
+    bounds = np.searchsorted(total, np.arange(0, int(total[-1]), _PAIR_BLOCK), side="right")
+    for a, b in zip(bounds, [*bounds[1:], len(total)]):
+        base = total[a - 1] if a else 0  # pairs before this block
+        p = np.repeat(np.arange(a, b), count[a:b])
+        q = np.repeat(np.arange(a + 1, b + 1) - (total[a:b] - count[a:b] - base), count[a:b])
+        q += np.arange(total[b - 1] - base)
+        yield p, q
 
 
 def intersection(pl: Placements, p: np.ndarray, q: np.ndarray) -> np.ndarray:

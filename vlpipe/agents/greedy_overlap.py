@@ -26,7 +26,7 @@ def overlap_edges(
     classes: np.ndarray,
     iou: bool,
     threshold: float,
-    max_candidates: float | None = None,
+    max_overlaps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Pairs of same-class boxes whose overlap exceeds ``threshold``: (N, 4), (N,), (N,) -> (u (E,), v (E,)).
 
@@ -35,25 +35,31 @@ def overlap_edges(
     ``inter > threshold * denom`` in float64, the keeper's area added last, so results equal the
     box-by-box loop bit for bit. Only pairs in a common window of
     :func:`~vlpipe.agents.box_pairs.strip_windows` whose y ranges overlap are tested. Returns
-    None, before any pair is tested, when the windows hold more than ``max_candidates`` pairs
-    per box (crowded boxes), so callers can pick the keeper-by-keeper loop instead.
+    None when the boxes overlap more than ``max_overlaps`` others each (crowded boxes, estimated
+    on 1024 window pairs when the windows hold more than that many pairs per box), so callers
+    can pick the keeper-by-keeper loop instead.
     """
     n = len(xyxy)
     pl = strip_windows(xyxy, classes, 1.0 - min(threshold, 1.0) if iou else 1.0)
-    if max_candidates is not None and pl.count.sum() > max_candidates * n:
-        return None
     area, r = (pl.x1 - pl.x0) * (pl.y1 - pl.y0), rank[pl.box]
     area_by_rank, by_rank = np.zeros(n), np.empty(n, np.int64)
     area_by_rank[r], by_rank[rank] = area, np.arange(n)
-    us, vs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for p, q in near_pairs(pl):
+
+    def overlapping(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inter = intersection(pl, p, q)
         ru, rv = np.minimum(r[p], r[q]), np.maximum(r[p], r[q])  # keeper first
         denom = area_by_rank[rv] + (area_by_rank[ru] - inter) if iou else np.minimum(area[p], area[q])
         hit = np.flatnonzero(inter > threshold * denom)  # False where denom == 0
-        us.append(by_rank[ru[hit]])
-        vs.append(by_rank[rv[hit]])
-    return np.concatenate(us), np.concatenate(vs)
+        return by_rank[ru[hit]], by_rank[rv[hit]]
+
+    per_box = pl.count.sum() / n
+    if max_overlaps is not None and per_box > max_overlaps:
+        sample = 1024
+        hits = sum(len(overlapping(p, q)[0]) for p, q in near_pairs(pl, sample))
+        if 2 * hits / sample * per_box > max_overlaps:  # a pair is an overlap of both boxes
+            return None
+    edges = [overlapping(p, q) for p, q in near_pairs(pl)] + [(np.zeros(0, np.int64),) * 2]
+    return np.concatenate([u for u, _ in edges]), np.concatenate([v for _, v in edges])
 
 
 def resolve_greedy(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray) -> np.ndarray:
@@ -89,7 +95,7 @@ def greedy_owner(
     classes: np.ndarray | None = None,
     metric: Literal["iou", "ios"] = "iou",
     threshold: float = 0.5,
-    max_candidates: float | None = 32.0,
+    max_overlaps: float | None = 16.0,
 ) -> np.ndarray:
     """Greedy NMS/NMM assignment: (N, 4), (N,), (N,) -> owner (N,) int.
 
@@ -99,12 +105,12 @@ def greedy_owner(
     is ``owner == arange(N)``; NMM merges each group ``owner == k`` into ``k``.
 
     The overlap graph (:func:`overlap_edges`, :func:`resolve_greedy`) costs in proportion to the
-    candidate pairs its windows hold; past ``max_candidates`` per box (crowded boxes, where each
-    keeper takes many) the keeper-by-keeper loop of :func:`greedy_owner_loop` is usually faster and
-    takes over. ``bench/merge.py``'s random boxes hold ~11 IoS candidates per box at 10k, ~54 at
-    50k (there the graph is ~1.6x faster); 10k detections of 400 objects hold 34 (IoU) and 72
-    (IoS), where the loop is 2-4x faster; uniform boxes past 32 IoU candidates per box (120k on
-    the 4000 px canvas) keep most boxes, and the graph would be ~8x faster there.
+    candidate pairs its windows hold, the keeper-by-keeper loop of :func:`greedy_owner_loop` in
+    proportion to the keepers; past ``max_overlaps`` overlapping boxes per box (crowded boxes,
+    where each keeper takes many) the loop takes over (``None``: never). Measured on
+    ``bench/merge.py``'s scenes, both paths: the loop is 2-6x faster at 21-40 overlaps per box
+    (10k detections of 400 objects; 5k random boxes on a 1000 px canvas), as fast at 10-22, the
+    graph 1.6x faster at 14 (50k random boxes, IoS) and 3-8x where most boxes are kept (IoU).
     """
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     n = len(xyxy)
@@ -115,7 +121,7 @@ def greedy_owner(
     rank = np.empty(n, dtype=np.int64)
     rank[descending_order(scores)] = np.arange(n)
     cls = np.zeros(n, dtype=np.int64) if classes is None else np.asarray(classes).reshape(-1)
-    edges = overlap_edges(xyxy, rank, cls, metric == "iou", threshold, max_candidates)
+    edges = overlap_edges(xyxy, rank, cls, metric == "iou", threshold, max_overlaps)
     if edges is None:
         return greedy_owner_loop(xyxy, rank, cls, metric == "iou", threshold)
     return resolve_greedy(n, *edges, rank)
