@@ -52,7 +52,7 @@ def overlap_edges(
         hit = np.flatnonzero(inter > threshold * denom)  # False where denom == 0
         return by_rank[ru[hit]], by_rank[rv[hit]]
 
-    per_box = pl.count.sum() / n
+    per_box = pl.count.sum() / max(n, 1)
     if max_overlaps is not None and per_box > max_overlaps:
         sample = 1024
         hits = sum(len(overlapping(p, q)[0]) for p, q in near_pairs(pl, sample))
