@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlpipe.agents.greedy_overlap import greedy_owner, greedy_owner_loop, overlap_edges, resolve_greedy
+from vlpipe.agents import box_pairs
+from vlpipe.agents.greedy_overlap import (
+    descending_order,
+    greedy_owner,
+    greedy_owner_loop,
+    overlap_edges,
+    resolve_greedy,
+)
 
 
 def _ref_owner(boxes, scores, classes, iou, thr):
@@ -51,18 +58,20 @@ def test_greedy_owner_matches_reference(seed, iou, thr):
     boxes, scores = _boxes(300, seed)
     classes = np.random.default_rng(seed).choice([-3, 7, 1000], len(boxes))
     want = _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, thr)
-    for max_candidates in (None, 0, 32):  # the overlap graph, the keeper loop, the default choice
-        got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr, max_candidates)
+    for max_overlaps in (None, 16):  # the overlap graph, the default choice
+        got = greedy_owner(boxes, scores, classes, "iou" if iou else "ios", thr, max_overlaps)
         np.testing.assert_array_equal(got, want)
+    rank = np.argsort(np.argsort(-scores, kind="stable"))
+    np.testing.assert_array_equal(greedy_owner_loop(boxes, rank, classes, iou, thr), want)
 
 
 @pytest.mark.parametrize("metric", ["iou", "ios"])
 def test_piled_up_boxes_fall_back_to_the_loop(metric):
     boxes, scores = _boxes(500, 3, canvas=40.0)  # everything overlaps everything
-    graph = greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=None)
+    graph = greedy_owner(boxes, scores, None, metric, 0.3, max_overlaps=None)
     assert overlap_edges(boxes, np.argsort(np.argsort(-scores, kind="stable")), np.zeros(500, int),
-                         metric == "iou", 0.3, max_candidates=10) is None
-    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_candidates=10), graph)
+                         metric == "iou", 0.3, max_overlaps=10) is None
+    np.testing.assert_array_equal(greedy_owner(boxes, scores, None, metric, 0.3, max_overlaps=10), graph)
     np.testing.assert_array_equal(graph, _ref_owner(boxes.tolist(), scores.tolist(), [0] * 500, metric == "iou", 0.3))
 
 
@@ -79,6 +88,24 @@ def test_edges_are_the_overlapping_pairs_oriented_by_rank():
     np.fill_diagonal(dense, False)
     want = {(int(a), int(b)) for a, b in zip(*np.nonzero(dense)) if rank[a] < rank[b]}
     assert set(zip(u.tolist(), v.tolist())) == want
+    assert len(u) == len(want)  # each pair once
+
+
+@pytest.mark.parametrize("iou", [True, False])
+def test_blocks_of_pairs_give_the_same_owner(monkeypatch, iou):
+    boxes, scores = _boxes(400, 6)
+    classes = np.random.default_rng(6).integers(0, 2, 400)
+    want = _ref_owner(boxes.tolist(), scores.tolist(), classes.tolist(), iou, 0.4)
+    monkeypatch.setattr(box_pairs, "_PAIR_BLOCK", 300)
+    np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, "iou" if iou else "ios", 0.4, None), want)
+
+
+def test_descending_order_is_the_stable_sort():
+    rng = np.random.default_rng(7)
+    for scores in (rng.random(500), rng.random(500).round(1), np.array([0.5, np.nan, 0.5, np.nan, 1.0]),
+                   np.array([0.0, -0.0, 0.0]), np.zeros(0)):
+        want = sorted(range(len(scores)), key=lambda i: (np.isnan(scores[i]), -scores[i] if scores[i] == scores[i] else 0))
+        np.testing.assert_array_equal(descending_order(scores), np.array(want, dtype=np.int64))
 
 
 def test_resolve_greedy_on_a_chain():
@@ -97,5 +124,5 @@ def test_loop_equals_graph_on_crowded_scene():
     scores, classes = rng.random(3000), rng.integers(0, 4, 3000)
     rank = np.argsort(np.argsort(-scores, kind="stable"))
     for metric in ("iou", "ios"):
-        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5, max_candidates=None),
+        np.testing.assert_array_equal(greedy_owner(boxes, scores, classes, metric, 0.5, max_overlaps=None),
                                       greedy_owner_loop(boxes, rank, classes, metric == "iou", 0.5))

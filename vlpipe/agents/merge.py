@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 import supervision as sv
 
-from .greedy_overlap import greedy_owner
+from .box_pairs import contained_in_larger
+from .greedy_overlap import descending_order, greedy_owner
 from .names import normalize_name
 
 __all__ = ["merge_detections", "tile_fragments"]
@@ -50,9 +51,8 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
     """
     n = len(dets)
     view = dets.data.get("view_box")
-    out = np.zeros(n, dtype=bool)
     if view is None or n == 0:
-        return out
+        return np.zeros(n, dtype=bool)
     view = np.asarray(view, dtype=np.float64).reshape(n, 4)
     xyxy = np.asarray(dets.xyxy, dtype=np.float64).reshape(n, 4)
     if dets.mask is not None:
@@ -64,17 +64,7 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
                | ((view[:, 1] > 0) & (xyxy[:, 1] <= view[:, 1] + tol))
                | ((view[:, 2] < width) & (xyxy[:, 2] >= view[:, 2] - tol))
                | ((view[:, 3] < height) & (xyxy[:, 3] >= view[:, 3] - tol)))
-    area = np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
-    classes = _class_codes(dets)
-    for i in np.flatnonzero(touches):
-        same = np.flatnonzero((classes == classes[i]) & (area > 1.1 * area[i]))
-        if len(same) == 0 or area[i] == 0:
-            continue
-        iw = np.minimum(xyxy[same, 2], xyxy[i, 2]) - np.maximum(xyxy[same, 0], xyxy[i, 0])
-        ih = np.minimum(xyxy[same, 3], xyxy[i, 3]) - np.maximum(xyxy[same, 1], xyxy[i, 1])
-        inside = np.clip(iw, 0, None) * np.clip(ih, 0, None) / area[i]
-        out[i] = bool((inside >= containment).any())
-    return out
+    return contained_in_larger(xyxy, _class_codes(dets), touches, containment, larger=1.1)
 
 
 def merge_detections(
@@ -111,7 +101,7 @@ def merge_detections(
     xyxy = np.asarray(dets.xyxy, dtype=np.float64)
     scores = np.zeros(n) if dets.confidence is None else np.asarray(dets.confidence, dtype=np.float64)
     classes = None if class_agnostic else _class_codes(dets)
-    order = np.argsort(-scores, kind="stable")
+    order = descending_order(scores)
 
     owner = greedy_owner(xyxy, scores, classes, metric, threshold)
     keep = order[owner[order] == order]
