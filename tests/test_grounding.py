@@ -134,13 +134,13 @@ def test_crops_are_shared_fairly_between_phrases():
     assert [c.name for c in crop_boxes(image, dets, max_crops=4)] == ["a", "b", "c", "a"]
 
 
-def test_rgba_is_composited_on_white_like_every_image_input(tiny_dir, images):
+def test_rgba_is_composited_on_white_like_every_image_input(loaded, images):
     rgb = images[0]
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     rgba[:100] = 0  # a transparent band over black pixels
     on_white = rgb.copy()
     on_white[:100] = 255
-    backend = GroundingDinoBackend(tiny_dir, box_threshold=0.0)
+    backend = GroundingDinoBackend(*loaded, box_threshold=0.0)
     got, want, alpha_dropped = (backend.detect([im], [["a dog"]])[0]
                                 for im in (rgba, on_white, rgba[..., :3]))
     np.testing.assert_array_equal(got.xyxy, want.xyxy)
