@@ -106,15 +106,17 @@ class Mllm:
             return self._generate_shared(images[0], prompts, fit, kw)
         inputs = self.encode(images, prompts, fit)
         out = self.model.generate(**inputs, **kw)
-        return self._generations(_rows(inputs), out[:, inputs["input_ids"].shape[1]:])
+        rows = [row[mask.bool()] for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        return self._generations(rows, out[:, inputs["input_ids"].shape[1]:])
 
     def _generate_shared(self, image, prompts: list[str], fit: str, kw: dict) -> list[Generation]:
         """Generation over one prefill of the prompts' shared prefix: its cache is repeated over
         the batch and each row continues ``prefix, padding, own suffix`` (the padding masked, so
         positions run on from the prefix as in the unshared, left-padded batch)."""
-        rows = _rows(self.encode([image] * len(prompts), prompts, fit))
+        first = self.encode([image], prompts[:1], fit)
+        rows = self._prompt_rows(first, prompts)
         p = shared_prefix_length(rows, self.image_token_id)
-        cache = self._prefill(self.encode([image], prompts[:1], fit), p)
+        cache = self._prefill(first, p)
         cache.batch_repeat_interleave(len(rows))
         width = max(len(r) for r in rows) - p
         pad = self.tokenizer.pad_token_id or 0
@@ -135,6 +137,20 @@ class Mllm:
             gens.append(Generation(row.cpu(), answer.cpu(),
                                    self.tokenizer.decode(answer, skip_special_tokens=True), stopped))
         return gens
+
+    def _prompt_rows(self, first: dict, prompts: list[str]) -> list[torch.Tensor]:
+        """Each of ``prompts`` (one image each) as the processor tokenizes it with the image of
+        ``first`` (the first prompt encoded): the tokenizer's ids with the image placeholder
+        repeated as often as the processor repeats it there, so the image is processed once."""
+        row = first["input_ids"][0]
+        count = int((row == self.image_token_id).sum())
+        rows = []
+        for ids in self.tokenizer(prompts)["input_ids"]:
+            ids = torch.tensor(ids, device=row.device)
+            rows.append(ids.repeat_interleave(torch.where(ids == self.image_token_id, count, 1)))
+        if not torch.equal(rows[0], row):
+            raise ValueError(f"{self.family}'s processor does more than repeat the image token")
+        return rows
 
     def _prefill(self, inputs: dict, length: int):
         """Run the first ``length`` tokens of ``inputs`` (one prompt with its image, as
@@ -176,8 +192,7 @@ class Mllm:
         (:func:`flow_attention.record_prefix`), so R covers all N rows as before."""
         fitted, offset = self.fit(image, fit)
         first = self.encode([fitted], prompts[:1], "native")  # fitted once, here
-        prompt_rows = _rows(first if len(prompts) == 1 else
-                            self.encode([fitted] * len(prompts), prompts, "native"))
+        prompt_rows = self._prompt_rows(first, prompts)
         seqs = [torch.cat([r, a.to(r.device)]) for r, a in zip(prompt_rows, answers)]
         p = shared_prefix_length(seqs, self.image_token_id) if share_prefix else 0
         order, grid, region = token_grid(self.family, self.processor, first, 0, fitted.shape[:2],
@@ -234,11 +249,6 @@ class Mllm:
 
 
 _TOKEN_ALIGNED = ("input_ids", "attention_mask", "mm_token_type_ids")  # processor outputs, (B, N)
-
-
-def _rows(inputs: dict) -> list[torch.Tensor]:
-    """Each prompt's token ids without the padding, from a (left-padded) processor batch."""
-    return [row[mask.bool()] for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
 
 
 def shared_prefix_length(rows: list[torch.Tensor], image_token_id: int) -> int:
