@@ -9,6 +9,10 @@ teacher-forced forward pass over prompt + answer whose language-model attention 
 :mod:`~vlpipe.agents.flow_attention`: each layer's output and its head reduction are computed a
 block of query rows at a time and folded into the VL-SAM flow, never the (H, N, N) weights, so
 peak extra memory is O(N²).
+
+The questions about one view share its prompt prefix (system text and image tokens): generation
+and the teacher-forced passes prefill it once and reuse its KV cache (:meth:`Mllm.generate`,
+:meth:`Mllm.flows`).
 """
 
 from __future__ import annotations
@@ -154,7 +158,9 @@ class Mllm:
 
     def _prefill(self, inputs: dict, length: int):
         """Run the first ``length`` tokens of ``inputs`` (one prompt with its image, as
-        :meth:`encode` gives it) -> the DynamicCache of their keys and values."""
+        :meth:`encode` gives it) -> the DynamicCache of their keys and values. (Qwen2-VL and
+        Qwen3-VL also keep the prefix's M-RoPE offset, ``rope_deltas``, which the model and
+        ``generate`` add to the positions of the tokens run after a cached prefix.)"""
         from transformers import DynamicCache
 
         head = {k: v[:, :length] if k in _TOKEN_ALIGNED else v for k, v in inputs.items()}
