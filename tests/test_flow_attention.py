@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlpipe.agents.attention import AttentionFlow, attention_flow, head_weights
-from vlpipe.agents.flow_attention import reduce_attention
+from vlpipe.agents.flow_attention import prefixed_mask, reduce_attention
 
 
 def eager(query, key, value, mask, scaling):
@@ -79,3 +79,20 @@ def test_flow_of_reduced_layers_equals_flow_of_full_layers():
     for q, k, v in layers:
         acc.update_reduced(reduce_attention(q, k, v, None, 0.4, block_elements=30)[1])
     torch.testing.assert_close(acc.result, attention_flow(full), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix_mask", ["none", "bool", "float"])
+def test_prefix_queries_in_front_give_the_full_reduction_and_the_suffix_output(suffix_mask):
+    """A cached prefix of 7 rows: its queries put back in front of the 5 new ones, with the
+    joined mask, give the 12-row reduction of one full pass and the new rows' output."""
+    q, k, v = qkv(4, 2, 12, 12, seed=3)
+    weights, expected = eager(q, k, v, causal_additive(12, 12), 0.4)
+    additive = causal_additive(5, 12)
+    mask = {"none": None, "bool": additive == 0, "float": additive}[suffix_mask]
+    joined = prefixed_mask(None, mask, 7, 5, 12, q.device)
+    assert joined is None or joined.tolist() == (causal_additive(12, 12) == 0).tolist()
+    out, reduced = reduce_attention(q, k, v, joined, 0.4, block_elements=36, out_from=7)
+    assert out.shape == (4, 5, 8)
+    torch.testing.assert_close(out, expected[:, 7:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reduced, torch.einsum("h,hij->ij", head_weights(weights), weights) / 4,
+                               rtol=1e-5, atol=1e-6)

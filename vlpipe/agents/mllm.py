@@ -9,13 +9,17 @@ teacher-forced forward pass over prompt + answer whose language-model attention 
 :mod:`~vlpipe.agents.flow_attention`: each layer's output and its head reduction are computed a
 block of query rows at a time and folded into the VL-SAM flow, never the (H, N, N) weights, so
 peak extra memory is O(N²).
+
+The questions about one view share its prompt prefix (system text and image tokens): generation
+and the teacher-forced passes prefill it once and reuse its KV cache (:meth:`Mllm.generate`,
+:meth:`Mllm.flows`).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -96,21 +100,73 @@ class Mllm:
         return fit_image(self.family, self.processor, image, fit)
 
     @torch.inference_mode()
-    def generate(self, images: list, prompts: list[str],
-                 max_new_tokens: int | None = None, fit: str = "pad") -> list[Generation]:
+    def generate(self, images: list, prompts: list[str], max_new_tokens: int | None = None,
+                 fit: str = "pad", share_prefix: bool = True) -> list[Generation]:
         """Batched generation: ``prompts[i]`` about ``images[i]`` (an image, or a list of images
-        when the prompt has several)."""
-        inputs = self.encode(images, prompts, fit)
+        when the prompt has several). When every prompt is about the same image object and
+        ``share_prefix`` is on, the prompts' shared prefix (system text and image tokens) runs
+        once and its KV cache serves the whole batch (:meth:`_generate_shared`)."""
         kw = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        if share_prefix and len(images) > 1 and all(im is images[0] for im in images):
+            return self._generate_shared(images[0], prompts, fit, kw)
+        inputs = self.encode(images, prompts, fit)
         out = self.model.generate(**inputs, **kw)
-        start = inputs["input_ids"].shape[1]
+        return self._generations(out[:, inputs["input_ids"].shape[1]:])
+
+    def _generate_shared(self, image, prompts: list[str], fit: str, kw: dict) -> list[Generation]:
+        """Generation over one prefill of the prompts' shared prefix: its cache is repeated over
+        the batch and each row continues ``prefix, padding, own suffix`` (the padding masked, so
+        positions run on from the prefix as in the unshared, left-padded batch)."""
+        first = self.encode([image], prompts[:1], fit)
+        rows = self._prompt_rows(first, prompts)
+        p = shared_prefix_length(rows, self.image_token_id)
+        cache = self._prefill(first, p)
+        cache.batch_repeat_interleave(len(rows))
+        width = max(len(r) for r in rows) - p
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), p + width), pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for k, row in enumerate(rows):
+            ids[k, :p], ids[k, p + width - (len(row) - p):] = row[:p], row[p:]
+            mask[k, :p], mask[k, p + width - (len(row) - p):] = 1, 1
+        out = self.model.generate(input_ids=ids, attention_mask=mask, cache=cache, **kw)
+        return self._generations(out[:, p + width:])
+
+    def _generations(self, answers: torch.Tensor) -> list[Generation]:
+        """Generations from the (B, T) generated ids."""
         stop = self.stop_ids
         gens = []
-        for seq in out:
-            answer, stopped = _strip_special(seq[start:], stop)
-            text = self.tokenizer.decode(answer, skip_special_tokens=True)
-            gens.append(Generation(answer.cpu(), text, stopped))
+        for seq in answers:
+            answer, stopped = _strip_special(seq, stop)
+            gens.append(Generation(answer.cpu(), self.tokenizer.decode(answer, skip_special_tokens=True),
+                                   stopped))
         return gens
+
+    def _prompt_rows(self, first: dict, prompts: list[str]) -> list[torch.Tensor]:
+        """Each of ``prompts`` (one image each) as the processor tokenizes it with the image of
+        ``first`` (the first prompt encoded): the tokenizer's ids with the image placeholder
+        repeated as often as the processor repeats it there, so the image is processed once."""
+        row = first["input_ids"][0]
+        count = int((row == self.image_token_id).sum())
+        rows = []
+        for ids in self.tokenizer(prompts)["input_ids"]:
+            ids = torch.tensor(ids, device=row.device)
+            rows.append(ids.repeat_interleave(torch.where(ids == self.image_token_id, count, 1)))
+        if not torch.equal(rows[0], row):
+            raise ValueError(f"{self.family}'s processor does more than repeat the image token")
+        return rows
+
+    def _prefill(self, inputs: dict, length: int):
+        """Run the first ``length`` tokens of ``inputs`` (one prompt with its image, as
+        :meth:`encode` gives it) -> the DynamicCache of their keys and values. (Qwen2-VL and
+        Qwen3-VL also keep the prefix's M-RoPE offset, ``rope_deltas``, which the model and
+        ``generate`` add to the positions of the tokens run after a cached prefix.)"""
+        from transformers import DynamicCache
+
+        head = {k: v[:, :length] if k in _TOKEN_ALIGNED else v for k, v in inputs.items()}
+        cache = DynamicCache(config=self.model.config)
+        self.model(**head, cache=cache, use_cache=True, logits_to_keep=1)
+        return cache
 
     @property
     def stop_ids(self) -> set[int]:
@@ -120,7 +176,6 @@ class Mllm:
         return {t for t in [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, *eos]
                 if t is not None}
 
-    @torch.inference_mode()
     def flow(self, image: np.ndarray, prompt: str, answer_ids: torch.Tensor,
              head_weighting: bool = True, regularize: bool = True, fit: str = "pad",
              flow: bool = True):
@@ -128,21 +183,52 @@ class Mllm:
         layer's S' with ``flow=False``, see :class:`AttentionFlow`),
         image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1) in ``image``'s
         pixels, prompt length)."""
+        with closing(self.flows(image, [prompt], [answer_ids], head_weighting, regularize, fit,
+                                flow, share_prefix=False)) as one:
+            return next(one)
+
+    @torch.inference_mode()
+    def flows(self, image: np.ndarray, prompts: list[str], answers: list[torch.Tensor],
+              head_weighting: bool = True, regularize: bool = True, fit: str = "pad",
+              flow: bool = True, share_prefix: bool = True):
+        """:meth:`flow` for each prompt + answer about one image, yielded in order. With
+        ``share_prefix`` the prompts' shared prefix (system text and image tokens) runs once:
+        its keys, values and per-layer queries are kept, and each sequence runs only its own
+        tokens, the flow attention putting the prefix's query rows back in front
+        (:func:`flow_attention.record_prefix`), so R covers all N rows as before."""
         fitted, offset = self.fit(image, fit)
-        inputs = self.encode([fitted], [prompt], "native")  # fitted once, here
-        prompt_len = inputs["input_ids"].shape[1]
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], 1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if "mm_token_type_ids" in inputs:  # Qwen2-VL marks image tokens; text tokens are 0
-            extra = torch.zeros_like(answer_ids[None]).to(inputs["mm_token_type_ids"])
-            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
-        acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize, flow=flow)
-        with self._flow_attention(acc, head_weighting):
-            self.model(**inputs)
-        order, grid, region = token_grid(self.family, self.processor, inputs, 0,
-                                         fitted.shape[:2], offset)
-        positions = (inputs["input_ids"][0] == self.image_token_id).nonzero()[:, 0]
-        return acc.result, positions[order.to(positions.device)], grid, region, prompt_len
+        first = self.encode([fitted], prompts[:1], "native")  # fitted once, here
+        prompt_rows = self._prompt_rows(first, prompts)
+        seqs = [torch.cat([r, a.to(r.device)]) for r, a in zip(prompt_rows, answers)]
+        p = shared_prefix_length(seqs, self.image_token_id) if share_prefix else 0
+        order, grid, region = token_grid(self.family, self.processor, first, 0, fitted.shape[:2],
+                                         offset)
+        with self._flow_attention() as modules:
+            prefix = cache = None
+            if p:
+                with flow_attention.record_prefix(modules) as prefix:
+                    cache = self._prefill(self._sequence_inputs(first, seqs[0]), p)
+            for seq, prompt_row in zip(seqs, prompt_rows):
+                acc = AttentionFlow(head_weighting=head_weighting, regularize=regularize, flow=flow)
+                with flow_attention.collect_flow(modules, acc.update_reduced, head_weighting,
+                                                 prefix):
+                    if cache is None:
+                        self.model(**self._sequence_inputs(first, seq), logits_to_keep=1)
+                    else:
+                        self.model(input_ids=seq[None, p:], cache=cache, use_cache=True,
+                                   logits_to_keep=1)
+                        cache.crop(p - len(seq))  # back to the prefix
+                positions = (seq == self.image_token_id).nonzero()[:, 0]
+                yield acc.result, positions[order.to(positions.device)], grid, region, len(prompt_row)
+
+    def _sequence_inputs(self, encoded: dict, seq: torch.Tensor) -> dict:
+        """``encoded`` (one prompt with its image) with its tokens replaced by ``seq`` (N,): the
+        prompt's tokens, then more text."""
+        inputs = dict(encoded, input_ids=seq[None], attention_mask=torch.ones_like(seq[None]))
+        if "mm_token_type_ids" in inputs:  # Qwen2-VL marks image tokens (1); text tokens are 0
+            inputs["mm_token_type_ids"] = (seq[None] == self.image_token_id).to(
+                encoded["mm_token_type_ids"].dtype)
+        return inputs
 
     @torch.inference_mode()
     def option_probs(self, image: np.ndarray, prompt: str, options: list[str]) -> np.ndarray:
@@ -151,9 +237,10 @@ class Mllm:
         return option_probs(self.model(**inputs).logits[0, -1].float(), self.tokenizer, options)
 
     @contextmanager
-    def _flow_attention(self, acc: AttentionFlow, head_weighting: bool):
-        """Run the language model's attention layers with :func:`flow_attention.flow_attention`,
-        folding each layer's head reduction into ``acc``."""
+    def _flow_attention(self):
+        """Run the model's attention with :func:`flow_attention.flow_attention` (plain SDPA
+        outside :func:`flow_attention.collect_flow` and :func:`flow_attention.record_prefix`);
+        yields the language model's attention modules, for those."""
         modules = [m for name, m in self.model.named_modules()
                    if name.split(".")[-1] == "self_attn" and "language_model" in name]
         if not modules:
@@ -162,13 +249,24 @@ class Mllm:
         before = self.model.config._attn_implementation
         self.model.set_attn_implementation(flow_attention.NAME)
         try:
-            with flow_attention.collect_flow(modules, acc.update_reduced, head_weighting):
-                yield
+            yield modules
         finally:
             self.model.set_attn_implementation(before)
 
 
 MLLM_BACKENDS.register("transformers")(Mllm.load)  # any family with an image-token layout
+_TOKEN_ALIGNED = ("input_ids", "attention_mask", "mm_token_type_ids")  # processor outputs, (B, N)
+
+
+def shared_prefix_length(rows: list[torch.Tensor], image_token_id: int) -> int:
+    """Tokens at the start of every row of ``rows`` (1-D ids) that all rows share, leaving each
+    row one token at least; every image token must lie in them (the image runs once, there)."""
+    shortest = min(len(r) for r in rows)
+    heads = torch.stack([r[:shortest] for r in rows])
+    length = min(int((heads == heads[0]).all(0).long().cumprod(0).sum()), shortest - 1)
+    if any((r[length:] == image_token_id).any() for r in rows):
+        raise ValueError("image tokens after the shared prefix: the prompts differ before the image")
+    return length
 
 
 def _strip_special(ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, bool]:
@@ -269,8 +367,9 @@ class ObjectList:
 
 
 class ObjectListNode(_MllmNode):
-    """views -> objects: asks each view K "list the objects" questions, all in batched
-    generate calls, and parses the names (with their answer-token spans).
+    """views -> objects: asks each view K "list the objects" questions, in batched generate
+    calls of up to ``gen_batch`` questions of one view (which share the view's prefill), and
+    parses the names (with their answer-token spans).
 
     ``vocabulary``: a COCO / LVIS annotation file whose category names and synonyms join the
     tag gazetteer the names are parsed with (empty: the vendored tags only)."""
@@ -296,25 +395,26 @@ class ObjectListNode(_MllmNode):
 
     def run(self, batch):
         mllm = self.mllm
-        jobs = [(b, v, q) for b, item in enumerate(batch) for v in range(len(item["views"]))
-                for q in range(len(self.questions))]
         prompts = [mllm.prompt(q) for q in self.questions]
         results = [[] for _ in batch]
-        for s in range(0, len(jobs), self.gen_batch):
-            chunk = jobs[s:s + self.gen_batch]
-            gens = mllm.generate([batch[b]["views"][v].image for b, v, _ in chunk],
-                                 [prompts[q] for _, _, q in chunk], self.max_new_tokens,
-                                 self.image_fit)
-            for (b, v, q), gen in zip(chunk, gens):
-                spans = parse_object_names(gen.text, self.gazetteer, truncated=not gen.stopped)
-                tokens = token_spans(gen.answer_ids, mllm.tokenizer, [(n.start, n.end) for n in spans])
-                names = [(n.name, t) for n, t in zip(spans, tokens) if t]
-                results[b].append(ObjectList(v, q, gen, prompts[q], names))
+        for b, item in enumerate(batch):
+            for v, view in enumerate(item["views"]):  # one view per call: its prefix is shared
+                for s in range(0, len(prompts), self.gen_batch):
+                    chunk = range(s, min(s + self.gen_batch, len(prompts)))
+                    gens = mllm.generate([view.image] * len(chunk), [prompts[q] for q in chunk],
+                                         self.max_new_tokens, self.image_fit)
+                    for q, gen in zip(chunk, gens):
+                        spans = parse_object_names(gen.text, self.gazetteer, truncated=not gen.stopped)
+                        tokens = token_spans(gen.answer_ids, mllm.tokenizer,
+                                             [(n.start, n.end) for n in spans])
+                        names = [(n.name, t) for n, t in zip(spans, tokens) if t]
+                        results[b].append(ObjectList(v, q, gen, prompts[q], names))
         return [{"objects": r} for r in results]
 
 
 class AttentionMapNode(_MllmNode):
     """views + objects -> maps: one teacher-forced pass per answer, one VL-SAM map per name.
+    A view's answers share its prompt prefix, which runs once (:meth:`Mllm.flows`).
 
     ``head_weighting``, ``regularize``, ``flow``: the VL-SAM steps, each can be turned off for
     ablations (``flow: false`` reads the last layer's attention only)."""
@@ -334,16 +434,16 @@ class AttentionMapNode(_MllmNode):
         out = []
         for item in batch:
             maps = []
-            for obj in item["objects"]:
-                if not obj.names:
-                    continue
-                view = item["views"][obj.view]
-                R, positions, grid, region, prompt_len = mllm.flow(
-                    view.image, obj.prompt, obj.generation.answer_ids,
-                    self.head_weighting, self.regularize, self.image_fit, self.flow)
-                for name, tokens in obj.names:
-                    m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
-                    maps.append(ObjectMap(name, obj.view, obj.question, m, region))
+            named = [obj for obj in item["objects"] if obj.names]
+            for v, objs in itertools.groupby(named, key=lambda obj: obj.view):
+                objs = list(objs)
+                flows = mllm.flows(item["views"][v].image, [obj.prompt for obj in objs],
+                                   [obj.generation.answer_ids for obj in objs],
+                                   self.head_weighting, self.regularize, self.image_fit, self.flow)
+                for obj, (R, positions, grid, region, prompt_len) in zip(objs, flows):
+                    for name, tokens in obj.names:
+                        m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
+                        maps.append(ObjectMap(name, obj.view, obj.question, m, region))
             out.append({"maps": maps})
         return out
 
