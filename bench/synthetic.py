@@ -1,7 +1,7 @@
 """The attention path measured: a tiny LLaVA trained on synthetic scenes, the oracle segmenter.
 
     python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes] [--scenes 20] [--seed 0]
-                              [--questions 10] [--json]
+                              [--questions 10] [--read preceding] [--json]
 
 On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; the model was
 trained on scenes of another random stream, ``bench/train_tiny.py``), the detect recipe runs
@@ -17,7 +17,10 @@ true instance under the positive point), through the production batch runner, re
   (visible: as the training labels, ``train_tiny.view_names``), and name precision;
 * the mean row offset of those points from the nearest instance of their name (in view heights,
   > 0: below it), which shows a pull towards the last image rows;
-* box / mask AP (LVIS) and the VL-SAM ablation chain, each step adding one part to the last.
+* box / mask AP (LVIS) and the VL-SAM ablation chain, each step adding one part to the last,
+  with the maps read from the flow's rows given by ``--read`` (``attention_maps``' ``read``:
+  the name's tokens or the token before it, which predicted the name); then the recipe once
+  more with the other read-out.
 
 With ``--json`` the last line is ``{"pointing", "chance", "name_recall", "name_precision",
 "bbox": {"AP", "AR"}, "segm": {...}, "ablation": [[step, box AP], ...], "table": [[step,
@@ -54,21 +57,24 @@ MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_llava_sha
 PAPER = {"last-layer mean attention": 2.2, "+ head weights": None, "+ flow": 0.1,
          "+ regularization": 10.1, "+ negative points": 12.3, "+ iterative refinement": 14.1,
          "+ tiles": 27.3, "+ question ensemble": 40.1}
+READ_OTHER = {"name": "preceding", "preceding": "name", "both": "name"}
 
 
-def chain(questions: int) -> list[tuple[str, dict]]:
-    """The VL-SAM ablation chain: each step's full settings (the last one is the recipe's)."""
+def chain(questions: int, read: str) -> list[tuple[str, dict]]:
+    """The VL-SAM ablation chain with the maps read from ``read`` rows: each step's full
+    settings (the last but one is the recipe's), then the recipe with the other read-out."""
     steps = [("last-layer mean attention", {}), ("+ head weights", {"head_weighting": True}),
              ("+ flow", {"flow": True}), ("+ regularization", {"regularize": True}),
              ("+ negative points", {"n_negative": 1}), ("+ iterative refinement", {"rounds": 3}),
              ("+ tiles", {"tiles": "2x2"}), ("+ question ensemble", {"questions": questions})]
     settings = {"head_weighting": False, "flow": False, "regularize": False, "n_negative": 0,
-                "rounds": 1, "tiles": "1x1", "questions": 1}
+                "rounds": 1, "tiles": "1x1", "questions": 1, "read": read}
     out = []
     for label, change in steps:
         settings = {**settings, **change}
         out.append((label, settings))
-    return out
+    other = READ_OTHER[read]
+    return out + [(f"the recipe, read: {other}", {**settings, "read": other})]
 
 
 @dataclass
@@ -165,8 +171,8 @@ registry.register("pointing_attention_maps", PointingMapsNode)
 
 def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, head_weighting: bool = True,
                    flow: bool = True, regularize: bool = True, n_negative: int = 1,
-                   rounds: int = 3, tiles: str = "2x2",
-                   questions: int = 10) -> tuple[PipelineSpec, dict]:
+                   rounds: int = 3, tiles: str = "2x2", questions: int = 10,
+                   read: str = "name") -> tuple[PipelineSpec, dict]:
     """The detect recipe's spec, and its params, with the trained MLLM (recording pointing and
     names under ``record``) and the oracle SAM; the keyword arguments are the ablation chain's
     switches."""
@@ -176,7 +182,7 @@ def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, head_weighting: b
     objects.type, maps.type = "registered_mllm_objects", "pointing_attention_maps"
     objects.params.update(gt=str(gt), record=record)
     maps.params.update(gt=str(gt), record=record, head_weighting=head_weighting, flow=flow,
-                       regularize=regularize)
+                       regularize=regularize, read=read)
     sam.params["n_negative"] = n_negative
     spec.name = "detect-synthetic"
     return spec, dict(mllm=str(mllm), sam=str(Path(gt).resolve()), sam_backend="oracle",
@@ -202,20 +208,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--read", default="preceding", choices=sorted(READ_OTHER),
+                    help="the flow's rows that make a name's map (attention_maps' read)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         gt = make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
-        for k, (label, settings) in enumerate(chain(args.questions)):
+        for k, (label, settings) in enumerate(chain(args.questions, args.read)):
             metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm, **settings)
             rows.append((label, metrics, pointing))
             print(f"{label}: box AP {metrics['bbox']['AP']:.3f}, pointing "
                   f"{pointing['pointing']:.3f} (chance {pointing['chance']:.3f})", flush=True)
-    label, full, pointing = rows[-1]
+    label, full, pointing = rows[-2]  # the recipe, read as --read says
     print(f"\ntrained tiny LLaVA + oracle SAM, {args.scenes} held-apart scenes (seed {args.seed}), "
-          f"tiles 2x2, {args.questions} questions, 3 rounds")
+          f"tiles 2x2, {args.questions} questions, 3 rounds, read: {args.read}")
     print(f"  pointing accuracy {pointing['pointing']:.3f} vs chance {pointing['chance']:.3f} "
           f"({pointing['maps']} maps); name recall {pointing['name_recall']:.3f}, "
           f"precision {pointing['name_precision']:.3f}")
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP | paper (CODA AP) |")
     print(f"| {'-' * 26} | ----------------- | ---------- | ------ | ------- | --------------- |")
     for label, m, p in rows:
-        paper = "-" if PAPER[label] is None else f"{PAPER[label]:.1f}"
+        paper = "-" if PAPER.get(label) is None else f"{PAPER[label]:.1f}"
         print(f"| {label:<26} | {p['pointing']:.3f} ({p['chance']:.3f}) {'':<3}| "
               f"{p['row_offset']:+10.3f} | {m['bbox']['AP']:6.3f} | {m['segm']['AP']:7.3f} | "
               f"{paper:>15} |")
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       "name_precision")},
                           "bbox": {k: full["bbox"][k] for k in ("AP", "AR")},
                           "segm": {k: full["segm"][k] for k in ("AP", "AR")},
-                          "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows],
+                          "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows[:-1]],
                           "table": [[label, p["pointing"], p["chance"], p["row_offset"],
                                      m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows]}))
 

@@ -1,15 +1,21 @@
 """Train a tiny LLaVA on synthetic scenes to list the objects it sees, left to right.
 
-    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 600]
+    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 400]
 
 A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch 12
--> an 8x8 grid; Llama-style language model; about 0.6 M parameters) learns to answer the
+-> an 8x8 grid; Llama-style language model; about 0.4 M parameters) learns to answer the
 "list the objects" questions of ``vlpipe/prompts/list_objects.txt`` about scenes of
 :mod:`vlpipe.synthetic` — the full image and its 2x2 tiles, each padded to a square as the
 detect recipe shows them — with the categories it can see ("box , disc , star"), ordered by
 their leftmost pixel. Nothing but next-token prediction of the answer is trained: where the
-attention of a name's tokens goes is left to the model. CPU, torch threads = 2, seeded. The
-result loads through ``from_pretrained`` like any hub model (``--mllm DIR``).
+attention of a name's tokens goes is left to the model.
+
+The language model reads local image tokens: the tower's patch embeddings (with their position
+embeddings), before any of its attention layers. With image tokens that each carry the whole
+image (a tower with global attention, the first committed model), the language model never had
+to look at an object's own patches to name it, and its attention did not point (README). CPU,
+one torch thread (``--threads``), seeded. The result loads through ``from_pretrained`` like any
+hub model (``--mllm DIR``).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def build(seed: int):
     tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE,
                           vocabulary())
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+        vision_config=CLIPVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=1,
                                        num_attention_heads=4, image_size=IMAGE_SIZE,
                                        patch_size=PATCH),
         text_config=LlamaConfig(vocab_size=len(tok), hidden_size=96, intermediate_size=192,
@@ -62,7 +68,9 @@ def build(seed: int):
                                 max_position_embeddings=256, pad_token_id=tok.pad_token_id,
                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1)
+        # the tower's input (patch + position embeddings), hidden_states[0] of 2: local tokens.
+        # Written -2, as transformers 5 reads vision_feature_layer=0 as "no hidden states".
+        vision_feature_select_strategy="default", vision_feature_layer=-2)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=PATCH,
@@ -145,11 +153,26 @@ class Batches:
                 "pixel_values": (pixels - self.mean) / self.std}
 
 
-def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int) -> dict:
-    torch.set_num_threads(2)
+def cached_views(path: Path | None, scenes: int, seed: int, processor
+                 ) -> tuple[torch.Tensor, list[list[str]]]:
+    """:func:`make_views`, read from ``path`` (.npz: uint8 ``pixels``, ``names`` joined by "|")
+    when it exists, else rendered and written there (no path: rendered only)."""
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            return torch.from_numpy(z["pixels"]), [n.split("|") if n else [] for n in z["names"]]
+    pixels, names = make_views(scenes, seed, processor)
+    if path is not None:
+        np.savez_compressed(path, pixels=pixels.numpy(),
+                            names=np.array(["|".join(n) for n in names]))
+    return pixels, names
+
+
+def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
+          views: Path | None = None) -> dict:
+    torch.set_num_threads(threads)
     processor, model = build(seed)
     t0 = time.time()
-    pixels, names = make_views(scenes, seed, processor)
+    pixels, names = cached_views(views, scenes, seed, processor)
     print(f"{len(names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     data = Batches(processor, pixels, names, seed)
@@ -183,12 +206,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scenes", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (2 ran ~10x slower per step on a loaded 2-core machine)")
+    ap.add_argument("--views", type=Path, help="cache of the rendered views (.npz), made once "
+                    "for these --scenes and --seed")
     args = ap.parse_args(argv)
-    summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed)
+    summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
+                    args.threads, args.views)
     print(json.dumps(summary))
 
 

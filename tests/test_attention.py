@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vlpipe.agents.attention import AttentionFlow, attention_flow, head_weights, object_map
+from vlpipe.agents.attention import (AttentionFlow, attention_flow, head_weights, object_map,
+                                     query_positions)
 
 
 def causal_layers(L, H, N, seed=0, plant=None):
@@ -97,6 +98,18 @@ def test_object_map_reads_rows_and_grid():
     torch.testing.assert_close(m, expected)
     with pytest.raises(ValueError):
         object_map(R, [8], image_positions, (2, 2))
+
+
+def test_query_positions_by_hand():
+    # a name spelled by answer tokens 3 and 4 after a 10-token prompt sits at rows 13, 14; the
+    # token that predicted its first token is row 12
+    assert query_positions([3, 4], 10, "name") == [13, 14]
+    assert query_positions([3, 4], 10, "preceding") == [12]
+    assert query_positions([3, 4], 10, "both") == [12, 13, 14]
+    # the answer's first name was predicted by the prompt's last token
+    assert query_positions([0], 10, "preceding") == [9]
+    with pytest.raises(ValueError):
+        query_positions([3], 10, "next")
 
 
 def _planted_maps():

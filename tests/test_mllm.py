@@ -8,7 +8,8 @@ import torch
 
 from vlpipe.agents.attention import attention_flow, object_map
 from vlpipe.agents.layouts import _center_crop_region
-from vlpipe.agents.mllm import Generation, Mllm, ObjectListNode, _strip_special, token_spans
+from vlpipe.agents.mllm import (AttentionMapNode, Generation, Mllm, ObjectListNode, _strip_special,
+                               token_spans)
 from vlpipe.agents.tiles_node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
@@ -126,6 +127,25 @@ def test_one_map_per_parsed_object_end_to_end(tiny_models, image, family):
     assert all(tuple(m.map.shape) == grid and torch.isfinite(m.map).all() for m in maps)
     # the model was loaded once and shared by both MLLM nodes
     assert objects.pool.loads == 1
+
+
+def test_preceding_read_out_takes_the_row_before_the_name(tiny_models, image):
+    pipe = Pipeline.load(tiny_models / "detect.yaml", mllm=str(tiny_models / "llava"),
+                         tiles="1x1", questions=1)
+    views = TilesNode("v", tiles="1x1").run([{"image": image}])[0]["views"]
+    objects, maps = pipe.graph.nodes["objects"], pipe.graph.nodes["maps"]
+    objects.pool = maps.pool = ModelPool()
+    lists = objects.run([{"views": views}])[0]["objects"]
+    maps.read = "preceding"
+    out = maps.run([{"views": views, "objects": lists}])[0]["maps"]
+    obj = next(o for o in lists if o.names)
+    R, positions, grid, _, prompt_len = maps.mllm.flow(
+        image, obj.prompt, obj.generation.answer_ids, maps.head_weighting, maps.regularize)
+    first_tokens = obj.names[0][1]
+    row = R[prompt_len + first_tokens[0] - 1, positions].reshape(grid)
+    torch.testing.assert_close(out[0].map, row)
+    with pytest.raises(ValueError, match="read"):
+        AttentionMapNode("maps", model="unused", read="next")
 
 
 def test_object_map_matches_manual_read_out(mllm, image):

@@ -1,6 +1,7 @@
 """The tiny LLaVA trained on synthetic scenes (tests/data/tiny_llava_shapes, bench/train_tiny.py):
 it loads through from_pretrained, names the objects of held-apart scenes, and the attention maps
-of the names point at them; and the bench's scoring of that, on hand-made cases."""
+of the names (read from the token before each name) point at them; and the bench's scoring of
+that, on hand-made cases."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from vlpipe.synthetic import make_scenes
 synthetic, train_tiny = import_bench("synthetic", "train_tiny")
 MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
 IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
-# the recipe on 3 held-apart scenes, as bench/synthetic.py runs it but with 2 questions, 1 round
-# and without the regularization (which pulls every point to the last image rows, README)
-SETTING = {"tiles": "2x2", "questions": 2, "rounds": 1, "regularize": False}
+# the recipe on 3 held-apart scenes, as bench/synthetic.py runs it (maps read from the token
+# before each name) but with 2 questions and 1 round
+SETTING = {"tiles": "2x2", "questions": 2, "rounds": 1, "read": "preceding"}
 
 
 def test_view_names_orders_left_to_right_and_drops_the_unseen():
@@ -60,17 +61,17 @@ def test_trained_model_loads_and_names_held_apart_objects(held_apart):
     mllm = Mllm.load(str(MODEL), "cpu", "float32")
     assert sum(p.numel() for p in mllm.model.parameters()) < 1_000_000
     metrics, pointing = held_apart
-    # bench/synthetic.py, 20 scenes, 10 questions: name recall 0.527, precision 0.547; these 3
-    # scenes: 0.614 / 0.614 over 88 maps
-    assert pointing["maps"] >= 60
-    assert pointing["name_recall"] >= 0.45 and pointing["name_precision"] >= 0.45
+    # bench/synthetic.py, 20 scenes, 10 questions: name recall 0.403, precision 0.543; these 3
+    # scenes, 2 questions: 0.455 / 0.625 over 64 maps
+    assert pointing["maps"] >= 48
+    assert pointing["name_recall"] >= 0.35 and pointing["name_precision"] >= 0.45
     assert 0.0 < pointing["chance"] < 0.1
     assert metrics["bbox"]["AP"] > 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="the committed model names objects but does not point "
-                   "at them: 0.011 vs chance 0.034 on these scenes (README); a model that points "
-                   "makes this pass, and then it must become a plain test")
 def test_trained_model_points_above_chance(held_apart):
+    # bench/synthetic.py, the recipe on 20 scenes: 0.076 vs chance 0.027 (2,114 maps); these 3
+    # scenes: 0.109 (7 of 64 maps) vs 0.041. The bound: twice chance, which is above half the
+    # bench's figure
     _, pointing = held_apart
-    assert pointing["pointing"] >= 2 * pointing["chance"]
+    assert pointing["pointing"] >= max(2 * pointing["chance"], 0.076 / 2)

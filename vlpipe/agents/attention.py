@@ -128,6 +128,30 @@ def attention_flow(
     return flow.result
 
 
+READOUTS = ("name", "preceding", "both")
+
+
+def query_positions(tokens: Sequence[int], prompt_len: int, read: str = "name") -> list[int]:
+    """Rows of the flow that make one object's map.
+
+    Args:
+        tokens: answer-token indices that spell the object's name (non-empty, ascending).
+        prompt_len: tokens before the answer (answer token k sits at ``prompt_len + k``).
+        read: ``"name"``: the name's own tokens; ``"preceding"``: the one token before the
+            name, the query whose next-token prediction produced the name's first token (in a
+            causal LM that row, not the name's, chose the name; a generate call with
+            ``output_attentions`` reports it at the step that emits the name); ``"both"``.
+
+    Returns:
+        ascending positions in the prompt + answer sequence.
+    """
+    if read not in READOUTS:
+        raise ValueError(f"unknown read-out {read!r} (known: {', '.join(READOUTS)})")
+    name = [prompt_len + t for t in tokens]
+    preceding = [name[0] - 1]
+    return {"name": name, "preceding": preceding, "both": preceding + name}[read]
+
+
 def object_map(
     R: Tensor,
     query_positions: Sequence[int] | Tensor,

@@ -30,7 +30,7 @@ from ..pipeline import Node
 from ..prompts import load_prompt, load_questions
 from ..results import detections_to_json
 from . import flow_attention
-from .attention import AttentionFlow, object_map
+from .attention import READOUTS, AttentionFlow, object_map, query_positions
 from .backends import MLLM_BACKENDS
 from .box_text import box_convention
 from .gazetteer import Gazetteer
@@ -417,17 +417,22 @@ class AttentionMapNode(_MllmNode):
     A view's answers share its prompt prefix, which runs once (:meth:`Mllm.flows`).
 
     ``head_weighting``, ``regularize``, ``flow``: the VL-SAM steps, each can be turned off for
-    ablations (``flow: false`` reads the last layer's attention only)."""
+    ablations (``flow: false`` reads the last layer's attention only). ``read``: which rows of
+    the flow make a name's map, its own tokens (``"name"``), the token before it
+    (``"preceding"``, the query that predicted the name) or both
+    (:func:`~vlpipe.agents.attention.query_positions`)."""
 
     inputs = {"views": "views", "objects": "object_lists"}
     outputs = {"maps": "object_maps"}
     max_batch = 1
 
     def __init__(self, name: str, *, head_weighting: bool = True, regularize: bool = True,
-                 flow: bool = True, **kw) -> None:
+                 flow: bool = True, read: str = "name", **kw) -> None:
         super().__init__(name, **kw)
+        if read not in READOUTS:
+            raise ValueError(f"unknown read {read!r} (known: {', '.join(READOUTS)})")
         self.head_weighting, self.regularize = bool(head_weighting), bool(regularize)
-        self.flow = bool(flow)
+        self.flow, self.read = bool(flow), read
 
     def run(self, batch):
         mllm = self.mllm
@@ -442,7 +447,8 @@ class AttentionMapNode(_MllmNode):
                                    self.head_weighting, self.regularize, self.image_fit, self.flow)
                 for obj, (R, positions, grid, region, prompt_len) in zip(objs, flows):
                     for name, tokens in obj.names:
-                        m = object_map(R, [prompt_len + t for t in tokens], positions, grid)
+                        m = object_map(R, query_positions(tokens, prompt_len, self.read),
+                                       positions, grid)
                         maps.append(ObjectMap(name, obj.view, obj.question, m, region))
             out.append({"maps": maps})
         return out
