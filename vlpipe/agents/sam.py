@@ -385,7 +385,9 @@ class SamNode(_SamModelNode):
     Each map prompts SAM once per instance (every component above the threshold, at most
     ``max_instances``; see :func:`~vlpipe.agents.points.instance_prompts`), so three cups side by
     side give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
-    x1, y1 in full-image pixels) for the merge."""
+    x1, y1 in full-image pixels) for the merge. ``batch_size`` views share one image-encoder
+    forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
+    (16, 4096, 4096) float32 scores per view, 1 GiB)."""
 
     inputs = {"views": "views", "maps": "object_maps"}
     outputs = {"detections": "detections"}
@@ -393,7 +395,7 @@ class SamNode(_SamModelNode):
 
     def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,
                  n_positive: int = 1, n_negative: int = 1, max_instances: int = 8,
-                 min_peak: float = 0.15, batch_size: int = 8, **params) -> None:
+                 min_peak: float = 0.15, batch_size: int = 4, **params) -> None:
         super().__init__(name, **params)
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
