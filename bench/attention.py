@@ -7,11 +7,13 @@ comes. Both start from the same random queries / keys / values (made before the 
 like the activations a model has anyway, and after a tiny warm-up run); peak memory is the
 peak above that (ru_maxrss on the CPU, max_memory_allocated on CUDA), each measurement in a
 fresh subprocess; extra memory is the peak less that of SDPA's outputs alone (``sdpa`` column),
-which any attention implementation needs.
+which any attention implementation needs. ``--stream-only`` sizes run ours alone (the stack would
+not fit) and set its peak against the (H, N, N) weights eager attention makes per layer.
 
     python bench/attention.py                               # N = 300, 600, 1200; L = H = 32
     python bench/attention.py --json                        # N = 1200 only, JSON last line
-    python bench/attention.py --sizes --stream-only 4000 8000 16000 --layers 1 --heads 28 --kv-heads 4
+    python bench/attention.py --sizes 2000 4000 --stream-only 8000 16000 --layers 2 --heads 28 --kv-heads 4
+                                                            # Qwen2.5-VL-7B's heads, N up to 16k
     python bench/attention.py --device cuda --dtype bfloat16 --sizes 1200 2400 --stream-only 16000
 """
 
@@ -147,9 +149,15 @@ def main() -> None:
                   f"{st['peak_mb']:>11.0f} {ours['peak_mb']:>8.0f} {mem:>12.1f}  {rel:.1e}")
             if N == HEADLINE:
                 headline = {"memory_ratio": round(mem, 1), "time_ratio": round(time_ratio, 2)}
+        if args.stream_only:
+            print(f"\nours alone; eager = the (H, N, N) {args.dtype} weights eager attention makes, one layer "
+                  f"and all {L}\n{'N':>6} {'ours s':>8} {'ours MB':>8} {'B per N²':>9} {'eager 1 layer MB':>17} "
+                  f"{'eager all MB':>13} {'1 layer / ours':>15}")
         for N in args.stream_only:
             ours = measure("ours", [L, H, Hkv, N, d], args, f"{tmp}/ours.pt")
-            print(f"{N:>6} {'-':>10} {ours['seconds']:>8.2f} {'-':>8} {'-':>8} {'-':>11} {ours['peak_mb']:>8.0f}")
+            eager = H * N * N * torch.finfo(getattr(torch, args.dtype)).bits / 8 / 2**20
+            print(f"{N:>6} {ours['seconds']:>8.2f} {ours['peak_mb']:>8.0f} {ours['peak_mb'] * 2**20 / N**2:>9.1f} "
+                  f"{eager:>17.0f} {L * eager:>13.0f} {eager / ours['peak_mb']:>15.1f}")
     if args.json:
         print(json.dumps(headline))
 

@@ -200,7 +200,10 @@ class OracleSam(SamBackend):
     def __init__(self, world: OracleWorld) -> None:
         self.world = world
 
-    def set_image(self, image):
+    def encode(self, images):
+        return list(images)  # no encoder: the state is the image
+
+    def use(self, image):
         self.hw = image.shape[:2]
         self.masks = [m for _, m in self.world.instances(image)]
 

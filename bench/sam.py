@@ -16,7 +16,9 @@ worst case for upscaling inside boxes). Median of ``--repeats``.
 ``k50_over_k1`` (``--json``) is ``+ masks`` at K=50 over K=1, the worst backend. Then the
 masks-out stage alone (upscale inside boxes + CompactMask) on object-sized masks: SAM 1's
 256x256 logits with one bump each (boxes about 1-6% of the image), as a trained SAM gives;
-``masks_k50_over_k1`` is its K=50 over K=1.
+``masks_k50_over_k1`` is its K=50 over K=1. Then the image encoder over detect's view set
+(full image + 2x2 tiles): each view alone vs one stacked forward (``views_alone_over_stacked``,
+the worst backend).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlpipe.agents.sam import SamBackend, load_hf_sam, load_official_sam
+from vlpipe.agents.sam import SamBackend, load_hf_sam, load_hf_sam2, load_official_sam
 from vlpipe.agents.sam_masks import chain_matrix, upscale_in_boxes
+from vlpipe.agents.tiles import split_tiles
 from vlpipe.io import load_image
 
 IMAGE = Path(__file__).resolve().parents[1] / "tests/data/images/truck.jpg"
@@ -86,6 +89,16 @@ def bench(name: str, sam: SamBackend, image: np.ndarray, objects: list[int], rep
     return masks_out
 
 
+def bench_encoder(name: str, sam: SamBackend, image: np.ndarray, repeats: int, device: str) -> float:
+    """The image encoder over detect's view set of ``image`` (full image + 2x2 tiles): each view
+    alone (``set_image``) vs one stacked forward (``encode``). Prints a row; returns the ratio."""
+    views = [t.crop(image) for t in split_tiles(*image.shape[:2], (2, 2))]
+    alone = timed(lambda: [sam.set_image(v) for v in views], repeats, device)
+    stacked = timed(lambda: sam.encode(views), repeats, device)
+    print(f"{name:14s} {len(views):5d} {alone * 1e3:12.1f} {stacked * 1e3:12.1f} {alone / stacked:7.2f}")
+    return alone / stacked
+
+
 def object_logits(k: int, m: int = 256, seed: int = 0) -> torch.Tensor:
     """(K, 1, m, m) logits, one gaussian bump each (radius 3-10 % of m), negative elsewhere."""
     g = torch.Generator().manual_seed(seed)
@@ -123,6 +136,8 @@ def main() -> None:
                     help="torch threads (1: stable timings on a shared CPU)")
     ap.add_argument("--hf-model", help="a local transformers SAM (e.g. a facebook/sam-vit-base "
                                        "snapshot): time it instead of the tiny models")
+    ap.add_argument("--hf2-model", help="a local transformers SAM 2 (e.g. a "
+                                        "facebook/sam2.1-hiera-large snapshot), as --hf-model")
     args = ap.parse_args()
     if args.json:
         args.objects = [1, 50]
@@ -134,8 +149,12 @@ def main() -> None:
     print(f"{'backend':14s} {'K':>4s} {'set_image ms':>12s} {'batched ms':>12s} "
           f"{'+ masks ms':>12s} {'1-by-1 ms':>12s} {'ratio':>7s} {'box %':>6s}")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.hf_model:
-            backends = {"hf (local)": lambda: load_hf_sam(args.hf_model, args.device, "float32")}
+        if args.hf_model or args.hf2_model:
+            backends = {}
+            if args.hf_model:
+                backends["hf (local)"] = lambda: load_hf_sam(args.hf_model, args.device, "float32")
+            if args.hf2_model:
+                backends["hf2 (local)"] = lambda: load_hf_sam2(args.hf2_model, args.device, "float32")
         else:
             from transformers.utils import logging as hf_logging
 
@@ -148,13 +167,20 @@ def main() -> None:
             backends = {"hf tiny": lambda: load_hf_sam(str(hf_dir), args.device, "float32"),
                         "official tiny": lambda: load_official_sam(str(ckpt), args.device,
                                                                    "float32", variant="tiny")}
-        times = {name: bench(name, load(), image, args.objects, args.repeats, args.device)
-                 for name, load in backends.items()}
+        loaded = {name: load() for name, load in backends.items()}
+        times = {name: bench(name, sam, image, args.objects, args.repeats, args.device)
+                 for name, sam in loaded.items()}
+        print(f"\nimage encoder over full image + 2x2 tiles\n{'backend':14s} {'views':>5s} "
+              f"{'alone ms':>12s} {'stacked ms':>12s} {'ratio':>7s}")
+        encoder = {name: bench_encoder(name, sam, image, args.repeats, args.device)
+                   for name, sam in loaded.items()}
+        print()
     masks_out = bench_masks_out(*image.shape[:2], args.objects, args.repeats, args.device)
     print("ratio = one predict call per object / one batched call for all K (decoder only)")
     if args.json:
         print(json.dumps({"k50_over_k1": round(max(t[50] / t[1] for t in times.values()), 2),
-                          "masks_k50_over_k1": round(masks_out[50] / masks_out[1], 2)}))
+                          "masks_k50_over_k1": round(masks_out[50] / masks_out[1], 2),
+                          "views_alone_over_stacked": round(min(encoder.values()), 2)}))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def test_decoder_calls_equal_rounds_and_each_round_gets_the_last_logits(
     node = SamNode("sam", model="unused", backend=backend, rounds=3, device="cpu")
     recorder = Recorder(backends(tiny_models)[backend]())
     view = View(image, Tile(0, 0, image.shape[1], image.shape[0]), image.shape[:2])
+    recorder.set_image(image)
     dets = node.segment_view(recorder, view, planted_maps(n_objects))
     assert len(recorder.calls) == 3  # one decoder call per round, whatever the object count
     assert all(len(points) == n_objects for points, _, _ in recorder.calls)
@@ -109,6 +110,7 @@ def test_first_points_sit_on_the_attention_peaks(tiny_models, image):
     node = SamNode("sam", model="unused", backend="hf", rounds=1, device="cpu")
     recorder = Recorder(backends(tiny_models)["hf"]())
     view = View(image, Tile(0, 0, 450, 300), (300, 450))
+    recorder.set_image(image)
     node.segment_view(recorder, view, planted_maps(3))
     points = recorder.calls[0][0]
     # map cell (r, c) of a 6x9 grid over 450x300 px is the 50x50 px patch at (50c, 50r)
@@ -141,6 +143,8 @@ def test_bad_backend_and_rounds_are_clear_errors():
         SamNode("s", model="m", backend="sam9")
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         SamNode("s", model="m", rounds=0)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        SamNode("s", model="m", batch_size=0)
 
 
 def test_hf2_batched_call_matches_the_processor_path(tiny_models, image):
@@ -157,3 +161,81 @@ def test_hf2_batched_call_matches_the_processor_path(tiny_models, image):
     np.testing.assert_allclose(iou, ref.iou_scores[0, :, 0].numpy(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(low[:, 0], ref.pred_masks[0, :, 0].clamp(-32, 32),
                                rtol=1e-3, atol=1e-3)
+
+
+def view_set(image) -> list[View]:
+    """The full image and two quarter tiles of other sizes and aspect (300x450, 150x225,
+    150x200)."""
+    h, w = image.shape[:2]
+    tiles = [Tile(0, 0, w, h), Tile(0, 0, w // 2, h // 2), Tile(250, 150, w, h)]
+    return [View(image[t.y0:t.y1, t.x0:t.x1].copy(), t, (h, w)) for t in tiles]
+
+
+def test_views_encoded_in_one_forward_decode_as_each_alone(sam, image):
+    views = view_set(image)
+    states = sam.encode([v.image for v in views])
+    points = np.array([[[40, 30], [120, 90]], [[100, 60], [0, 0]]], np.float32)
+    labels = np.array([[1, 0], [1, -1]])
+    batched = []
+    for state in states:
+        sam.use(state)
+        batched.append(sam.predict(points, labels, None))
+    for view, (masks, iou, low) in zip(views, batched):
+        sam.set_image(view.image)
+        m1, i1, l1 = sam.predict(points, labels, None)
+        assert masks.to_dense().shape == (2, *view.image.shape[:2])
+        assert (m1.to_dense() == masks.to_dense()).mean() > 0.999
+        np.testing.assert_allclose(i1, iou, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(l1, low, rtol=1e-3, atol=1e-3)
+
+
+class CountingEncoder:
+    """Wraps a backend, recording how many images each encoder forward takes."""
+
+    def __init__(self, inner):
+        self.inner, self.stacks = inner, []
+
+    def encode(self, images):
+        self.stacks.append(len(images))
+        return self.inner.encode(images)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("backend", ["hf", "hf2", "official", "sam3"])
+def test_sam_node_batches_the_views_and_detects_as_view_by_view(tiny_models, image, backend,
+                                                                 monkeypatch):
+    views = view_set(image)
+    maps = [ObjectMap(m.name, v, 0, m.map, (0.0, 0.0, float(view.image.shape[1]),
+                                               float(view.image.shape[0])))
+            for v, view in enumerate(views) for m in planted_maps(2 + v)]
+    maps = [m for m in maps if m.view != 1] + [m for m in maps if m.view == 1]  # any order
+    results = {}
+    for batch_size in (1, 2, 3):
+        node = SamNode("sam", model="unused", backend=backend, batch_size=batch_size, device="cpu")
+        counting = CountingEncoder(backends(tiny_models)[backend]())
+        monkeypatch.setattr(SamNode, "sam", property(lambda self: counting))
+        results[batch_size] = node.run([{"views": views, "maps": maps}])[0]["detections"]
+        assert counting.stacks == {1: [1, 1, 1], 2: [2, 1], 3: [3]}[batch_size]
+    one = results[1]
+    assert len(one) > 0
+    for dets in (results[2], results[3]):
+        assert list(dets.data["class_name"]) == list(one.data["class_name"])
+        np.testing.assert_array_equal(dets.data["view_box"], one.data["view_box"])
+        np.testing.assert_allclose(dets.xyxy, one.xyxy, atol=2)
+        np.testing.assert_allclose(dets.confidence, one.confidence, rtol=1e-3, atol=1e-4)
+        assert (dets.mask.to_dense() == one.mask.to_dense()).mean() > 0.999
+
+
+def test_views_without_maps_are_not_encoded(tiny_models, image, monkeypatch):
+    views = view_set(image)
+    node = SamNode("sam", model="unused", backend="hf", device="cpu")
+    counting = CountingEncoder(backends(tiny_models)["hf"]())
+    monkeypatch.setattr(SamNode, "sam", property(lambda self: counting))
+    maps = [ObjectMap("cup", 2, 0, planted_maps(1)[0].map, (0.0, 0.0, 200.0, 150.0))]
+    dets = node.run([{"views": views, "maps": maps}])[0]["detections"]
+    assert counting.stacks == [1]
+    assert (dets.data["view_box"] == [250, 150, 450, 300]).all()
+    assert len(node.run([{"views": views, "maps": []}])[0]["detections"]) == 0
+    assert counting.stacks == [1]

@@ -3,9 +3,9 @@
 Four backends behind one interface (:class:`SamBackend`), in ``SAM_BACKENDS``
 (:mod:`.backends`): the official ``segment-anything`` package, transformers' ``SamModel``,
 transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker (``Sam3TrackerModel``, driven as SAM 2;
-:mod:`.sam3`). For each view the
-image encoder runs once; every object's prompt of that view goes through the mask decoder in one
-batched call per refinement round:
+:mod:`.sam3`). The image encoder runs once per view, over a stack of an image's views
+(``batch_size`` per forward); every object's prompt of a view goes through the mask decoder in
+one batched call per refinement round:
 
 1. points from the attention map -> masks;
 2. the same points plus round 1's low-res mask logits as the mask prompt;
@@ -38,11 +38,23 @@ from .views import ObjectMap, View
 
 
 class SamBackend(ABC):
-    """One image at a time: ``set_image`` encodes it, ``predict`` decodes K objects at once."""
+    """``encode`` runs the image encoder over a stack of images; ``use`` makes one of them the
+    current image (``set_image`` = both for one image); ``predict`` decodes K objects of the
+    current image at once."""
 
     @abstractmethod
+    def encode(self, images: list[np.ndarray]) -> list:
+        """images: each (H, W, 3) uint8 RGB, any sizes (each is resized to the model's input
+        and padded, so they stack). One forward of the image encoder over all of them; returns
+        one opaque state per image for :meth:`use`."""
+
+    @abstractmethod
+    def use(self, state) -> None:
+        """Make the image of ``state`` (from :meth:`encode`) the one ``predict`` decodes."""
+
     def set_image(self, image: np.ndarray) -> None:
-        """image (H, W, 3) uint8 RGB; runs the image encoder."""
+        """image (H, W, 3) uint8 RGB; runs the image encoder on it alone."""
+        self.use(self.encode([image])[0])
 
     @abstractmethod
     def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None,
@@ -77,8 +89,22 @@ class OfficialSam(SamBackend):
         self.model = model
         self.predictor = SamPredictor(model)
 
-    def set_image(self, image):
-        self.predictor.set_image(image, image_format="RGB")
+    @torch.inference_mode()
+    def encode(self, images):
+        """As ``SamPredictor.set_image`` for each image (longest side resized, normalised,
+        padded), one encoder forward; state = ((1, C, e, e) features, original size, input
+        size)."""
+        p = self.predictor
+        inputs = [torch.as_tensor(p.transform.apply_image(im), device=p.device).permute(2, 0, 1)
+                  for im in images]
+        features = p.model.image_encoder(torch.cat([p.model.preprocess(x[None]) for x in inputs]))
+        return [(features[i:i + 1], im.shape[:2], tuple(x.shape[-2:]))
+                for i, (im, x) in enumerate(zip(images, inputs))]
+
+    def use(self, state):
+        p = self.predictor
+        p.features, p.original_size, p.input_size = state
+        p.is_image_set = True
         self._resize = (None,)
 
     def resize_steps(self):
@@ -116,12 +142,21 @@ class HfSam(SamBackend):
         self.processor, self.model = processor, model
 
     @torch.inference_mode()
-    def set_image(self, image):
-        enc = self.processor(images=image, return_tensors="pt")
-        self.original = enc["original_sizes"]  # (1, 2) = (H, W)
-        self.reshaped = enc.get("reshaped_input_sizes")  # (1, 2); SAM 1 only
+    def encode(self, images):
+        """The processor over the images (resized and padded to one size), one
+        ``get_image_embeddings`` forward; state = (embedding (1, C, e, e) or SAM 2's list of
+        levels, original (1, 2) = (H, W), reshaped input size (1, 2) or None for SAM 2)."""
+        enc = self.processor(images=list(images), return_tensors="pt")
+        original, reshaped = enc["original_sizes"], enc.get("reshaped_input_sizes")
         pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
-        self.embedding = self.model.get_image_embeddings(pixels)
+        embedding = self.model.get_image_embeddings(pixels)
+        pick = ((lambda i: embedding[i:i + 1]) if isinstance(embedding, torch.Tensor)
+                else (lambda i: [level[i:i + 1] for level in embedding]))
+        return [(pick(i), original[i:i + 1], None if reshaped is None else reshaped[i:i + 1])
+                for i in range(len(images))]
+
+    def use(self, state):
+        self.embedding, self.original, self.reshaped = state
         self._resize = (None,)
 
     def _point_scale(self) -> np.ndarray:
@@ -311,7 +346,9 @@ class SamNode(_SamModelNode):
     Each map prompts SAM once per instance (every component above the threshold, at most
     ``max_instances``; see :func:`~vlpipe.agents.points.instance_prompts`), so three cups side by
     side give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
-    x1, y1 in full-image pixels) for the merge."""
+    x1, y1 in full-image pixels) for the merge. ``batch_size`` views share one image-encoder
+    forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
+    (16, 4096, 4096) float32 scores per view, 1 GiB)."""
 
     inputs = {"views": "views", "maps": "object_maps"}
     outputs = {"detections": "detections"}
@@ -319,33 +356,43 @@ class SamNode(_SamModelNode):
 
     def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,
                  n_positive: int = 1, n_negative: int = 1, max_instances: int = 8,
-                 min_peak: float = 0.15, **params) -> None:
+                 min_peak: float = 0.15, batch_size: int = 4, **params) -> None:
         super().__init__(name, **params)
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
         if int(max_instances) < 1:
             raise ValueError("max_instances must be at least 1")
+        if int(batch_size) < 1:
+            raise ValueError("batch_size must be at least 1")
         self.rounds, self.threshold = int(rounds), float(threshold)
         self.n_positive, self.n_negative = int(n_positive), int(n_negative)
         self.max_instances, self.min_peak = int(max_instances), float(min_peak)
+        self.batch_size = int(batch_size)
 
     def run(self, batch):
+        """Per image: the views that have maps go through the image encoder ``batch_size`` at a
+        time (one forward per stack), then each view is decoded as alone."""
         sam = self.sam
         out = []
         for item in batch:
             views, maps = item["views"], item["maps"]
-            per_view = [self.segment_view(sam, view, [m for m in maps if m.view == v])
-                        for v, view in enumerate(views)]
+            by_view = [[m for m in maps if m.view == v] for v in range(len(views))]
+            todo = [v for v in range(len(views)) if by_view[v]]
+            per_view = [empty_detections() for _ in views]
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                for v, state in zip(chunk, sam.encode([views[v].image for v in chunk])):
+                    sam.use(state)
+                    per_view[v] = self.segment_view(sam, views[v], by_view[v])
             out.append({"detections": concat(per_view)})
         return out
 
     def segment_view(self, sam: SamBackend, view: View, maps: list[ObjectMap]) -> sv.Detections:
         """All rounds for every instance of the objects of one view, one decoder call per
-        round."""
+        round. ``sam`` holds the view's image already (``set_image`` or ``use``)."""
         if not maps:
             return empty_detections()
         h, w = view.image.shape[:2]
-        sam.set_image(view.image)
         targets = [(m, p) for m in maps
                    for p in instance_prompts(m.map, threshold=self.threshold,
                                              max_instances=self.max_instances,
