@@ -132,20 +132,12 @@ def _ellipse_masks(boxes: np.ndarray):
     return BoxMasks(boxes, crops, (HEIGHT, WIDTH)).to_compact()
 
 
-def _best_of(k: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(k):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def mask_worker(method: str, metric: str, n: int = 2000) -> dict:
     """Our merge of ``n`` CompactMask detections vs the same boxes alone: best-of-3 seconds."""
     import supervision as sv
 
     sys.path.insert(0, str(ROOT))
+    from engine import best_of
     from vlpipe.agents.merge import merge_detections
 
     rng = np.random.default_rng(0)
@@ -158,7 +150,7 @@ def mask_worker(method: str, metric: str, n: int = 2000) -> dict:
     for name, mask in (("masks", masks), ("boxes", None)):
         d = sv.Detections(xyxy=boxes.astype(np.float64), confidence=scores, class_id=cls, mask=mask)
         merge_detections(d[:100], method=method, metric=metric)  # warm-up
-        out[name], kept = _best_of(3, lambda: merge_detections(d, method=method, metric=metric))
+        out[name], kept = best_of(3, lambda: merge_detections(d, method=method, metric=metric))
         out["kept"] = len(kept)
     return out
 
@@ -187,15 +179,16 @@ def tiled_scene(n: int = 2000, objects: int = 400, seed: int = 0):
 
 def tiled_worker() -> dict:
     """tile_fragments, then each merge of what is left, on :func:`tiled_scene`: best-of-3 seconds."""
+    from engine import best_of
     from vlpipe.agents.merge import merge_detections, tile_fragments
 
     d = tiled_scene()
     out = {"detections": len(d)}
-    out["fragments"], frag = _best_of(3, lambda: tile_fragments(d))
+    out["fragments"], frag = best_of(3, lambda: tile_fragments(d))
     out["dropped"] = int(frag.sum())
     rest = d[~frag]
     for method, metric in (("nms", "iou"), ("nmm", "iou"), ("nmm", "ios")):
-        out[f"{method}_{metric}"], kept = _best_of(3, lambda: merge_detections(rest, method=method, metric=metric))
+        out[f"{method}_{metric}"], kept = best_of(3, lambda: merge_detections(rest, method=method, metric=metric))
         out[f"{method}_{metric}_kept"] = len(kept)
     return out
 
