@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2e import ANSWER, IMAGE, SIZES, build_llava  # noqa: E402
+from e2e import ANSWER, IMAGE, MLLM_SIZES, build_llava  # noqa: E402
 
 from vlpipe.agents.mllm import Mllm  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
@@ -46,7 +46,7 @@ def best_of(repeat: int, whole, shared) -> tuple[tuple, tuple]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", choices=sorted(SIZES), default="small")
+    ap.add_argument("--scale", choices=sorted(MLLM_SIZES["llava-1.5"]), default="small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--questions", type=int, default=10)
     ap.add_argument("--answer-tokens", type=int, default=40)
