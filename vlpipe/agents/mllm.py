@@ -445,11 +445,12 @@ class AttentionMapNode(_MllmNode):
                 flows = mllm.flows(item["views"][v].image, [obj.prompt for obj in objs],
                                    [obj.generation.answer_ids for obj in objs],
                                    self.head_weighting, self.regularize, self.image_fit, self.flow)
-                for obj, (R, positions, grid, region, prompt_len) in zip(objs, flows):
-                    for name, tokens in obj.names:
-                        m = object_map(R, query_positions(tokens, prompt_len, self.read),
-                                       positions, grid)
-                        maps.append(ObjectMap(name, obj.view, obj.question, m, region))
+                with closing(flows):  # restores the model's attention even if a map fails
+                    for obj, (R, positions, grid, region, prompt_len) in zip(objs, flows):
+                        for name, tokens in obj.names:
+                            m = object_map(R, query_positions(tokens, prompt_len, self.read),
+                                           positions, grid)
+                            maps.append(ObjectMap(name, obj.view, obj.question, m, region))
             out.append({"maps": maps})
         return out
 
