@@ -101,10 +101,9 @@ def merge_detections(
     xyxy = np.asarray(dets.xyxy, dtype=np.float64)
     scores = np.zeros(n) if dets.confidence is None else np.asarray(dets.confidence, dtype=np.float64)
     classes = None if class_agnostic else _class_codes(dets)
-    order = descending_order(scores)
-
     owner = greedy_owner(xyxy, scores, classes, metric, threshold)
-    keep = order[owner[order] == order]
+    keepers = np.flatnonzero(owner == np.arange(n))
+    keep = keepers[descending_order(scores[keepers])]  # by score, as greedy_owner visits them
     out = dets[keep]
     if method == "nms":
         return out
