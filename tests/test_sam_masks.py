@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import supervision as sv
 import torch
 import torch.nn.functional as F
 
-from vlpipe.agents.sam_masks import BoxMasks, chain_matrix, resize_matrix, upscale_in_boxes
+from vlpipe.agents.sam_masks import BoxMasks, MaskResize, resize_matrix, rle_counts, upscale_in_boxes
 
 
 def full_upscale(low, pad, reshaped, original):
@@ -44,9 +45,8 @@ def test_boxed_masks_equal_full_post_processing(original):
     scale = 128 / max(H, W)
     reshaped = (int(H * scale + 0.5), int(W * scale + 0.5))
     logits, reference = full_upscale(low, 128, reshaped, original)
-    rows = chain_matrix(32, [(128, reshaped[0]), (H, H)], "cpu")
-    cols = chain_matrix(32, [(128, reshaped[1]), (W, W)], "cpu")
-    masks = upscale_in_boxes(low, rows, cols)
+    resize = MaskResize.chain(32, [(128, reshaped[0]), (H, H)], [(128, reshaped[1]), (W, W)], "cpu")
+    masks = upscale_in_boxes(low, resize)
     dense = masks.to_dense()
     assert dense.shape == reference.shape
     differ = dense != reference.numpy()
@@ -66,3 +66,41 @@ def test_from_dense_and_compact_round_trip():
     assert boxed.boxes.tolist() == [[3, 2, 8, 4], [-1, -1, -1, -1], [0, 10, 0, 19]]
     np.testing.assert_array_equal(boxed.to_dense(), masks)
     np.testing.assert_array_equal(boxed.to_compact().to_dense(), masks[[0, 2]])
+
+
+def test_rle_counts_equal_supervisions_encoder_crop_by_crop():
+    from supervision.detection.utils.converters import _mask_to_rle_counts
+
+    rng = np.random.default_rng(0)
+    crops = [rng.random((h, w)) < p for h, w, p in
+             [(1, 1, 1.0), (1, 1, 0.0), (3, 5, 0.5), (7, 2, 1.0), (40, 33, 0.1), (1, 9, 0.5)]]
+    crops.append(np.ascontiguousarray((rng.random((6, 11)) < 0.5).T).T)  # column-major view
+    for crop, counts in zip(crops, rle_counts(crops), strict=True):
+        assert counts.dtype == np.int32
+        np.testing.assert_array_equal(counts, _mask_to_rle_counts(crop))
+
+
+def test_compact_masks_equal_supervisions_from_dense():
+    masks = blobs(k=5, m=24, seed=3)
+    resize = MaskResize.chain(24, [(96, 96), (150, 150)], [(96, 64), (100, 100)], "cpu")
+    boxed = upscale_in_boxes(masks, resize)
+    dense = boxed.to_dense()[boxed.nonempty()]
+    compact = boxed.to_compact()
+    reference = sv.CompactMask.from_dense(dense, boxed.boxes[boxed.nonempty()], (150, 100))
+    assert len(compact) == len(reference) == 4
+    np.testing.assert_array_equal(compact.to_dense(), dense)
+    np.testing.assert_array_equal(compact.bbox_xyxy, reference.bbox_xyxy)
+    np.testing.assert_array_equal(compact.area, reference.area)
+    assert len(BoxMasks.from_dense(np.zeros((2, 5, 5), bool)).to_compact()) == 0
+
+
+def test_windows_copied_to_the_host_one_by_one_give_the_same_masks(monkeypatch):
+    from vlpipe.agents import sam_masks
+
+    resize = MaskResize.chain(32, [(128, 128), (90, 90)], [(128, 100), (70, 70)], "cpu")
+    together = upscale_in_boxes(blobs(), resize)
+    monkeypatch.setattr(sam_masks, "HOST_COPY_PIXELS", 1)
+    alone = upscale_in_boxes(blobs(), resize)
+    np.testing.assert_array_equal(alone.boxes, together.boxes)
+    np.testing.assert_array_equal(alone.to_dense(), together.to_dense())
+    assert together.nonempty().sum() == 5

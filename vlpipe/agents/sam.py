@@ -30,7 +30,7 @@ import torch
 from ..pipeline import Node
 from .backends import SAM_BACKENDS
 from .hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
-from .sam_masks import BoxMasks, chain_matrix, upscale_in_boxes
+from .sam_masks import BoxMasks, MaskResize, upscale_in_boxes
 from .detections import concat, empty_detections
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
 from .tiles import to_full_image
@@ -72,12 +72,12 @@ class SamBackend(ABC):
         raise NotImplementedError
 
     def upscale(self, low: torch.Tensor) -> BoxMasks:
-        """(K, 1, m, m) logits -> masks of the image, each computed inside its box only."""
+        """(K, 1, m, m) logits -> masks of the image, each computed inside its box only (the
+        resize matrices are made once per image and low-res size)."""
         m = low.shape[-1]
         if getattr(self, "_resize", (None,))[0] != m:
-            rows, cols = self.resize_steps()
-            self._resize = (m, chain_matrix(m, rows, low.device), chain_matrix(m, cols, low.device))
-        return upscale_in_boxes(low, self._resize[1], self._resize[2])
+            self._resize = (m, MaskResize.chain(m, *self.resize_steps(), low.device))
+        return upscale_in_boxes(low, self._resize[1])
 
 
 class OfficialSam(SamBackend):

@@ -5,8 +5,9 @@ padded input square, crop, to the image): a linear, separable map, so the image 
 ``Ay @ low @ Axᵀ`` with (H, m) and (W, m) matrices made by resizing the identity through the
 same ``F.interpolate`` calls. Resizing never turns a point positive whose sources are all
 non-positive, so a mask lies inside the rows and columns that the positive low-res cells reach:
-only that window is computed, on the model's device, and only its bool crop goes to the host
-(the same holds for any threshold: each resized value is a convex combination of its sources).
+only that window is computed, on the model's device, from the low-res cells it reads, and only
+the windows' bools go to the host (the same holds for any threshold: each resized value is a
+convex combination of its sources). A view's masks are then run-length encoded together.
 """
 
 from __future__ import annotations
@@ -35,6 +36,47 @@ def chain_matrix(n_in: int, steps: list[tuple[int, int]], device) -> Tensor:
     for size, keep in steps:
         m = resize_matrix(m.shape[0], size, device)[:keep] @ m
     return m
+
+
+@dataclass(frozen=True)
+class MaskResize:
+    """SAM's post-processing of (m, m) low-res logits to an (H, W) image: ``rows`` (H, m) and
+    ``cols`` (W, m) float32 resize matrices (the image logits are ``rows @ low @ colsᵀ``), and
+    for each axis the index ranges they connect (numpy int arrays):
+    ``reach`` (first, last) output index each low-res index contributes to (cropped-off ones
+    reach nothing: first = n_out, last = -1); ``reads`` (first, last) low-res index each
+    output index reads."""
+
+    rows: Tensor
+    cols: Tensor
+    row_reach: tuple[np.ndarray, np.ndarray]
+    row_reads: tuple[np.ndarray, np.ndarray]
+    col_reach: tuple[np.ndarray, np.ndarray]
+    col_reads: tuple[np.ndarray, np.ndarray]
+
+    @classmethod
+    def chain(cls, m: int, row_steps: list[tuple[int, int]], col_steps: list[tuple[int, int]],
+              device) -> MaskResize:
+        """From the resize steps of :func:`chain_matrix` along rows and columns."""
+        rows, cols = chain_matrix(m, row_steps, device), chain_matrix(m, col_steps, device)
+        return cls(rows, cols, *_spans(rows), *_spans(cols))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.shape[0], self.cols.shape[0]
+
+
+def _spans(matrix: Tensor) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(n_out, n_in) matrix -> ((first, last) output index of each input index, (first, last)
+    input index of each output index), by its nonzero entries."""
+    nz = (matrix != 0).cpu().numpy()
+
+    def first_last(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # along axis 0
+        n = a.shape[0]
+        hit = a.any(0)
+        return np.where(hit, a.argmax(0), n), np.where(hit, n - 1 - a[::-1].argmax(0), -1)
+
+    return first_last(nz), first_last(nz.T)
 
 
 @dataclass
@@ -74,47 +116,86 @@ class BoxMasks:
         return out
 
     def to_compact(self) -> sv.CompactMask:
-        """The non-empty masks as one ``sv.CompactMask`` (in order)."""
-        parts = [sv.CompactMask.from_dense(crop[None], np.array([[0, 0, x1 - x0, y1 - y0]]),
-                                           crop.shape).with_offset(int(x0), int(y0), self.shape)
-                 for (x0, y0, x1, y1), crop in zip(self.boxes, self.crops) if x0 >= 0]
-        if not parts:
-            return sv.CompactMask.from_dense(np.zeros((0, *self.shape), bool),
-                                             np.zeros((0, 4)), self.shape)
-        return sv.CompactMask.merge(parts)
+        """The non-empty masks as one ``sv.CompactMask`` (in order), run-length encoded all at
+        once (:func:`rle_counts`)."""
+        keep = np.flatnonzero(self.nonempty())
+        crops = [self.crops[k] for k in keep]
+        shapes = np.array([c.shape for c in crops], np.int32).reshape(-1, 2)
+        offsets = self.boxes[keep, :2].astype(np.int32).reshape(-1, 2)
+        return sv.CompactMask(rle_counts(crops), shapes, offsets, tuple(self.shape))
 
 
-def _reach(matrix: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """For each input index of an (n_out, n_in) resize matrix: the first and last output index
-    it contributes to."""
-    nz = (matrix != 0).cpu().numpy()
-    n_out = nz.shape[0]
-    first = np.where(nz.any(0), nz.argmax(0), n_out)
-    last = np.where(nz.any(0), n_out - 1 - nz[::-1].argmax(0), -1)
-    return first, last
+def rle_counts(crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Each non-empty 2-D bool crop -> its COCO run lengths (column-major scan, int32, the first
+    count is of leading False pixels), as ``sv.CompactMask`` stores them; one pass over all
+    crops' pixels."""
+    if not crops:
+        return []
+    starts = np.cumsum([0] + [c.size for c in crops])
+    flat = np.empty(starts[-1], bool)  # the crops one after another, each column-major
+    for crop, start in zip(crops, starts):
+        flat[start:start + crop.size].reshape(crop.shape[::-1])[...] = crop.T
+    cut = np.empty(len(flat), bool)  # a run starts here: a crop's first pixel or a change
+    np.not_equal(flat[1:], flat[:-1], out=cut[1:])
+    cut[starts[:-1]] = True
+    cuts = np.append(np.flatnonzero(cut), len(flat))
+    runs = np.diff(cuts).astype(np.int32)
+    first = np.searchsorted(cuts, starts)
+    leading_true = flat[starts[:-1]]
+    return [np.concatenate(([0], runs[a:b])).astype(np.int32) if lead else runs[a:b]
+            for a, b, lead in zip(first[:-1], first[1:], leading_true)]
 
 
-def upscale_in_boxes(low: Tensor, rows: Tensor, cols: Tensor, threshold: float = 0.0) -> BoxMasks:
-    """(K, 1, m, m) low-res logits -> masks ``rows @ low @ colsᵀ > threshold`` of the
-    (rows.shape[0], cols.shape[0]) image, each computed in its positive cells' reach only."""
+HOST_COPY_PIXELS = 1 << 22  # windows are copied to the host in batches of about this many
+
+
+def upscale_in_boxes(low: Tensor, resize: MaskResize, threshold: float = 0.0) -> BoxMasks:
+    """(K, 1, m, m) low-res logits -> masks ``rows @ low @ colsᵀ > threshold`` of the image,
+    each computed only in the window its positive cells reach, from the low-res cells that
+    window reads. The windows' bools reach the host in a few copies (one for object-sized
+    masks), never as full-image masks."""
     K = low.shape[0]
     logits = low[:, 0].float()
-    positive = (logits > threshold).cpu().numpy()
-    (row_first, row_last), (col_first, col_last) = _reach(rows), _reach(cols)
-    boxes = np.full((K, 4), -1, np.int64)
-    crops = [np.zeros((0, 0), bool)] * K
-    for k in range(K):
-        ys, xs = positive[k].any(1).nonzero()[0], positive[k].any(0).nonzero()[0]
-        if not len(ys):
-            continue
-        y0, y1 = row_first[ys].min(), row_last[ys].max()  # cropped-off cells reach nothing
-        x0, x1 = col_first[xs].min(), col_last[xs].max()
-        if y1 < y0 or x1 < x0:
-            continue
-        window = (rows[y0:y1 + 1] @ logits[k] @ cols[x0:x1 + 1].T > threshold).cpu().numpy()
-        wy, wx = window.any(1).nonzero()[0], window.any(0).nonzero()[0]
-        if not len(wy):
-            continue
-        crops[k] = window[wy[0]:wy[-1] + 1, wx[0]:wx[-1] + 1]
-        boxes[k] = [x0 + wx[0], y0 + wy[0], x0 + wx[-1], y0 + wy[-1]]
-    return BoxMasks(boxes, crops, (rows.shape[0], cols.shape[0]))
+    positive = logits > threshold
+    pos_rows, pos_cols = positive.any(2).cpu().numpy(), positive.any(1).cpu().numpy()  # (K, m)
+    y0, y1 = _window(pos_rows, resize.row_reach)
+    x0, x1 = _window(pos_cols, resize.col_reach)
+    masks = BoxMasks(np.full((K, 4), -1, np.int64), [np.zeros((0, 0), bool)] * K, resize.shape)
+    todo = np.flatnonzero((y1 >= y0) & (x1 >= x0))
+    # k -> its window on the model's device, transposed to (columns, rows): its C order is the
+    # crop's column-major (RLE) order
+    pending, pixels = {}, 0
+    for k in todo:
+        ry, rx = slice(y0[k], y1[k] + 1), slice(x0[k], x1[k] + 1)
+        a, b = resize.row_reads[0][ry].min(), resize.row_reads[1][ry].max() + 1
+        c, d = resize.col_reads[0][rx].min(), resize.col_reads[1][rx].max() + 1
+        pending[k] = (resize.cols[rx, c:d] @ logits[k, a:b, c:d].T @ resize.rows[ry, a:b].T
+                      > threshold)
+        pixels += pending[k].numel()
+        if k == todo[-1] or pixels >= HOST_COPY_PIXELS:
+            _tighten_on_host(pending, x0, y0, masks)
+            pending, pixels = {}, 0
+    return masks
+
+
+def _tighten_on_host(windows: dict[int, Tensor], x0: np.ndarray, y0: np.ndarray,
+                     masks: BoxMasks) -> None:
+    """Copy the transposed bool windows (one copy) and set each mask k's tight box and crop in
+    ``masks``; (x0[k], y0[k]) is window k's corner in the image."""
+    flat = torch.cat([w.flatten() for w in windows.values()]).cpu().numpy()
+    ends = np.cumsum([w.numel() for w in windows.values()])
+    for (k, window), part in zip(windows.items(), np.split(flat, ends[:-1])):
+        window_t = part.reshape(window.shape)
+        wx, wy = window_t.any(1).nonzero()[0], window_t.any(0).nonzero()[0]
+        if len(wx):
+            masks.crops[k] = window_t[wx[0]:wx[-1] + 1, wy[0]:wy[-1] + 1].T
+            masks.boxes[k] = [x0[k] + wx[0], y0[k] + wy[0], x0[k] + wx[-1], y0[k] + wy[-1]]
+
+
+def _window(positive: np.ndarray, reach: tuple[np.ndarray, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(K, m) bool positive low-res indices along one axis -> (K,) first and last output
+    index they reach (first > last: none)."""
+    first, last = reach
+    return (np.where(positive, first, np.iinfo(np.int64).max).min(1),
+            np.where(positive, last, -1).max(1))
