@@ -94,10 +94,10 @@ class BoxMasks:
         boxes = np.full((len(masks), 4), -1, np.int64)
         crops = [np.zeros((0, 0), bool)] * len(masks)
         for k, mask in enumerate(masks):
-            ys, xs = mask.any(1).nonzero()[0], mask.any(0).nonzero()[0]
-            if len(ys):
-                boxes[k] = [xs[0], ys[0], xs[-1], ys[-1]]
-                crops[k] = mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+            if (extent := _extent(mask)) is not None:
+                y0, y1, x0, x1 = extent
+                boxes[k] = [x0, y0, x1, y1]
+                crops[k] = mask[y0:y1 + 1, x0:x1 + 1]
         return cls(boxes, crops, masks.shape[1:])
 
     def __len__(self) -> int:
@@ -186,10 +186,16 @@ def _tighten_on_host(windows: dict[int, Tensor], x0: np.ndarray, y0: np.ndarray,
     ends = np.cumsum([w.numel() for w in windows.values()])
     for (k, window), part in zip(windows.items(), np.split(flat, ends[:-1])):
         window_t = part.reshape(window.shape)
-        wx, wy = window_t.any(1).nonzero()[0], window_t.any(0).nonzero()[0]
-        if len(wx):
-            masks.crops[k] = window_t[wx[0]:wx[-1] + 1, wy[0]:wy[-1] + 1].T
-            masks.boxes[k] = [x0[k] + wx[0], y0[k] + wy[0], x0[k] + wx[-1], y0[k] + wy[-1]]
+        if (extent := _extent(window_t)) is not None:
+            a, b, c, d = extent  # columns a..b, rows c..d of the window
+            masks.crops[k] = window_t[a:b + 1, c:d + 1].T
+            masks.boxes[k] = [x0[k] + a, y0[k] + c, x0[k] + b, y0[k] + d]
+
+
+def _extent(a: np.ndarray) -> tuple[int, int, int, int] | None:
+    """2-D bool -> (first, last) row and (first, last) column of its True cells; None if none."""
+    rows, cols = a.any(1).nonzero()[0], a.any(0).nonzero()[0]
+    return (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else None
 
 
 def _window(positive: np.ndarray, reach: tuple[np.ndarray, np.ndarray]
