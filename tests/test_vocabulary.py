@@ -44,6 +44,13 @@ def test_exact_and_synonym_matches():
     ]
 
 
+def test_a_compound_maps_to_the_category_it_ends_with():
+    mapper = VocabularyMapper(LVIS_LIKE)
+    # "luggage car" ends with the synonym "car"; "red apple" wins over a shorter ending
+    assert mapper.map(["luggage cars", "big red apple", "wine bottle", "dog bed"]) == [
+        [(3, 1.0)], [(4, 1.0)], [(6, 1.0)], []]
+
+
 class BagOfWords:
     """A deterministic test encoder: one-hot bag of words over the texts seen so far."""
 

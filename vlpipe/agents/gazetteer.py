@@ -2,13 +2,16 @@
 
 The tags are the union of the Recognize Anything (RAM) and Tag2Text tag lists vendored in
 ``vlpipe/data`` (Apache-2.0, see SOURCES.md there), the vocabulary VL-SAM parsed MLLM answers
-with, less :data:`NON_OBJECTS`. A dataset's category names and synonyms can be added
-(:meth:`Gazetteer.with_terms`); they win over a vendored tag with the same words.
+with, less :data:`NON_OBJECTS` and less the tags that WordNet classes as abstract
+(``tag_classes.tsv``, made by ``scripts/tag_classes.py``: "conversation", "celebration"). A
+dataset's category names and synonyms can be added (:meth:`Gazetteer.with_terms`); they win over
+a vendored tag with the same words.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import lemminflect
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TAG_FILES = ("ram_tag_list.txt", "tag2text_tag_list.txt")
+TAG_CLASSES = "tag_classes.tsv"
 
 #: Tags and words that name no object: the picture itself, layout and position words, colours,
 #: abstract nouns that MLLM descriptions are full of, quantity words ("a group of"), and the
@@ -45,13 +49,6 @@ NON_OBJECTS = frozenset(
     royal rural rustic safe short single small solo sweet thick warm wet wide wild young""".split()
 )
 
-#: Vendored one-word tags in -ing/-ed that name objects; the other tags of that form name
-#: activities or states ("sitting", "riding", "crowded") and are left out.
-VERB_FORM_OBJECTS = frozenset(
-    """bedding building carving clothing drawing engraving flooring frosting icing moped painting
-    railing scaffolding shelving siding stocking topping""".split()
-)
-
 #: Singular by a collective plural that lemminflect keeps as its own lemma.
 COLLECTIVE = {"people": "person"}
 
@@ -62,14 +59,42 @@ def is_verb_form(word: str) -> bool:
     return word.endswith(("ing", "ed")) and verb != word
 
 
+@dataclass(frozen=True)
+class TagClass:
+    """A tag's meaning by WordNet (see ``scripts/tag_classes.py``): ``kind`` is ``thing``,
+    ``partly``, ``scene``, ``abstract`` or ``unknown``; counts are of its noun and verb senses in
+    WordNet's sense-tagged corpora."""
+
+    kind: str
+    noun_count: int
+    verb_count: int
+
+
+@lru_cache(maxsize=1)
+def tag_classes() -> dict[str, TagClass]:
+    """The vendored tags' classes (read once)."""
+    out = {}
+    for line in (DATA_DIR / TAG_CLASSES).read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            tag, kind, _, nouns, verbs, _ = line.split("\t")
+            out[tag] = TagClass(kind, int(nouns), int(verbs))
+    return out
+
+
 def _is_object_tag(tag: str) -> bool:
-    """False for vendored one-word tags that are adjectives or verb forms ("wooden", "sitting")."""
+    """False for vendored tags that name no physical thing: abstract by WordNet, or one word that
+    is no noun by lemminflect and an adjective ("wooden", "overall") or a verb unknown to WordNet
+as a noun ("provide"), or
+    an -ing/-ed form whose most frequent sense is no thing ("sitting"; "building" stays)."""
+    kind = tag_classes()[tag].kind if tag in tag_classes() else "unknown"
+    if kind == "abstract":
+        return False
     if " " in tag:
         return True
     readings = lemminflect.getAllLemmas(tag)
-    if readings and "NOUN" not in readings and "ADJ" in readings:
+    if readings and "NOUN" not in readings and ("ADJ" in readings or kind == "unknown"):
         return False
-    return tag in VERB_FORM_OBJECTS or not is_verb_form(tag)
+    return kind == "thing" or not is_verb_form(tag)
 
 
 def _key(words: Sequence[str]) -> tuple[str, ...]:

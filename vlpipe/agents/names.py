@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import lemminflect
 
 from .gazetteer import NON_OBJECTS, Gazetteer, is_verb_form
+from .verbs import follows_as_verb, opens_with_verb
 
 __all__ = [
     "NameSpan",
@@ -144,6 +145,7 @@ class _Word:
 class _Chunk:
     words: list[_Word] = field(default_factory=list)
     verbal: bool = False  # opened by a pronoun, auxiliary or adverb: it may start with a verb
+    opener: str | None = None  # the function word before it
     determined: bool = False  # opened by an article or a count
 
 
@@ -193,27 +195,41 @@ def _is_boundary(word: str, gazetteer: Gazetteer) -> bool:
     return is_verb_form(word) and word not in gazetteer
 
 
+def _starts_tag(words: list[str], i: int, gazetteer: Gazetteer) -> bool:
+    """``words[i]`` and the words after it make a tag ("parking meters", "dining table")."""
+    for end in range(i + 1, min(len(words), i + gazetteer.max_words)):
+        found = gazetteer.match(words, end, start=i)
+        if found is not None and found[0] == i:
+            return True
+    return False
+
+
 def _chunks(segment: list[_Word], gazetteer: Gazetteer) -> tuple[list[_Chunk], bool]:
     """Noun-phrase chunks of a segment, and whether the segment is a list item: a few words
     with no function word or verb among them. Chunks after a negation, and those that end at a
     proper name ("the famous Mona Lisa"), are left out. A function word that completes a tag
-    ("a trash can", "a can of soda") stays in its chunk."""
+    ("a trash can", "a can of soda"), and a verb form that begins one ("parking meters"), stay
+    in their chunk; a word that reads as a verb where it stands (:mod:`.verbs`: "a woman walks
+    her dog", "they serve") ends it."""
     chunks = [_Chunk()]
     negated = False
     content = 0
-    for w in segment:
+    lower = [w.lower for w in segment]
+    for i, w in enumerate(segment):
         words = [*(x.lower for x in chunks[-1].words), w.lower]
         found = gazetteer.match(words, len(words) - 1)
         completes_tag = found is not None and (found[0] < len(words) - 1
                                                or (len(words) == 1 and chunks[-1].determined))
+        following = lower[i + 1] if i + 1 < len(lower) else None
         if w.proper:
             chunks[-1] = _Chunk()
             content += 10  # no list item
         elif w.lower in DETERMINERS or w.lower.isdigit() or w.lower == "and":
             chunks.append(_Chunk(determined=w.lower != "and"))
-        elif _is_boundary(w.lower, gazetteer) and not completes_tag:
+        elif (_is_boundary(w.lower, gazetteer) and not completes_tag and not _starts_tag(lower, i, gazetteer)
+              and not _is_attributive(chunks[-1], w, following)) or _reads_as_verb(chunks[-1], w, following, gazetteer):
             negated = negated or w.lower in NEGATIONS
-            chunks.append(_Chunk(verbal=w.lower in VERBAL_OPENERS or w.lower.endswith("ly")))
+            chunks.append(_Chunk(opener=w.lower, verbal=w.lower in VERBAL_OPENERS or w.lower.endswith("ly")))
             content += 10
         elif not negated:
             chunks[-1].words.append(w)
@@ -223,9 +239,20 @@ def _chunks(segment: list[_Word], gazetteer: Gazetteer) -> tuple[list[_Chunk], b
     return [c for c in chunks if c.words], 0 < content <= 4
 
 
-def _is_base_verb(word: str) -> bool:
-    """True for a verb's base form ("see", "spread"), which after "it", "are", "to" is a verb."""
-    return lemminflect.getAllLemmas(word, upos="VERB").get("VERB", ("",))[0] == word
+def _is_attributive(chunk: _Chunk, word: _Word, following: str | None) -> bool:
+    """A participle in -ed between an article and a word ("a *potted* plant")."""
+    return (chunk.determined and not chunk.words and word.lower.endswith("ed")
+            and following is not None and following not in PHRASE_STOPS)
+
+
+def _reads_as_verb(chunk: _Chunk, word: _Word, following: str | None, gazetteer: Gazetteer) -> bool:
+    """``word`` is a verb after what its chunk holds so far, unless it makes a tag with it."""
+    if not chunk.words:
+        return chunk.verbal and opens_with_verb(chunk.opener, word.lower)
+    previous = [w.lower for w in chunk.words]
+    found = gazetteer.match([*previous, word.lower], len(previous))
+    return (found is None or found[0] == len(previous)) and follows_as_verb(
+        previous[-1], word.lower, following, gazetteer)
 
 
 def _fallback(words: list[str], gazetteer: Gazetteer) -> str | None:
@@ -238,15 +265,31 @@ def _fallback(words: list[str], gazetteer: Gazetteer) -> str | None:
     return None if name in NON_OBJECTS or name.split()[-1] in NON_OBJECTS else name
 
 
+def _is_modifier(word: _Word, gazetteer: Gazetteer, after_determiner: bool) -> bool:
+    """A word before a tag that makes the object a kind of its own ("luggage cart", "tortilla
+    chips", "a potted plant"): a singular noun that is a tag and no adjective, or a participle in
+    -ed right after an article."""
+    if word.proper or word.possessive or word.acronym or word.lower in NON_OBJECTS:
+        return False
+    if after_determiner and word.lower.endswith("ed") and is_verb_form(word.lower):
+        return True
+    readings = lemminflect.getAllLemmas(word.lower)
+    return (word.lower in gazetteer and "ADJ" not in readings
+            and gazetteer.singular([word.lower]) == word.lower)
+
+
 def _chunk_name(chunk: _Chunk, gazetteer: Gazetteer, item: bool) -> NameSpan | None:
-    """The rightmost, longest tag in a chunk (not a verb right after "it", "can", "to"...); for
-    a chunk of a list (``item``) without one, its own last words."""
+    """The rightmost, longest tag in a chunk; for a chunk of a list (``item``) without one, its
+    own last words."""
     words = [w.lower for w in chunk.words]
     for end in range(len(words) - 1, -1, -1):
         found = gazetteer.match(words, end)
-        if found is None or (chunk.verbal and found[0] == end and _is_base_verb(words[end])):
+        if found is None:
             continue
-        return NameSpan(found[1], chunk.words[found[0]].start, chunk.words[end].end)
+        start, name = found
+        if start > 0 and _is_modifier(chunk.words[start - 1], gazetteer, start - 1 == 0 and chunk.determined):
+            start, name = start - 1, f"{words[start - 1]} {name}"
+        return NameSpan(name, chunk.words[start].start, chunk.words[end].end)
     tail = chunk.words[-MAX_FALLBACK_WORDS:]
     if not item or tail[-1].acronym:
         return None

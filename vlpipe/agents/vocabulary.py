@@ -1,7 +1,8 @@
 """Open-ended object names mapped to a dataset's categories (COCO, LVIS, ...).
 
 ``VocabularyMapper``: exact match of the normalized name (:func:`~.names.normalize_name`) or of
-a synonym first, text-embedding similarity otherwise (:func:`clip_text_encoder`).
+a synonym first, then of the name less its first words (a "luggage cart" is a "cart"),
+text-embedding similarity otherwise (:func:`clip_text_encoder`).
 """
 
 from __future__ import annotations
@@ -49,12 +50,19 @@ class Vocabulary:
         lookup.pop("", None)
         return cls(ids, names, lookup)
 
+    def find(self, name: str) -> int | None:
+        """The category of a name, or of its longest ending that is one ("steel refrigerator"
+        -> "refrigerator")."""
+        words = normalize_name(name).split()
+        return next((self.lookup[k] for i in range(len(words))
+                     if (k := " ".join(words[i:])) in self.lookup), None)
+
 
 class VocabularyMapper:
     """Map open-ended object names to dataset categories.
 
     ``map(names)`` gives, per name, a list of ``(category_id, similarity)``: ``[(id, 1.0)]``
-    for an exact match of the normalized name or a synonym, otherwise the ``top_k`` categories
+    for an exact match of the normalized name or a synonym (:meth:`Vocabulary.find`), otherwise the ``top_k`` categories
     by cosine similarity of ``"a {name}"`` and ``"a {category name}"`` embedded by
     ``text_encoder`` (``list[str] -> Tensor (n, d)``), or ``[]`` without an encoder.
     """
@@ -83,7 +91,7 @@ class VocabularyMapper:
         out: list[list[tuple[int, float]]] = [[] for _ in names]
         unmatched: list[int] = []
         for i, name in enumerate(names):
-            cat_id = self.vocabulary.lookup.get(normalize_name(name))
+            cat_id = self.vocabulary.find(name)
             if cat_id is not None:
                 out[i] = [(cat_id, 1.0)]
             elif self.text_encoder is not None and name.strip():
