@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+import pytest
 
 from vlpipe.agents.names import normalize_name, parse_object_names
 
@@ -30,14 +33,24 @@ def score(record: dict) -> tuple[int, int, int, int]:
     return found, len(objects), junk, len(got)
 
 
-def test_recall_and_junk_on_real_answers():
-    records = [json.loads(line) for line in CORPUS.read_text().splitlines()]
-    assert len(records) >= 50
+def held_apart(record: dict) -> bool:
+    """The answers set apart before the parser was tuned for issue 24 (SOURCES.md): those of
+    batch 2 whose id's SHA-1 is even."""
+    return record.get("batch") == 2 and int(hashlib.sha1(record["id"].encode()).hexdigest(), 16) % 2 == 0
+
+
+PARTS = {"tuning": lambda r: not held_apart(r), "held-apart": held_apart, "whole": lambda r: True}
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_recall_and_junk_on_real_answers(part):
+    records = [r for r in map(json.loads, CORPUS.read_text().splitlines()) if PARTS[part](r)]
+    assert len(records) >= 25
     found, total, junk, names = map(sum, zip(*map(score, records)))
-    print(f"\n{len(records)} answers: recall {found}/{total} = {found / total:.3f}, "
+    print(f"\n{part}: {len(records)} answers: recall {found}/{total} = {found / total:.3f}, "
           f"non-objects {junk}/{names} = {junk / names:.3f}")
     assert found / total >= 0.9
-    assert junk / names <= 0.1
+    assert junk / names <= 0.08
 
 
 def test_scoring_by_hand():

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import lemminflect
 
-from .gazetteer import NON_OBJECTS, Gazetteer, is_verb_form
-from .verbs import follows_as_verb, opens_with_verb
+from .gazetteer import NON_OBJECTS, Gazetteer, TagClass, is_verb_form, tag_classes
+from .verbs import follows_as_verb, opens_with_verb, verb_forms
 
 __all__ = [
     "NameSpan",
@@ -72,6 +72,8 @@ PHRASE_STOPS = VERBAL_OPENERS | frozenset(
 NEGATIONS = frozenset({"no", "not", "without", "neither", "nor", "never"})
 
 MAX_FALLBACK_WORDS = 3
+
+_UNKNOWN = TagClass("unknown", 0, 0)
 
 _TOKEN = re.compile(
     r"(?P<sentence>^[ \t]*\d+[.)](?=\s)|[.!?:\n*#\u2022]|(?:^|(?<=\s))[-\u2013](?=\s))"
@@ -187,12 +189,15 @@ def _segments(text: str) -> list[tuple[bool, list[_Word]]]:
 
 def _is_boundary(word: str, gazetteer: Gazetteer) -> bool:
     """A function word, an adverb in -ly, or a verb form that is no tag ("sitting", not
-    "building")."""
+    "building"; "prepares", which is no noun)."""
     if word in PHRASE_STOPS:
         return True
-    if word.endswith("ly") and "ADV" in lemminflect.getAllLemmas(word):
+    readings = lemminflect.getAllLemmas(word)
+    if word.endswith("ly") and "ADV" in readings:
         return True
-    return is_verb_form(word) and word not in gazetteer
+    if word in gazetteer:
+        return False
+    return is_verb_form(word) or ("NOUN" not in readings and bool(verb_forms(word)))
 
 
 def _starts_tag(words: list[str], i: int, gazetteer: Gazetteer) -> bool:
@@ -257,12 +262,14 @@ def _reads_as_verb(chunk: _Chunk, word: _Word, following: str | None, gazetteer:
 
 def _fallback(words: list[str], gazetteer: Gazetteer) -> str | None:
     """A list item's own words as a name (last word singular), when its last word can be a
-    noun and the name is no picture or layout word."""
+    noun and the name is no picture or layout word nor, by WordNet, abstract ("Interaction")."""
     readings = lemminflect.getAllLemmas(words[-1])
     if readings and "NOUN" not in readings:
         return None
-    name = " ".join([*words[:-1], gazetteer.singular(words)])
-    return None if name in NON_OBJECTS or name.split()[-1] in NON_OBJECTS else name
+    head = gazetteer.singular(words)
+    name = " ".join([*words[:-1], head])
+    abstract = tag_classes().get(head, _UNKNOWN).kind == "abstract"
+    return None if abstract or name in NON_OBJECTS or head in NON_OBJECTS else name
 
 
 def _is_modifier(word: _Word, gazetteer: Gazetteer, after_determiner: bool) -> bool:

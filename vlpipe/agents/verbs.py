@@ -6,9 +6,10 @@ A word that lemminflect can read as a verb is read as one in two places:
 - first in its phrase after a subject pronoun, a modal, "to" or an adverb ("they *serve*", "it
   *rises*", "to *travel*", "slowly *moves*"): its base form, and its -s form after "it", "he",
   "she", "who", "which", "that" or an adverb;
-- right after a noun it agrees with (plural + base form, singular + -s form), when an object
-  or adverb follows ("her", "the", "to", "slowly") or WordNet counts the word more often as a
-  verb than as a noun (``tag_classes.tsv``: "walks past" but not "glass bottles on ...").
+- right after a noun it agrees with: a base form after a plural (a plural ends its noun phrase:
+  "people *showcase*", "glass bottles"), an -s form after a singular when an object or adverb
+  follows ("her", "the", "to", "slowly") or WordNet counts the word more often as a verb than as
+  a noun (``tag_classes.tsv``: "the dog *walks*." but "glass bottles on ...").
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def follows_as_verb(previous: str, word: str, following: str | None, gazetteer: 
     forms = verb_forms(word)
     if not forms:
         return False
-    plural = gazetteer.singular([previous]) != previous
-    if not (("base" in forms and plural) or ("s" in forms and not plural)):
+    if gazetteer.singular([previous]) != previous:  # a plural ends its noun phrase
+        return "base" in forms
+    if "s" not in forms:
         return False
     if following is not None and (following in AFTER_VERB or (
             following.endswith("ly") and "ADV" in lemminflect.getAllLemmas(following))):
