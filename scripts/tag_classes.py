@@ -1,26 +1,27 @@
 """Classify the vendored object tags by meaning with WordNet 3.0 -> vlpipe/data/tag_classes.tsv.
 
-Run once (needs WordNet's database files, e.g. Debian's ``wordnet-base`` in /usr/share/wordnet):
+Run once, with vlpipe installed (needs WordNet's database files, e.g. Debian's ``wordnet-base`` in
+/usr/share/wordnet):
 
     python scripts/tag_classes.py [/usr/share/wordnet] > vlpipe/data/tag_classes.tsv
 
 For each lowercase tag of ``vlpipe/data/*_tag_list.txt`` (a multi-word tag that WordNet lacks is
 looked up by its last word, "tortilla chip" -> "chip") it writes the lexicographer class of each
 noun sense, most frequent first, with the sense's count in WordNet's sense-tagged corpora, and
-the tag's noun and verb counts (all senses), and its kind (:func:`kind`): ``thing`` (its most frequent
-sense in :data:`PHYSICAL`), ``partly`` (another sense there: "walk", "showcase"), ``scene`` (places, groups, weather: "city", "crowd", "fog"), ``abstract`` (acts,
-events, feelings, states, speech: "conversation", "celebration", "gesture"; the parser drops
-these) or ``unknown`` (not in WordNet, kept).
+the tag's noun and verb counts (all senses), and its kind (:func:`kind`): ``thing`` (its most
+frequent sense in :data:`PHYSICAL`), ``partly`` (another sense there: "walk", "showcase"),
+``scene`` (places, groups, weather: "city", "crowd", "fog"), ``abstract`` (acts, events,
+feelings, states, speech: "conversation", "celebration", "gesture"; the parser drops these) or
+``unknown`` (not in WordNet, kept).
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "vlpipe" / "data"
-TAG_FILES = ("ram_tag_list.txt", "tag2text_tag_list.txt")
+from vlpipe.agents.gazetteer import vendored_tags
+
 
 #: WordNet's lexicographer files by number (lexnames(5WN)).
 LEXNAMES = """adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute
@@ -93,8 +94,7 @@ def kind(tag: str, senses: list[tuple[str, int]]) -> str:
 def main(wordnet: Path) -> None:
     counts = _sense_counts(wordnet)
     nouns, verbs = _senses(wordnet, "noun", counts), _senses(wordnet, "verb", counts)
-    tags = sorted({line.strip().lower() for f in TAG_FILES
-                   for line in (DATA / f).read_text(encoding="utf-8").splitlines() if line.strip()})
+    tags = sorted(vendored_tags())
     print("# tag\tkind\tlemma\tnoun_count\tverb_count\tnoun senses (class:count, most frequent first)")
     for tag in tags:
         lemma = tag.replace(" ", "_")
@@ -106,7 +106,8 @@ def main(wordnet: Path) -> None:
             continue
         verb_count = sum(c for _, c in verbs.get(lemma, ()))
         classes = " ".join(f"{cls.removeprefix('noun.')}:{c}" for cls, c in senses)
-        print(f"{tag}\t{kind(tag, senses)}\t{lemma}\t{sum(c for _, c in senses)}\t{verb_count}\t{classes}")
+        nouns_count = sum(c for _, c in senses)
+        print(f"{tag}\t{kind(tag, senses)}\t{lemma}\t{nouns_count}\t{verb_count}\t{classes}")
 
 
 if __name__ == "__main__":

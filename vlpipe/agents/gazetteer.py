@@ -161,8 +161,13 @@ class Gazetteer:
         return None
 
 
+def vendored_tags() -> list[str]:
+    """The RAM and Tag2Text tags, lowercase, distinct, in file order."""
+    return list(dict.fromkeys(line.strip().lower() for f in TAG_FILES
+                              for line in (DATA_DIR / f).read_text(encoding="utf-8").splitlines()
+                              if line.strip()))
+
+
 @lru_cache(maxsize=1)
 def _default_gazetteer() -> Gazetteer:
-    tags = [line.strip() for f in TAG_FILES
-            for line in (DATA_DIR / f).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return Gazetteer(t for t in tags if _is_object_tag(t.lower()))
+    return Gazetteer(t for t in vendored_tags() if _is_object_tag(t))

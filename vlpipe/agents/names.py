@@ -231,10 +231,12 @@ def _chunks(segment: list[_Word], gazetteer: Gazetteer) -> tuple[list[_Chunk], b
             content += 10  # no list item
         elif w.lower in DETERMINERS or w.lower.isdigit() or w.lower == "and":
             chunks.append(_Chunk(determined=w.lower != "and"))
-        elif (_is_boundary(w.lower, gazetteer) and not completes_tag and not _starts_tag(lower, i, gazetteer)
-              and not _is_attributive(chunks[-1], w, following)) or _reads_as_verb(chunks[-1], w, following, gazetteer):
+        elif (_is_boundary(w.lower, gazetteer) and not completes_tag
+              and not _starts_tag(lower, i, gazetteer) and not _is_attributive(chunks[-1], w, following)
+              ) or _reads_as_verb(chunks[-1], w, following, gazetteer):
             negated = negated or w.lower in NEGATIONS
-            chunks.append(_Chunk(opener=w.lower, verbal=w.lower in VERBAL_OPENERS or w.lower.endswith("ly")))
+            verbal = w.lower in VERBAL_OPENERS or w.lower.endswith("ly")
+            chunks.append(_Chunk(verbal=verbal, opener=w.lower))
             content += 10
         elif not negated:
             chunks[-1].words.append(w)
@@ -294,7 +296,8 @@ def _chunk_name(chunk: _Chunk, gazetteer: Gazetteer, item: bool) -> NameSpan | N
         if found is None:
             continue
         start, name = found
-        if start > 0 and _is_modifier(chunk.words[start - 1], gazetteer, start - 1 == 0 and chunk.determined):
+        after_article = start == 1 and chunk.determined
+        if start > 0 and _is_modifier(chunk.words[start - 1], gazetteer, after_article):
             start, name = start - 1, f"{words[start - 1]} {name}"
         return NameSpan(name, chunk.words[start].start, chunk.words[end].end)
     tail = chunk.words[-MAX_FALLBACK_WORDS:]
