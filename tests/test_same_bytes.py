@@ -1,4 +1,4 @@
-"""Same image, pipeline and weights, same bytes (issue 23): the tiny detect-fused pipeline over
+"""Same image, pipeline and weights, same bytes (issue 23). The tiny detect-fused pipeline over
 one folder with batch sizes 1 and 8, with batches of irregular sizes in reversed order (as a
 prefetch handing over whatever is ready would form them), and on Ray, all while two other
 processes load both cores; every image's line of ``predictions.jsonl`` must be the same bytes.
@@ -117,3 +117,28 @@ def test_same_bytes_whatever_batch_engine_or_load(tiny_models, folder, busy_core
         assert lines.keys() == ref.keys(), out
         differ = [f for f in ref if lines[f] != ref[f]]
         assert not differ, f"{out}: other bytes than batch size 1 for {differ}"
+
+
+def test_ask_answers_each_item_as_alone(tiny_models, shared_images):
+    """The ask pipeline over three (image, question) items in one batch gives each the bytes it
+    gets alone (its MLLM prompts are not left-padded to the others', its image not grounded in
+    a batch padded to the largest)."""
+    from vlpipe.batch import torch_threads
+    from vlpipe.io import load_image
+    from vlpipe.pipeline import Pipeline
+    from vlpipe.results import jsonable
+
+    pipe = Pipeline.load(tiny_models / "ask.yaml", policy="always")
+    items = [{"image": load_image(shared_images / "dog.jpg"), "question": "What animal is it?"},
+             {"image": load_image(shared_images / "en.jpg"),
+              "question": "What is written on the long sign at the top of the picture?"},
+             {"image": load_image(shared_images / "cat_dog.jpeg"), "question": "Cat?"}]
+
+    def as_json(result) -> str:
+        assert result.error is None, result.error
+        return json.dumps({k: jsonable(v) for k, v in result.outputs.items()})
+
+    with torch_threads(1):
+        together = [as_json(r) for r in pipe.run_batch(items)]
+        alone = [as_json(pipe.run(**item)) for item in items]
+    assert together == alone
