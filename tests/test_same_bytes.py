@@ -5,7 +5,8 @@ processes load both cores; every image's line of ``predictions.jsonl`` must be t
 
 The load runs at the lowest priority: it takes every idle moment of both cores, so the runs'
 threads are preempted and their batches form at other times, without slowing the test to
-minutes (at normal priority it passes too, in about 4 minutes on 2 cores)."""
+minutes (at normal priority, with 3 views instead of 5, it passed too, in 4 minutes on 2 shared
+cores). The ask pipeline's items batched must give the bytes each gets alone."""
 
 from __future__ import annotations
 
