@@ -76,10 +76,14 @@ def plain_loop(pipe, files: list[Path], out: Path) -> None:
 
 
 def batch_run(spec, pipe, entries, out: Path, batch_size: int):
-    """``vlpipe.batch.run`` of ``spec``, loading its models through ``pipe.pool``."""
+    """``vlpipe.batch.run`` of ``spec``, loading its models through ``pipe.pool``, with this
+    process's torch threads (as the plain loop runs)."""
+    import torch
+
     from vlpipe.batch import RunOptions, run
 
-    summary = run(spec, PARAMS, entries, out, RunOptions(batch_size, pool=pipe.pool))
+    summary = run(spec, PARAMS, entries, out,
+                  RunOptions(batch_size, pool=pipe.pool, threads=torch.get_num_threads()))
     assert summary.failed == 0, summary.errors[:3]
     return summary
 

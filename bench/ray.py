@@ -115,13 +115,12 @@ def main() -> None:
 
     default_threads = torch.get_num_threads()
     for threads in args.local_threads:
-        torch.set_num_threads(threads or default_threads)
         clock = Clock()
         run(detect, params, entries, tmp / f"out-local{threads}",
-            RunOptions(batch_size=args.batch_size), progress=clock)
-        print(row(f"local {torch.get_num_threads()} thr", n, clock,
+            RunOptions(batch_size=args.batch_size, threads=threads or default_threads),
+            progress=clock)
+        print(row(f"local {threads or default_threads} thr", n, clock,
                   "(in-process: pipeline build + model load are in 'first s')"), flush=True)
-    torch.set_num_threads(default_threads)
 
     ray = import_ray()
     t0 = time.perf_counter()

@@ -173,6 +173,7 @@ def test_one_run_per_output_folder(tiny_models, two_images, tmp_path):
     (["--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["--max-failures", "0"], "--max-failures must be at least 1, got 0"),
     (["--engine", "ray", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
     (["--set", "max_new_tokens=-1"], "max_new_tokens must be 1..4096, got -1"),
 ])
 def test_bad_numbers_are_refused_before_anything_runs(tiny_models, two_images, tmp_path, option,

@@ -8,6 +8,12 @@ per image; only this process writes them. An engine runs the pending images:
 actors that each build the pipeline from the spec once. Both turn a batch of decoded images into
 records with :func:`batch_records`: the executor isolates an image that a node fails on, and an
 image that does not load is that image's failure.
+
+An image's record is a function of the image, the pipeline and the weights alone: whatever the
+batch size, the engine or the machine's load. The model nodes run each image on its own (no
+padding or shapes shared with other images), and every engine computes with the run's
+``threads`` torch CPU threads (:func:`torch_threads`), since a float sum split over n threads
+rounds differently from one split over m.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -82,6 +89,21 @@ def load_entry(entry: Entry) -> Loaded:
         return Loaded(entry.file, entry.image_id, load_image(entry.path))
     except (ValueError, OSError) as exc:
         return Loaded(entry.file, entry.image_id, None, str(exc))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``n`` for the block, then restored. The bytes of a
+    CPU result depend on it (each thread sums its own share of a reduction), never on the
+    load: a busy machine makes the same ``n`` threads slower, not different."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def batch_records(pipeline: Pipeline, batch: list[Loaded], out: Path, save_vis: bool = False,
@@ -152,10 +174,11 @@ class LocalEngine:
         summary.trace = job.pipeline.trace
         options = job.options
         loaded = prefetch(map(load_entry, todo), self.prefetch_depth)
-        for batch in _chunks(loaded, options.batch_size):
-            for record in batch_records(job.pipeline, batch, job.out, options.save_vis,
-                                        options.save_attention):
-                write(record)
+        with torch_threads(options.threads):
+            for batch in _chunks(loaded, options.batch_size):
+                for record in batch_records(job.pipeline, batch, job.out, options.save_vis,
+                                            options.save_attention):
+                    write(record)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -169,7 +192,8 @@ class RunOptions:
     """How a batch run goes. ``max_failures``: stop once that many images have failed;
     ``retry_failed``: run the entries recorded as failures again; ``pool``: the
     :class:`ModelPool` a local run loads its models through (share one to load them once across
-    runs; Ray actors keep their own)."""
+    runs; Ray actors keep their own); ``threads``: the torch CPU threads each engine's process
+    computes with (:func:`torch_threads`; results are byte-identical for one value)."""
 
     batch_size: int = 4
     max_failures: int | None = None
@@ -178,10 +202,13 @@ class RunOptions:
     retry_failed: bool = False
     engine: Engine = field(default_factory=LocalEngine)
     pool: ModelPool | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.max_failures is not None and self.max_failures < 1:
             raise ValueError(f"--max-failures must be at least 1, got {self.max_failures}")
 

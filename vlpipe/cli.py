@@ -77,6 +77,7 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (auto, host:6379, ray://host:10001); default: start a local Ray.")] = None,
     workers: Annotated[int, typer.Option(help="Ray engine: pipeline actors.")] = 2,
     num_gpus_per_worker: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (1 = one GPU each).")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per process (local run or each Ray actor); the same value gives the same bytes.")] = 1,
 ):
     """Run PIPELINE on INPUT: one image prints its result (--save-vis / --save-attention write
     under --out, default ./vlpipe-out); a folder or annotation file (or --out) writes
@@ -86,17 +87,20 @@ def run(
                             "trust_remote_code": trust_remote_code or None})
     _check_options(engine, trace, num_gpus_per_worker,
                    {"--batch-size": batch_size, "--max-failures": max_failures, "--top-k": top_k,
-                    "--workers": workers})
+                    "--workers": workers, "--threads": threads})
     source = Path(input)
     if out is None and source.is_file() and source.suffix.lower() != ".json":
+        from .batch import torch_threads
+
         pipe = _load_pipeline(pipeline, params)
-        _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
+        with torch_threads(threads):
+            _run_one(pipe, source, args or [], json_out, save_vis, save_attention)
         node_trace = pipe.trace
     else:
         options = _run_options(engine, address, workers, num_gpus_per_worker,
                                batch_size=batch_size, max_failures=max_failures,
                                save_vis=save_vis, save_attention=save_attention,
-                               retry_failed=retry_failed)
+                               retry_failed=retry_failed, threads=threads)
         node_trace = _run_many(pipeline, params, source, images, out or DEFAULT_OUT, clip, top_k,
                                options)
     if trace is not None:

@@ -86,11 +86,15 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 class PipelineWorker:
     """A long-lived Ray Data actor: builds the pipeline once from the validated spec, then maps
     batches of decoded images to JSON lines (``record``, with ``image_id`` filled in by the
-    driver)."""
+    driver). Its process computes with the run's ``threads`` torch CPU threads, as the local
+    engine does (Ray would give it one per CPU it reserves), so both write the same bytes."""
 
     def __init__(self, spec: PipelineSpec, params: dict[str, Any], out_dir: str,
-                 save_vis: bool = False, save_attention: bool = False) -> None:
+                 save_vis: bool = False, save_attention: bool = False, threads: int = 1) -> None:
+        import torch
+
         start = time.perf_counter()
+        torch.set_num_threads(threads)
         self.pipeline = batch_pipeline(spec, params)
         self.out = Path(out_dir)
         self.save_vis, self.save_attention = save_vis, save_attention
@@ -180,7 +184,8 @@ class RayEngine:
                 fn_constructor_kwargs={"spec": job.spec, "params": job.params,
                                        "out_dir": str(job.out.resolve()),
                                        "save_vis": job.options.save_vis,
-                                       "save_attention": job.options.save_attention},
+                                       "save_attention": job.options.save_attention,
+                                       "threads": job.options.threads},
                 max_restarts=self.max_retries, max_task_retries=self.max_retries)
         seen: set[int] = set()
         start = time.perf_counter()

@@ -22,11 +22,14 @@ class GroundingNode(Node):
     phrases (:func:`~.grounding.fair_order`).
 
     ``backend``: ``grounding_dino`` (default), ``owlv2`` or ``sam3`` (every instance of each
-    phrase, with masks). Phrases of every image in the batch go through the model in batched
-    forward passes, never one per phrase. ``text_threshold`` is Grounding DINO's only."""
+    phrase, with masks). An image's phrases go through the model in batched forward passes,
+    never one per phrase; each image alone (``max_batch = 1``): batched with others it would be
+    padded to the largest and its sums rounded otherwise, so its boxes would depend on the
+    batch. ``text_threshold`` is Grounding DINO's only."""
 
     inputs = {"image": "image", "phrases": "phrases"}
     outputs = {"detections": "detections", "crops": "crops"}
+    max_batch = 1
 
     def __init__(self, name: str, *, model: str, backend: str = "grounding_dino",
                  box_threshold: float = 0.35, text_threshold: float = 0.25, max_crops: int = 4,

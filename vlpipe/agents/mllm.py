@@ -456,11 +456,14 @@ class AttentionMapNode(_MllmNode):
 
 
 class PhrasesNode(_MllmNode):
-    """image + question -> phrases: the objects the MLLM says it must locate to answer."""
+    """image + question -> phrases: the objects the MLLM says it must locate to answer. One item
+    per generate call (``max_batch = 1``): left padding beside longer prompts would change its
+    sums, and so its answer."""
 
     servable = True
     inputs = {"image": "image", "question": "text"}
     outputs = {"phrases": "phrases"}
+    max_batch = 1
 
     def __init__(self, name: str, *, max_new_tokens: int = 48, **kw) -> None:
         super().__init__(name, **kw)
@@ -480,9 +483,11 @@ class AnswerNode(_MllmNode):
 
     The MLLM sees the global image, then up to ``max_crops`` crops as extra images, each named
     in the text with its phrase and box, and the OCR lines with their boxes (P²G's final call).
-    Boxes follow the family's convention, stated with the image size (:mod:`.box_text`)."""
+    Boxes follow the family's convention, stated with the image size (:mod:`.box_text`). One
+    item per generate call, as :class:`PhrasesNode`."""
 
     servable = True
+    max_batch = 1
     inputs = {"image": "image", "question": "text", "crops": "crops", "lines": "text_lines",
               "detections": "detections"}
     outputs = {"answer": "text", "evidence": "evidence"}
