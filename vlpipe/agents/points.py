@@ -198,9 +198,10 @@ class InstanceSearch:
     prompt (:func:`sample_points`); the caller segments it and :meth:`explain` removes the
     mask from the residual activation; each further step prompts the strongest residual peak,
     with the area around it above ``threshold`` of its height. The search stops after
-    ``max_instances`` prompts, or when the residual's peak is under ``min_peak`` of the map's
-    range or under its noise level (median + ``NOISE_MADS`` median absolute deviations of the cells
-    inside the image, so a noisy map gives one prompt). Only ``valid`` cells take part.
+    ``max_instances`` masks (or twice as many prompts), or when the residual's peak is under
+    ``min_peak`` of the map's range or under its noise level (median + ``NOISE_MADS`` median
+    absolute deviations of the cells inside the image, so a noisy map gives one prompt). Only
+    ``valid`` cells take part.
     """
 
     def __init__(self, m: torch.Tensor | np.ndarray, *, valid: np.ndarray | None = None,
@@ -214,43 +215,66 @@ class InstanceSearch:
         median = np.median(cells)
         noise = median + NOISE_MADS * np.median(np.abs(cells - median)) - cells.min()
         self.floor = max(min_peak * self.residual.max(), noise)
-        self.threshold, self.left = threshold, max_instances
-        self.n_positive, self.n_negative = n_positive, n_negative
+        self.threshold, self.n_positive, self.n_negative = threshold, n_positive, n_negative
+        self.masks_left, self.prompts_left = max_instances, 2 * max_instances
+        self.blocked = np.zeros_like(self.valid)  # peaks that failed since the last mask
         self.peak: tuple[int, int] | None = None
+        self.prompt: PointPrompt | None = None  # the last one
+        self.retry: PointPrompt | None = None
 
     def next_prompt(self) -> PointPrompt | None:
         """The next instance's prompt, or None when the search is over."""
-        if self.left == 0:
+        if self.masks_left == 0 or self.prompts_left == 0:
             return None
+        self.prompts_left -= 1
+        if self.retry is not None:
+            self.prompt, self.retry = self.retry, None
+            return self.prompt
         if self.peak is None:
             if self.residual.max() <= 0:
-                self.left, self.peak = 0, (0, 0)
-                return _centre_prompt(self.valid)
+                self.masks_left, self.peak = 0, (0, 0)
+                self.prompt = _centre_prompt(self.valid)
+                return self.prompt
             p = _prompt(self.residual, self.valid, self.m, self.valid, self.threshold,
                         self.n_positive, self.n_negative)
         else:
-            if self.residual.max() <= self.floor:
+            open_ = np.where(self.blocked, 0.0, self.residual)
+            if open_.max() <= self.floor:
                 return None
-            peak = divmod(int(np.argmax(self.residual)), self.residual.shape[1])
-            p = _prompt(self.residual, self.valid, self.m, self.valid, self.threshold,
+            peak = divmod(int(np.argmax(open_)), open_.shape[1])
+            p = _prompt(open_, self.valid & ~self.blocked, self.m, self.valid, self.threshold,
                         self.n_positive, self.n_negative, peak)
-        self.left -= 1
         in_area = np.where(p.positive_area, self.residual, -np.inf)
         self.peak = divmod(int(np.argmax(in_area)), in_area.shape[1])
+        self.prompt = p
         return p
 
     def explain(self, coverage: np.ndarray) -> None:
-        """Remove a segmented instance: ``coverage`` (h, w), the fraction of each cell its mask
+        """Remove the last prompt's mask: ``coverage`` (h, w), the fraction of each cell it
         covers. The residual loses the coverage times the instance's level in the map (the
         larger of its prompt's peak height and the least-squares fit of the map to the
-        coverage; for a map of pooled masks, exactly what the mask put there), clipped at zero,
-        and the prompt's peak cell in any case (a mask that missed it, or no mask, does not
-        bring the same prompt back)."""
+        coverage; for a map of pooled masks, exactly what the mask put there), clipped at zero.
+        A mask that misses the prompt's peak cell (none, or another object's) leaves the peak:
+        the next prompt tries the peak cell's centre instead of the sub-cell centroid (which
+        two touching instances pull into the gap between them); when that fails too, the peak
+        is set aside until another mask changes the residual around it."""
         f = np.where(self.valid, np.asarray(coverage, dtype=np.float64), 0.0)
+        r, c = self.peak
         if (f * f).sum() > 0:
-            level = max(self.residual[self.peak], (self.residual * f).sum() / (f * f).sum())
+            level = max(self.residual[r, c], (self.residual * f).sum() / (f * f).sum())
             self.residual = np.maximum(self.residual - level * f, 0.0)
-        self.residual[self.peak] = 0.0
+            self.masks_left -= 1
+            self.blocked[:] = False
+        if f[r, c] > 0:
+            self.residual[r, c] = 0.0
+            return
+        centre = self.prompt.coords.copy()
+        centre[:1] = [c + 0.5, r + 0.5]
+        if ((self.prompt.labels[:1] == 1).any() and self.residual[r, c] > self.floor
+                and not np.array_equal(centre, self.prompt.coords)):
+            self.retry = PointPrompt(centre, self.prompt.labels, self.prompt.positive_area)
+        else:
+            self.blocked[r, c] = True
 
 
 def instance_prompts(
