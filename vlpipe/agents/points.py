@@ -205,7 +205,7 @@ class InstanceSearch:
     """
 
     def __init__(self, m: torch.Tensor | np.ndarray, *, valid: np.ndarray | None = None,
-                 threshold: float = 0.5, min_peak: float = 0.15, max_instances: int = 8,
+                 threshold: float = 0.5, min_peak: float = 0.1, max_instances: int = 8,
                  n_positive: int = 1, n_negative: int = 1) -> None:
         self.m, self.valid = _checked(m, threshold, n_positive, n_negative, valid)
         if max_instances < 1:
@@ -282,7 +282,7 @@ def instance_prompts(
     *,
     threshold: float = 0.5,
     max_instances: int = 8,
-    min_peak: float = 0.15,
+    min_peak: float = 0.1,
     n_positive: int = 1,
     n_negative: int = 1,
     valid: np.ndarray | None = None,

@@ -5,12 +5,16 @@ Four backends behind one interface (:class:`SamBackend`), in ``SAM_BACKENDS``
 transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker (``Sam3TrackerModel``, driven as SAM 2;
 :mod:`.sam3`). The image encoder runs once per view, over a stack of an image's views
 (``batch_size`` per forward); every object's prompt of a view goes through the mask decoder in
-one batched call per refinement round:
+one batched call per refinement round (round 1: per step of the explain-away search):
 
-1. points from the attention map -> masks;
+1. points from the attention map -> masks, one instance at a time: each mask is explained away
+   in its map and the strongest residual peak prompts the next instance;
 2. the same points plus round 1's low-res mask logits as the mask prompt;
-3. the attention map filtered by round 2's mask, points resampled, plus round 2's logits;
-   further rounds repeat step 3.
+3. the attention map weighted by the cell coverage of round 2's mask, points resampled (the
+   previous points when the mask holds no activation), plus round 2's logits; further rounds
+   repeat step 3.
+
+Only grid cells whose centres lie inside the view are sampled, so every point is inside it.
 
 Score of a detection = SAM's predicted IoU × the attention share of the mask: the mean of the
 min-max normalised attention map (in image space) inside the mask. A mask on the object the
@@ -352,9 +356,9 @@ class SamBoxNode(_SamModelNode):
 class SamNode(_SamModelNode):
     """views + maps -> detections (full-image coordinates, every round kept).
 
-    Each map prompts SAM once per instance (every component above the threshold, at most
-    ``max_instances``; see :func:`~vlpipe.agents.points.instance_prompts`), so three cups side by
-    side give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
+    Each map prompts SAM once per instance, found by explaining each mask away in the map (at
+    most ``max_instances`` masks; see :class:`~vlpipe.agents.points.InstanceSearch`), so three
+    touching cups give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
     x1, y1 in full-image pixels) for the merge. ``batch_size`` views share one image-encoder
     forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
     (16, 4096, 4096) float32 scores per view, 1 GiB)."""
@@ -365,7 +369,7 @@ class SamNode(_SamModelNode):
 
     def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,
                  n_positive: int = 1, n_negative: int = 1, max_instances: int = 8,
-                 min_peak: float = 0.15, batch_size: int = 4, **params) -> None:
+                 min_peak: float = 0.1, batch_size: int = 4, **params) -> None:
         super().__init__(name, **params)
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
