@@ -2,17 +2,19 @@
 
     python bench/oracle.py [--gt GT.json --images DIR] [--family llava|llava_next|qwen2_vl|qwen3_vl]
                            [--recipe detect|detect-fused] [--tiles 2x2] [--questions K]
-                           [--scenes N] [--json]
+                           [--scenes N] [--seed S] [--kinds default,crowded] [--json]
 
 Runs the detect recipe with the oracle experts of ``oracle_world.py`` (ground-truth names,
 ground-truth attention maps through the family's real layout, a SAM that returns the true
-instance under the point) over a COCO/LVIS dataset through the production batch runner,
-writes ``results.json`` and prints ``vlpipe eval``'s figures. Without ``--gt`` it generates
-crowded synthetic scenes (``vlpipe.synthetic``). Then an ablation table: each fix of the
-oracle-world issue turned off on its own, and all of them together (the old defaults); for
-detect-fused, which branch found each ground-truth instance.
-With ``--json`` the last line is ``{"bbox": {"AP", "AR"}, "segm": {...}, "images": N,
-"ablation": [[row, box AP, mask AP], ...]}``.
+instance under the point and honours negative points) over a COCO/LVIS dataset through the
+production batch runner, writes ``results.json`` and prints ``vlpipe eval``'s figures. Without
+``--gt`` it generates synthetic scenes (``vlpipe.synthetic``) of each of ``--kinds`` and
+reports each kind on its own: ``default`` (spaced rows, border and small objects) and
+``crowded`` (touching rows, occlusion). Then an ablation table: each fix of the oracle-world
+issue turned off on its own, and all of them together (the old defaults); for detect-fused,
+which branch found each ground-truth instance.
+With ``--json`` the last line is ``{KIND: {"bbox": {"AP", "AR"}, "segm": {...}, "images": N,
+"ablation": [[row, box AP, mask AP], ...]}, ...}`` (KIND ``gt`` with ``--gt``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from vlpipe.batch import run  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.runner import list_inputs, write_results  # noqa: E402
-from vlpipe.synthetic import make_scenes  # noqa: E402
+from vlpipe.synthetic import SCENE_KINDS, make_scenes  # noqa: E402
 
 OLD_MERGE = {"method": "nmm", "metric": "ios", "threshold": 0.5, "drop_fragments": False}
 NEW_MERGE_NO_FRAGMENTS = {"method": "nms", "metric": "iou", "threshold": 0.5,
@@ -100,48 +102,62 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scenes", type=int, default=20, help="synthetic scenes without --gt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", default=",".join(SCENE_KINDS),
+                    help="synthetic scene kinds without --gt, comma-separated")
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-
+    kinds = ["gt"] if args.gt else args.kinds.split(",")
+    for kind in kinds:
+        if kind not in (*SCENE_KINDS, "gt"):
+            ap.error(f"unknown scene kind {kind!r} (known: {', '.join(SCENE_KINDS)})")
+    report = {}
     with tempfile.TemporaryDirectory() as tmp:
-        gt = args.gt or make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
-        base = {"family": args.family, "tiles": args.tiles, "questions": args.questions,
-                "rounds": args.rounds, "recipe": args.recipe}
-        rows = ABLATION[:1] if args.no_ablation else ABLATION
-        table = []
-        for k, (label, change) in enumerate(rows):
-            metrics = run_oracle(gt, args.images, Path(tmp) / f"run{k}", **{**base, **change})
-            table.append((label, metrics))
-            if k == 0:
-                n_images = len(list_inputs(gt, args.images)[0])
-                print(f"oracle {args.recipe}, family {args.family}, tiles {args.tiles}, "
-                      f"{args.questions} question(s), {args.rounds} round(s), {n_images} images")
-                for iou_type, values in metrics.items():
-                    print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
-        print(f"\n| {'setting':<56} | box AP | box AR | mask AP |")
-        print(f"| {'-' * 56} | ------ | ------ | ------- |")
-        for label, m in table:
-            print(f"| {label:<56} | {m['bbox']['AP']:6.3f} | {m['bbox']['AR']:6.3f} | "
-                  f"{m.get('segm', {}).get('AP', float('nan')):7.3f} |")
-        branches = None
-        if args.recipe == "detect-fused":
-            branches = branch_report(gt, args.images, **{k: v for k, v in base.items()
-                                                         if k != "recipe"})
-            print(f"\nwho found each ground-truth instance (before the merge):\n"
-                  f"| size   | {' | '.join(WHO)} |\n| ------ |{'|'.join('-' * (len(w) + 2) for w in WHO)}|")
-            for size in ("small", "medium", "large"):
-                if size in branches:
-                    print(f"| {size:<6} | " + " | ".join(f"{branches[size][w]:>{len(w)}}"
-                                                         for w in WHO) + " |")
+        for kind in kinds:
+            gt = args.gt or make_scenes(Path(tmp) / kind, args.scenes, args.seed, kind)
+            report[kind] = report_scenes(args, kind, gt, Path(tmp) / f"{kind}-runs")
     if args.json:
-        head = table[0][1]
-        print(json.dumps({"bbox": {k: head["bbox"][k] for k in ("AP", "AR")},
-                          "segm": {k: head["segm"][k] for k in ("AP", "AR")},
-                          "images": n_images,
-                          "ablation": [[label, m["bbox"]["AP"], m["segm"]["AP"]]
-                                       for label, m in table],
-                          **({"branches": branches} if branches else {})}))
+        print(json.dumps(report))
+
+
+def report_scenes(args, kind: str, gt: Path, tmp: Path) -> dict:
+    """Run and print the defaults, the ablation table and (detect-fused) the branches on one
+    dataset; returns its JSON summary."""
+    base = {"family": args.family, "tiles": args.tiles, "questions": args.questions,
+            "rounds": args.rounds, "recipe": args.recipe}
+    rows = ABLATION[:1] if args.no_ablation else ABLATION
+    table = []
+    for k, (label, change) in enumerate(rows):
+        metrics = run_oracle(gt, args.images, tmp / f"run{k}", **{**base, **change})
+        table.append((label, metrics))
+        if k == 0:
+            n_images = len(list_inputs(gt, args.images)[0])
+            scenes = "" if kind == "gt" else f"{kind} scenes (seed {args.seed}), "
+            print(f"\noracle {args.recipe}, family {args.family}, {scenes}tiles {args.tiles}, "
+                  f"{args.questions} question(s), {args.rounds} round(s), {n_images} images")
+            for iou_type, values in metrics.items():
+                print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
+    print(f"\n| {'setting':<56} | box AP | box AR | mask AP |")
+    print(f"| {'-' * 56} | ------ | ------ | ------- |")
+    for label, m in table:
+        print(f"| {label:<56} | {m['bbox']['AP']:6.3f} | {m['bbox']['AR']:6.3f} | "
+              f"{m.get('segm', {}).get('AP', float('nan')):7.3f} |")
+    branches = None
+    if args.recipe == "detect-fused":
+        branches = branch_report(gt, args.images, **{k: v for k, v in base.items()
+                                                     if k != "recipe"})
+        print(f"\nwho found each ground-truth instance (before the merge):\n"
+              f"| size   | {' | '.join(WHO)} |\n| ------ |{'|'.join('-' * (len(w) + 2) for w in WHO)}|")
+        for size in ("small", "medium", "large"):
+            if size in branches:
+                print(f"| {size:<6} | " + " | ".join(f"{branches[size][w]:>{len(w)}}"
+                                                     for w in WHO) + " |")
+    head = table[0][1]
+    return {"bbox": {k: head["bbox"][k] for k in ("AP", "AR")},
+            "segm": {k: head["segm"][k] for k in ("AP", "AR")},
+            "images": n_images,
+            "ablation": [[label, m["bbox"]["AP"], m["segm"]["AP"]] for label, m in table],
+            **({"branches": branches} if branches else {})}
 
 
 if __name__ == "__main__":

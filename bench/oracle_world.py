@@ -9,8 +9,9 @@ Used only by ``bench/oracle.py`` and the tests, never by a recipe. Given a COCO/
   models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL and Qwen3-VL
   smart resize);
 * the ``oracle`` SAM backend returns the true instance under the first positive point (nothing
-  when the point is on background), or for a box prompt the instance whose box overlaps it
-  most, with predicted IoU 1;
+  when the point is on background, when any point lies outside the image, or when a negative
+  point lies on that instance), or for a box prompt the instance whose box overlaps it most,
+  with predicted IoU 1;
 * the ``oracle`` grounding backend (detect-fused) finds every instance of a named category at
   least 24 px wide and high, score 0.5.
 
@@ -195,7 +196,10 @@ class OracleMapsNode(Node):
 
 
 class OracleSam(SamBackend):
-    """The true instance under each prompt's first positive point; empty on background."""
+    """The true instance under each prompt's first positive point, as a SAM that fails where a
+    real one would: nothing on background, nothing when any point of the prompt lies outside the
+    image (nothing answers there), and nothing when a negative point lies on the instance (a
+    real SAM cuts the object at a negative point)."""
 
     def __init__(self, world: OracleWorld) -> None:
         self.world = world
@@ -211,16 +215,19 @@ class OracleSam(SamBackend):
         h, w = self.hw
         masks = np.zeros((len(points), h, w), dtype=bool)
         for k, (pts, labs) in enumerate(zip(points, labels)):
-            positive = pts[labs == 1]
-            if len(positive):
-                col = int(np.clip(positive[0, 0], 0, w - 1))
-                row = int(np.clip(positive[0, 1], 0, h - 1))
+            pts = pts[labs >= 0]
+            labs = labs[labs >= 0]
+            if len(pts) and not ((pts >= 0) & (pts < [w, h])).all():
+                continue
+            cells = pts.astype(np.int64)  # (x, y) -> the pixel (column, row) it lies in
+            if (labs == 1).any():
+                col, row = cells[labs == 1][0]
                 hit = next((m for m in self.masks if m[row, col]), None)
             elif boxes is not None:
                 hit = self._best_in_box(boxes[k])
             else:
                 hit = None
-            if hit is not None:
+            if hit is not None and not hit[cells[labs == 0, 1], cells[labs == 0, 0]].any():
                 masks[k] = hit
         return masks, np.ones(len(points), np.float32), torch.zeros(len(points), 1, 8, 8)
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.points import (PointPrompt, instance_prompts, points_to_image, pool_to_grid,
-                                  resize_map, sample_points)
+from vlpipe.agents.points import (InstanceSearch, PointPrompt, inside_cells, instance_prompts,
+                                  points_to_image, pool_to_grid, refined_prompt, resize_map,
+                                  sample_points)
 
 
 def gaussian(h, w, cy, cx, sigma, peak=1.0):
@@ -178,3 +179,116 @@ def test_pool_to_grid_averages_each_cell_of_the_region():
     # region 2 px beyond the image on the left: cells of 4x2 px over x -2..6; cell 0 covers
     # x -2..2 (2 of its 4 columns set), cell 1 x 2..6 (none)
     np.testing.assert_allclose(pool_to_grid(mask, (-2, 0, 6, 4), (2, 2)), [[0.5, 0], [0.5, 0]])
+
+
+def test_inside_cells_of_a_padded_grid():
+    # a 40x80 image padded to 80x80 (20 rows above and below) under a 4x4 grid of 20 px cells:
+    # cell centres at y = -10, 10, 30, 50; rows 1 and 2 are inside
+    valid = inside_cells((4, 4), (0, -20, 80, 60), (40, 80))
+    np.testing.assert_array_equal(valid, np.repeat([[False], [True], [True], [False]], 4, 1))
+
+
+def test_only_cells_inside_the_image_are_sampled():
+    # the padding rows hold the map's maximum and its minimum (as regularization puts them):
+    # neither may be a point, and the cut is over the valid cells' range
+    m = np.full((6, 6), 0.2)
+    m[0, :] = 0.0
+    m[5, :] = 5.0
+    m[2, 3] = 1.0
+    valid = np.zeros((6, 6), bool)
+    valid[1:5] = True
+    p = sample_points(m, valid=valid)
+    assert p.coords[0].tolist() == [3.5, 2.5] and p.positive_area.sum() == 1
+    nx, ny = p.coords[1].astype(int)
+    assert valid[ny, nx] and m[ny, nx] == 0.2  # the lowest valid cell, not the padding's 0
+    flat = sample_points(np.where(valid, 1.0, m), valid=valid)  # flat inside: valid centre
+    assert flat.coords.tolist() == [[3.5, 3.5]] and (flat.positive_area == valid).all()
+
+
+def test_refinement_on_a_small_object_stays_on_it():
+    # a large instance (1.0) and a small one covering 0.1 of cell (6, 6); the previous mask is
+    # the small object: 0.1 of that cell (a > 50 % cut would make it an empty grid mask and
+    # the prompt would jump to the large instance's peak)
+    m = np.zeros((8, 8))
+    m[0:4, 0:4] = 1.0
+    m[6, 6] = 0.1
+    coverage = np.zeros((8, 8))
+    coverage[6, 6] = 0.1
+    p = refined_prompt(m, coverage)
+    assert p.coords[0].tolist() == [6.5, 6.5] and p.labels.tolist() == [1, 0]
+    # a mask over no activation gives no prompt: the caller keeps its own
+    coverage[6, 6], coverage[7, 0] = 0.0, 1.0
+    assert refined_prompt(m, coverage) is None
+
+
+def test_the_refinement_negative_is_the_true_minimum_outside_the_mask():
+    # a ramp whose unique minimum is cell (5, 2); the mask covers the peak at the far corner.
+    # Setting the map to its minimum outside the mask would tie every cell and put the negative
+    # at cell (0, 0)
+    rows, cols = np.mgrid[0:8, 0:8]
+    m = np.abs(rows - 5) + np.abs(cols - 2) + 0.0
+    m[0, 7] = 20.0
+    coverage = np.zeros((8, 8))
+    coverage[0:2, 6:8] = 0.5
+    p = refined_prompt(m, coverage)
+    assert p.labels.tolist() == [1, 0]
+    assert p.coords[0].tolist() == pytest.approx([7.5, 0.5], abs=0.5)
+    assert p.coords[1].tolist() == [2.5, 5.5]
+    # the negative stays off every cell the mask touches, even the lowest one
+    coverage[5, 2] = 0.01
+    assert refined_prompt(m, coverage).coords[1].tolist() != [2.5, 5.5]
+
+
+@pytest.mark.parametrize("noise", ["uniform", "normal"])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_pure_noise_map_gives_at_most_one_prompt(noise, seed):
+    rng = np.random.default_rng(seed)
+    m = getattr(rng, noise)(size=(48, 48))
+    assert len(instance_prompts(m)) == 1
+    # whatever masks explain the prompts away: none, or two whole quadrants
+    for cover in (lambda p: np.zeros((48, 48)), lambda p: np.kron(np.eye(2), np.ones((24, 24)))):
+        assert len(instance_prompts(m, segment=cover)) == 1
+
+
+def test_instances_on_a_noisy_map_are_found_and_the_noise_is_not():
+    # two bumps (sigma 2 cells) on uniform noise of a tenth of their height, each mask a disc of
+    # radius 6 cells around the positive point: two prompts, one on each
+    rng = np.random.default_rng(0)
+    m = 0.1 * rng.uniform(size=(30, 40)) + gaussian(30, 40, 8, 8, 2) + gaussian(30, 40, 20, 30, 2)
+
+    def disc(p):
+        x, y = p.coords[0] - 0.5
+        return (gaussian(30, 40, y, x, 1) >= np.exp(-18)).astype(float)  # distance <= 6
+
+    prompts = instance_prompts(m, segment=disc)
+    assert sorted(p.coords[0].astype(int).tolist() for p in prompts) == [[8, 8], [30, 20]]
+
+
+def test_explaining_away_splits_touching_instances():
+    # three touching instances of one name light up one area at the grid's resolution: cells
+    # (2, 1..7) = 0.6 0.9 0.5 1.0 0.5 0.9 0.6, the shared cells holding two halves. The map
+    # alone gives one area; each mask (its cells' coverage) explained away leaves the next
+    m = np.zeros((5, 9))
+    a = np.zeros((5, 9))
+    a[2, 1:4] = [0.6, 0.9, 0.25]
+    b = np.zeros((5, 9))
+    b[2, 3:6] = [0.25, 1.0, 0.25]
+    c = a[:, ::-1].copy()
+    m = a + b + c
+    assert len(instance_prompts(m)) == 1  # the positive area spans all three
+    masks = [a, b, c]
+
+    def segment(p):  # the instance under the positive point, as the oracle SAM answers
+        x, y = p.coords[0]
+        return next((k for k in masks if k[int(y), int(x)] > 0.5), np.zeros((5, 9)))
+
+    prompts = instance_prompts(m, segment=segment)
+    assert [p.coords[0].tolist()[0] // 1 for p in prompts] == [4.0, 2.0, 6.0]
+    search = InstanceSearch(m)
+    search.next_prompt()
+    # b's level in the map: its peak 1.0 and the least-squares fit 1.25 / 1.125 (the shared
+    # cells also hold a and c); the larger takes b away and a little of a and c
+    search.explain(b)
+    expected = a + c
+    expected[2, [3, 5]] = 0.5 - 0.25 * 1.25 / 1.125
+    np.testing.assert_allclose(search.residual, expected, atol=1e-12)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlpipe.agents.backends import SAM_BACKENDS
-from vlpipe.agents.sam import SamNode, mask_to_grid
+from vlpipe.agents.sam import SamNode, mask_coverage
 from vlpipe.agents.tiles import Tile
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image
@@ -92,10 +92,12 @@ def test_decoder_calls_equal_rounds_and_each_round_gets_the_last_logits(
     view = View(image, Tile(0, 0, image.shape[1], image.shape[0]), image.shape[:2])
     recorder.set_image(image)
     dets = node.segment_view(recorder, view, planted_maps(n_objects))
-    assert len(recorder.calls) == 3  # one decoder call per round, whatever the object count
+    # one decoder call per round, whatever the object count: each map has one instance, so
+    # round 1's explain-away search ends after its first step
+    assert len(recorder.calls) == 3
     assert all(len(points) == n_objects for points, _, _ in recorder.calls)
     assert recorder.calls[0][1] is None
-    assert recorder.calls[1][1] is recorder.calls[0][2]  # round 2 gets round 1's logits
+    assert torch.equal(recorder.calls[1][1], recorder.calls[0][2])  # round 1's logits
     assert recorder.calls[2][1] is recorder.calls[1][2]
     # round 2 reuses round 1's points; round 3 resamples inside round 2's masks
     np.testing.assert_array_equal(recorder.calls[0][0], recorder.calls[1][0])
@@ -128,14 +130,20 @@ def test_sam_node_loads_through_the_pool_once(tiny_models, image):
     assert nodes[0].sam is nodes[1].sam and pool.loads == 1
 
 
-def test_mask_to_grid_by_hand():
+def test_mask_coverage_by_hand():
     mask = np.zeros((40, 60), bool)
     mask[0:20, 30:60] = True  # the top-right quarter
-    np.testing.assert_array_equal(mask_to_grid(mask, (0, 0, 60, 40), (2, 2)),
-                                  [[False, True], [False, False]])
+    np.testing.assert_array_equal(mask_coverage(mask, (0, 0, 60, 40), (2, 2)), [[0, 1], [0, 0]])
     # region = the right half only: a 2x2 grid over it has its top row covered
-    np.testing.assert_array_equal(mask_to_grid(mask, (30, 0, 60, 40), (2, 2)),
-                                  [[True, True], [False, False]])
+    np.testing.assert_array_equal(mask_coverage(mask, (30, 0, 60, 40), (2, 2)), [[1, 1], [0, 0]])
+    # a 5x4 px mask (under a cell) at x 28..33, y 10..14: 2x4 px in the left cell of 30x20 px,
+    # 3x4 px in the right one; a crop at offset (28, 10) gives the same
+    small = np.zeros((40, 60), bool)
+    small[10:14, 28:33] = True
+    expected = [[8 / 600, 12 / 600], [0, 0]]
+    np.testing.assert_allclose(mask_coverage(small, (0, 0, 60, 40), (2, 2)), expected, rtol=1e-6)
+    np.testing.assert_allclose(mask_coverage(small[10:14, 28:33], (0, 0, 60, 40), (2, 2),
+                                             (28, 10)), expected, rtol=1e-6)
 
 
 def test_bad_backend_and_rounds_are_clear_errors():

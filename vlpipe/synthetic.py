@@ -1,9 +1,15 @@
 """Synthetic scenes with ground truth: LVIS-format datasets generated with their images.
 
-Each category is a coloured shape ("disc", "star", ...) with an LVIS frequency (r/c/f). Scenes
-are crowded on purpose: a row of several instances of one category side by side, objects cut by
-the image border, small objects, and others scattered around, on square, wide (16:9, 4:1) and
-tall images. Instances never overlap, so every mask is exact; masks are stored as COCO RLE.
+Each category is a coloured shape ("disc", "star", ...) with an LVIS frequency (r/c/f). Two
+kinds of scenes (``SCENE_KINDS``), on square, wide (16:9, 4:1), tall and 4:3 images:
+
+* ``default``: a row of several instances of one category side by side, objects cut by the image
+  border, small objects, and others scattered around; instances never overlap.
+* ``crowded``: rows of 2-4 same-category objects 4-12 px apart (they touch at the resolution of
+  an MLLM's vision grid), objects partly hidden behind another (of the same category or not),
+  border objects and a few scattered ones. A hidden object's mask is its visible part.
+
+Masks are exact and stored as COCO RLE.
 
     from vlpipe.synthetic import make_scenes
     gt_path = make_scenes("scenes/", n_images=20, seed=0)   # scenes/annotations.json + images/
@@ -106,55 +112,115 @@ def _fits(box: Box, placed: list[Box], gap: float) -> bool:
                for p in placed)
 
 
-def _plan_scene(rng: np.random.Generator, w: int, h: int) -> list[tuple[int, float, float, float]]:
-    """(category index, cx, cy, r) for every object of one scene."""
-    short = min(w, h)
-    weights = np.array([_WEIGHT[c.frequency] for c in CATEGORIES])
-    weights /= weights.sum()
-    placed: list[Box] = []
-    plan = []
+Plan = list[tuple[int, float, float, float]]  # (category index, cx, cy, r), drawing order
 
-    def place(cat: int, cx: float, cy: float, r: float, gap: float) -> bool:
+
+class _Planner:
+    """Objects placed so far in one scene, and where the next ones may go."""
+
+    def __init__(self, rng: np.random.Generator, w: int, h: int) -> None:
+        self.rng, self.w, self.h, self.short = rng, w, h, min(w, h)
+        weights = np.array([_WEIGHT[c.frequency] for c in CATEGORIES])
+        self.weights = weights / weights.sum()
+        self.placed: list[Box] = []
+        self.plan: Plan = []
+
+    def category(self) -> int:
+        return int(self.rng.choice(len(CATEGORIES), p=self.weights))
+
+    def place(self, cat: int, cx: float, cy: float, r: float, gap: float) -> bool:
+        """Add the object if its square keeps ``gap`` px from every placed one."""
         box = (cx - r, cy - r, cx + r, cy + r)
-        if not _fits(box, placed, gap):
+        if not _fits(box, self.placed, gap):
             return False
-        placed.append(box)
-        plan.append((cat, cx, cy, r))
+        self.placed.append(box)
+        self.plan.append((cat, cx, cy, r))
         return True
 
-    # a row of 3-4 instances of one category side by side, along the long side
-    cat = int(rng.choice(len(CATEGORIES), p=weights))
-    count = int(rng.integers(3, 5))
-    r = short * rng.uniform(0.07, 0.1)
-    step = 2 * r + max(0.9 * r, 0.06 * max(w, h))
-    wide = w >= h
-    length = (w if wide else h)
-    start = rng.uniform(r + 4, max(r + 5, length - (count - 1) * step - r - 4))
-    across = rng.uniform(r + 4, (h if wide else w) - r - 4)
-    for k in range(count):
-        along = start + k * step
-        place(cat, *((along, across) if wide else (across, along)), r, 0.0)
-    # two objects cut by the border, centred on or near an edge
-    for _ in range(2):
-        r = short * rng.uniform(0.07, 0.11)
-        for _attempt in range(30):
-            side = int(rng.integers(4))
-            t = rng.uniform(r, (w if side < 2 else h) - r)
-            inset = rng.uniform(-0.3, 0.3) * r
-            cx, cy = [(t, inset), (t, h - inset), (inset, t), (w - inset, t)][side]
-            if place(int(rng.choice(len(CATEGORIES), p=weights)), cx, cy, r, 0.05 * short):
-                break
-    # small objects, then scattered ones of every size
-    wanted = [("small", 2), ("any", int(rng.integers(4, 8)))]
-    for kind, n in wanted:
+    def row(self, cat: int, count: int, r: float, gap: float) -> None:
+        """``count`` objects of ``cat`` side by side along the long side, ``gap`` px apart
+        (edge to edge of their squares)."""
+        w, h, rng = self.w, self.h, self.rng
+        step = 2 * r + gap
+        wide = w >= h
+        length = (w if wide else h)
+        start = rng.uniform(r + 4, max(r + 5, length - (count - 1) * step - r - 4))
+        across = rng.uniform(r + 4, (h if wide else w) - r - 4)
+        for k in range(count):
+            along = start + k * step
+            self.place(cat, *((along, across) if wide else (across, along)), r, 0.0)
+
+    def border(self, n: int) -> None:
+        """``n`` objects centred on or near an edge, cut by the image border."""
+        w, h, rng = self.w, self.h, self.rng
         for _ in range(n):
-            r = rng.uniform(9, 13) if kind == "small" else short * rng.uniform(0.05, 0.12)
+            r = self.short * rng.uniform(0.07, 0.11)
+            for _attempt in range(30):
+                side = int(rng.integers(4))
+                t = rng.uniform(r, (w if side < 2 else h) - r)
+                inset = rng.uniform(-0.3, 0.3) * r
+                cx, cy = [(t, inset), (t, h - inset), (inset, t), (w - inset, t)][side]
+                if self.place(self.category(), cx, cy, r, 0.05 * self.short):
+                    break
+
+    def scatter(self, n: int, radius, gap) -> None:
+        """``n`` objects anywhere, radius ``radius()``, ``gap(r)`` px from the others."""
+        w, h, rng = self.w, self.h, self.rng
+        for _ in range(n):
+            r = radius()
             for _attempt in range(50):
                 cx, cy = rng.uniform(r + 2, w - r - 2), rng.uniform(r + 2, h - r - 2)
-                if place(int(rng.choice(len(CATEGORIES), p=weights)), cx, cy, r,
-                         max(0.06 * max(w, h), 1.2 * r)):
+                if self.place(self.category(), cx, cy, r, gap(r)):
                     break
-    return plan
+
+
+def _plan_scene(rng: np.random.Generator, w: int, h: int) -> Plan:
+    """The default scene: one spaced row, border, small and scattered objects, no overlap."""
+    p = _Planner(rng, w, h)
+    short = p.short
+    cat = p.category()
+    count = int(rng.integers(3, 5))
+    r = short * rng.uniform(0.07, 0.1)
+    p.row(cat, count, r, max(0.9 * r, 0.06 * max(w, h)))
+    p.border(2)
+    n_any = int(rng.integers(4, 8))
+    p.scatter(2, lambda: rng.uniform(9, 13), lambda r: max(0.06 * max(w, h), 1.2 * r))
+    p.scatter(n_any, lambda: short * rng.uniform(0.05, 0.12),
+              lambda r: max(0.06 * max(w, h), 1.2 * r))
+    return p.plan
+
+
+def _plan_crowded(rng: np.random.Generator, w: int, h: int) -> Plan:
+    """The crowded scene: two rows of 2-4 same-category objects 4-12 px apart, two pairs in
+    which the second object hides part of the first (same category half the time), two border
+    objects and 2-3 scattered ones."""
+    p = _Planner(rng, w, h)
+    short = p.short
+    for _ in range(2):
+        p.row(p.category(), int(rng.integers(2, 5)), short * rng.uniform(0.06, 0.1),
+              rng.uniform(4, 12))
+    for _ in range(2):
+        r = short * rng.uniform(0.07, 0.1)
+        for _attempt in range(50):
+            cx, cy = rng.uniform(2 * r + 2, w - 2 * r - 2), rng.uniform(r + 2, h - r - 2)
+            shift = r * rng.uniform(1.1, 1.5)  # the front object covers part of the back one
+            first = p.category()
+            second = first if rng.random() < 0.5 else p.category()
+            box = (cx - r - shift / 2, cy - r, cx + r + shift / 2, cy + r)
+            if _fits(box, p.placed, 6.0):
+                p.placed.append(box)
+                p.plan += [(first, cx - shift / 2, cy, r), (second, cx + shift / 2, cy, r)]
+                break
+    p.border(2)
+    p.scatter(int(rng.integers(2, 4)), lambda: short * rng.uniform(0.05, 0.1),
+              lambda r: 0.04 * max(w, h))
+    return p.plan
+
+
+_PLANS = {"default": _plan_scene, "crowded": _plan_crowded}
+SCENE_KINDS = tuple(_PLANS)
+# a partly hidden object whose visible part is under this fraction of its shape is dropped
+_MIN_VISIBLE = 0.4
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -165,32 +231,45 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(bg, 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """(image (H, W, 3) uint8 RGB, [(category index, (H, W) bool mask), ...] non-empty only)."""
+def render_scene(rng: np.random.Generator, w: int, h: int, kind: str = "default"
+                 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """(image (H, W, 3) uint8 RGB, [(category index, (H, W) bool visible mask), ...]): objects
+    drawn in plan order, each hiding what it covers of the earlier ones; an object left with
+    nothing, or with under ``_MIN_VISIBLE`` of its shape, is not listed."""
+    if kind not in _PLANS:
+        raise ValueError(f"unknown scene kind {kind!r} (known: {', '.join(SCENE_KINDS)})")
     image = _background(rng, w, h)
-    instances = []
+    drawn = []
     shade = 1.0 - 0.18 * ((np.add.outer(np.arange(h), np.arange(w)) // 6) % 2)  # stripes
-    for cat, cx, cy, r in _plan_scene(rng, w, h):
+    for cat, cx, cy, r in _PLANS[kind](rng, w, h):
         mask = draw_shape(CATEGORIES[cat].name, (h, w), cx, cy, r, rng)
         if not mask.any():
             continue
         colour = np.clip(np.array(CATEGORIES[cat].colour) + rng.integers(-12, 13, 3), 0, 255)
         image[mask] = np.clip(colour[None] * shade[mask][:, None], 0, 255).astype(np.uint8)
-        instances.append((cat, mask))
-    return image, instances
+        drawn.append((cat, mask))
+    instances, front = [], np.zeros((h, w), bool)
+    for cat, mask in reversed(drawn):
+        visible = mask & ~front
+        if visible.sum() >= _MIN_VISIBLE * mask.sum():
+            instances.append((cat, visible))
+        front |= mask
+    return image, instances[::-1]
 
 
-def make_scenes(out_dir: str | Path, n_images: int = 20, seed: int = 0) -> Path:
-    """Write ``n_images`` scenes to ``out_dir/images/`` and their LVIS-format annotations to
-    ``out_dir/annotations.json`` (returned). Every category absent from an image is listed in its
-    ``neg_category_ids``, so naming it there counts as a false positive."""
+def make_scenes(out_dir: str | Path, n_images: int = 20, seed: int = 0,
+                kind: str = "default") -> Path:
+    """Write ``n_images`` scenes of ``kind`` (``SCENE_KINDS``) to ``out_dir/images/`` and their
+    LVIS-format annotations to ``out_dir/annotations.json`` (returned). Every category absent
+    from an image is listed in its ``neg_category_ids``, so naming it there counts as a false
+    positive."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for i in range(n_images):
         w, h = SIZES[i % len(SIZES)]
-        image, instances = render_scene(rng, w, h)
+        image, instances = render_scene(rng, w, h, kind)
         name = f"images/scene_{i:04d}.png"
         Image.fromarray(image).save(out / name)
         present = sorted({cat + 1 for cat, _ in instances})

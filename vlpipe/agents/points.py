@@ -59,6 +59,64 @@ def _pick(m: np.ndarray, allowed: np.ndarray, k: int, largest: bool) -> list[tup
     return picked
 
 
+# A step of the explain-away search must rise above the map's noise: its median plus this many
+# median absolute deviations (of the cells inside the image). Gaussian noise on a 48x48 grid
+# stays under 4.7 sigma = 7 MADs; uniform noise under 2 MADs.
+NOISE_MADS = 7.0
+
+
+def inside_cells(grid_hw: tuple[int, int], region_xyxy, image_hw: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) bool: the cells of a grid over ``region_xyxy`` (x0, y0, x1, y1, image pixels)
+    whose centres lie inside the (H, W) image; a padded view's grid also covers the padding."""
+    x0, y0, sx, sy = _region_scale(grid_hw, region_xyxy)
+    (gh, gw), (h, w) = grid_hw, image_hw
+    xs, ys = x0 + (np.arange(gw) + 0.5) * sx, y0 + (np.arange(gh) + 0.5) * sy
+    return ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None]
+
+
+def _valid(valid: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    if valid is None:
+        return np.ones(shape, bool)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != shape:
+        raise ValueError(f"valid cells shape {valid.shape} does not match map shape {shape}")
+    return valid if valid.any() else np.ones(shape, bool)
+
+
+def _centre_prompt(valid: np.ndarray) -> PointPrompt:
+    """The middle cell of the valid cells (a rectangle) as the only, positive, point."""
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    r = rows[0] + (rows[-1] - rows[0] + 1) // 2
+    c = cols[0] + (cols[-1] - cols[0] + 1) // 2
+    return PointPrompt(coords=np.array([[c + 0.5, r + 0.5]], dtype=np.float32),
+                       labels=np.ones(1, dtype=np.int32), positive_area=valid.copy())
+
+
+def _prompt(act: np.ndarray, allowed: np.ndarray, m: np.ndarray, negative_cells: np.ndarray,
+            threshold: float, n_positive: int, n_negative: int,
+            peak: tuple[int, int] | None = None) -> PointPrompt:
+    """VL-SAM's prompt from ``act`` (h, w) >= 0 over the ``allowed`` cells: the positive area is
+    the 8-connected component of those with ``act >= threshold * act[peak]`` that holds
+    ``peak`` (default: the largest component above ``threshold * act.max()``, ties: the lowest
+    label), positives its highest cells moved to their weighted centroids, negatives the lowest
+    cells of the map ``m`` among ``negative_cells`` outside the area."""
+    height = act.max() if peak is None else act[peak]
+    above = (act >= threshold * height) & allowed
+    _, components, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8),
+                                                               connectivity=8)
+    label = (1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if peak is None
+             else components[peak])
+    area = components == label
+    positives = [_centroid(act, area, r, c) for r, c in _pick(act, area, n_positive, True)]
+    negatives = _pick(m, negative_cells & ~area, n_negative, largest=False)
+    rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
+    return PointPrompt(
+        coords=rc[:, ::-1] + np.float32(0.5),
+        labels=np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32),
+        positive_area=area,
+    )
+
+
 def sample_points(
     m: torch.Tensor | np.ndarray,
     *,
@@ -66,29 +124,157 @@ def sample_points(
     n_positive: int = 1,
     n_negative: int = 1,
     mask: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> PointPrompt:
     """Sample positive and negative point prompts from an (h, w) attention map.
 
-    The map is cut at ``min + threshold * (max - min)``; the positive area is the largest
-    8-connected component above the cut (ties: the lowest component label). Positives are the
-    highest pixels inside the area, each moved to the weighted centroid of its 3x3 neighbourhood
-    in the area (sub-cell precision), negatives the lowest pixels outside it; further points
-    after the first skip a small neighbourhood of the points already chosen.
+    Only ``valid`` cells (default: all; see :func:`inside_cells`) take part. The map is cut at
+    ``min + threshold * (max - min)``; the positive area is the largest 8-connected component
+    above the cut (ties: the lowest component label). Positives are the highest pixels inside
+    the area, each moved to the weighted centroid of its 3x3 neighbourhood in the area (sub-cell
+    precision), negatives the lowest pixels outside it; further points after the first skip a
+    small neighbourhood of the points already chosen.
 
     Args:
         m: (h, w) attention map.
         threshold: fraction of the map's range, in [0, 1].
         n_positive: number of positive points wanted (fewer if the area is too small).
         n_negative: number of negative points wanted (none if the area covers the whole map).
-        mask: optional (h, w) bool, e.g. the previous SAM mask (VL-SAM refinement): the map is set
-            to its minimum outside the mask before sampling. An empty mask is ignored.
+        mask: optional (h, w) weights in [0, 1], e.g. the fraction of each cell the previous SAM
+            mask covers: the prompt is :func:`refined_prompt`'s, unless the mask covers no
+            activation (then it is ignored).
+        valid: optional (h, w) bool, the cells inside the image.
 
     Returns:
-        PointPrompt. A flat map (max == min) has no peak: the centre pixel is returned as the only
-        (positive) point and the positive area is the whole map.
+        PointPrompt. A flat map (max == min) has no peak: the centre of the valid cells is
+        returned as the only (positive) point and the positive area is the valid cells.
     """
-    return instance_prompts(m, threshold=threshold, max_instances=1, n_positive=n_positive,
-                            n_negative=n_negative, mask=mask)[0]
+    if mask is not None:
+        refined = refined_prompt(m, mask, threshold=threshold, n_positive=n_positive,
+                                 n_negative=n_negative, valid=valid)
+        if refined is not None:
+            return refined
+    m, valid = _checked(m, threshold, n_positive, n_negative, valid)
+    act = np.where(valid, m - m[valid].min(), 0.0)
+    if act.max() <= 0:
+        return _centre_prompt(valid)
+    return _prompt(act, valid, m, valid, threshold, n_positive, n_negative)
+
+
+def refined_prompt(m: torch.Tensor | np.ndarray, coverage: np.ndarray, *, threshold: float = 0.5,
+                   n_positive: int = 1, n_negative: int = 1, valid: np.ndarray | None = None
+                   ) -> PointPrompt | None:
+    """VL-SAM's refinement prompt: the map above its minimum weighted by ``coverage`` (h, w),
+    the fraction of each cell the previous mask covers (a mask under one cell still counts), cut
+    and sampled as in :func:`sample_points`; negatives at the map's true lowest cells the mask
+    does not touch. None when the mask covers no activation (the caller keeps its prompt rather
+    than jump to another instance's peak)."""
+    m, valid = _checked(m, threshold, n_positive, n_negative, valid)
+    weight = np.asarray(coverage, dtype=np.float64)
+    if weight.shape != m.shape:
+        raise ValueError(f"mask shape {weight.shape} does not match map shape {m.shape}")
+    act = np.where(valid, m - m[valid].min(), 0.0) * weight
+    if act.max() <= 0:
+        return None
+    return _prompt(act, valid & (weight > 0), m, valid & (weight <= 0), threshold, n_positive,
+                   n_negative)
+
+
+def _checked(m, threshold: float, n_positive: int, n_negative: int, valid
+             ) -> tuple[np.ndarray, np.ndarray]:
+    m = _as_map(m)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if n_positive < 0 or n_negative < 0:
+        raise ValueError("n_positive and n_negative must be >= 0")
+    return m, _valid(valid, m.shape)
+
+
+class InstanceSearch:
+    """The instances of one name's map, found by explaining them away one at a time.
+
+    A name's map lights up every instance; touching or overlapping ones merge into one bright
+    area at the grid's resolution, so areas are not instances. The first step is VL-SAM's
+    prompt (:func:`sample_points`); the caller segments it and :meth:`explain` removes the
+    mask from the residual activation; each further step prompts the strongest residual peak,
+    with the area around it above ``threshold`` of its height. The search stops after
+    ``max_instances`` masks (or twice as many prompts), or when the residual's peak is under
+    ``min_peak`` of the map's range or under its noise level (median + ``NOISE_MADS`` median
+    absolute deviations of the cells inside the image, so a noisy map gives one prompt). Only
+    ``valid`` cells take part.
+    """
+
+    def __init__(self, m: torch.Tensor | np.ndarray, *, valid: np.ndarray | None = None,
+                 threshold: float = 0.5, min_peak: float = 0.1, max_instances: int = 8,
+                 n_positive: int = 1, n_negative: int = 1) -> None:
+        self.m, self.valid = _checked(m, threshold, n_positive, n_negative, valid)
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        cells = self.m[self.valid]
+        self.residual = np.where(self.valid, self.m - cells.min(), 0.0)
+        median = np.median(cells)
+        noise = median + NOISE_MADS * np.median(np.abs(cells - median)) - cells.min()
+        self.floor = max(min_peak * self.residual.max(), noise)
+        self.threshold, self.n_positive, self.n_negative = threshold, n_positive, n_negative
+        self.masks_left, self.prompts_left = max_instances, 2 * max_instances
+        self.blocked = np.zeros_like(self.valid)  # peaks that failed since the last mask
+        self.peak: tuple[int, int] | None = None
+        self.prompt: PointPrompt | None = None  # the last one
+        self.retry: PointPrompt | None = None
+
+    def next_prompt(self) -> PointPrompt | None:
+        """The next instance's prompt, or None when the search is over."""
+        if self.masks_left == 0 or self.prompts_left == 0:
+            return None
+        self.prompts_left -= 1
+        if self.retry is not None:
+            self.prompt, self.retry = self.retry, None
+            return self.prompt
+        if self.peak is None:
+            if self.residual.max() <= 0:
+                self.masks_left, self.peak = 0, (0, 0)
+                self.prompt = _centre_prompt(self.valid)
+                return self.prompt
+            p = _prompt(self.residual, self.valid, self.m, self.valid, self.threshold,
+                        self.n_positive, self.n_negative)
+        else:
+            open_ = np.where(self.blocked, 0.0, self.residual)
+            if open_.max() <= self.floor:
+                return None
+            peak = divmod(int(np.argmax(open_)), open_.shape[1])
+            p = _prompt(open_, self.valid & ~self.blocked, self.m, self.valid, self.threshold,
+                        self.n_positive, self.n_negative, peak)
+        in_area = np.where(p.positive_area, self.residual, -np.inf)
+        self.peak = divmod(int(np.argmax(in_area)), in_area.shape[1])
+        self.prompt = p
+        return p
+
+    def explain(self, coverage: np.ndarray) -> None:
+        """Remove the last prompt's mask: ``coverage`` (h, w), the fraction of each cell it
+        covers. The residual loses the coverage times the instance's level in the map (the
+        larger of its prompt's peak height and the least-squares fit of the map to the
+        coverage; for a map of pooled masks, exactly what the mask put there), clipped at zero.
+        A mask that misses the prompt's peak cell (none, or another object's) leaves the peak:
+        the next prompt tries the peak cell's centre instead of the sub-cell centroid (which
+        two touching instances pull into the gap between them); when that fails too, the peak
+        is set aside until another mask changes the residual around it."""
+        f = np.where(self.valid, np.asarray(coverage, dtype=np.float64), 0.0)
+        r, c = self.peak
+        if (f * f).sum() > 0:
+            level = max(self.residual[r, c], (self.residual * f).sum() / (f * f).sum())
+            self.residual = np.maximum(self.residual - level * f, 0.0)
+            self.masks_left -= 1
+            self.blocked[:] = False
+        if f[r, c] > 0:
+            self.residual[r, c] = 0.0
+            return
+        centre = self.prompt.coords.copy()
+        centre[:1] = [c + 0.5, r + 0.5]
+        if ((self.prompt.labels[:1] == 1).any() and self.residual[r, c] > self.floor
+                and not np.array_equal(centre, self.prompt.coords)):
+            self.retry = PointPrompt(centre, self.prompt.labels, self.prompt.positive_area)
+        else:
+            self.blocked[r, c] = True
 
 
 def instance_prompts(
@@ -96,105 +282,41 @@ def instance_prompts(
     *,
     threshold: float = 0.5,
     max_instances: int = 8,
-    min_peak: float = 0.15,
+    min_peak: float = 0.1,
     n_positive: int = 1,
     n_negative: int = 1,
-    mask: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+    segment=None,
 ) -> list[PointPrompt]:
-    """One prompt per instance of an object: every 8-connected component above the cut, then
-    the weaker peaks.
-
-    A name's map has one bright area per instance (three cups side by side light up three
-    areas), so each component above ``min + threshold * (max - min)`` prompts SAM on its own:
-    the largest components first (ties: lowest label), each with its highest pixels as
-    positives and the lowest pixels outside it as negatives, as in :func:`sample_points` (which
-    is the ``max_instances=1`` case). A small instance beside a large one of the same name
-    peaks lower than the cut; so, while fewer than ``max_instances`` areas are found, every
-    local maximum outside them that reaches ``min + min_peak * (max - min)`` adds the area
-    around it above half its own height (strongest first; ``min_peak >= threshold`` turns this
-    off). Other arguments as in :func:`sample_points`.
+    """One prompt per instance of an object, by :class:`InstanceSearch`: ``segment`` (a
+    PointPrompt -> (h, w) cell coverage of its mask) explains each prompt away; without it the
+    prompt's positive area stands for its mask (a map alone cannot split touching instances;
+    :class:`~vlpipe.agents.sam.SamNode` explains away SAM's masks). Arguments as in
+    :class:`InstanceSearch`.
 
     Returns:
         1 to ``max_instances`` PointPrompts; a flat map gives the single centre prompt.
     """
-    m = _as_map(m)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if n_positive < 0 or n_negative < 0:
-        raise ValueError("n_positive and n_negative must be >= 0")
-    if max_instances < 1:
-        raise ValueError(f"max_instances must be >= 1, got {max_instances}")
-    h, w = m.shape
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != m.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match map shape {m.shape}")
-        if mask.any():
-            m = np.where(mask, m, m.min())
-
-    lo, hi = m.min(), m.max()
-    if hi == lo:
-        return [PointPrompt(
-            coords=np.array([[w // 2 + 0.5, h // 2 + 0.5]], dtype=np.float32),
-            labels=np.ones(1, dtype=np.int32),
-            positive_area=np.ones((h, w), dtype=bool),
-        )]
-
-    above = (m >= lo + threshold * (hi - lo)).astype(np.uint8)
-    _, components, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
-    by_size = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")
-    areas = [components == label for label in by_size[:max_instances]]
-    if len(areas) < max_instances and min_peak < threshold:
-        areas += _weak_instances(m, above.astype(bool), threshold, min_peak,
-                                 max_instances - len(areas))
+    search = InstanceSearch(m, valid=valid, threshold=threshold, min_peak=min_peak,
+                            max_instances=max_instances, n_positive=n_positive,
+                            n_negative=n_negative)
     prompts = []
-    for area in areas:
-        positives = [_centroid(m, area, r, c) for r, c in _pick(m, area, n_positive, True)]
-        negatives = _pick(m, ~area, n_negative, largest=False)
-        rc = np.array(positives + negatives, dtype=np.float32).reshape(-1, 2)
-        prompts.append(PointPrompt(
-            coords=rc[:, ::-1] + np.float32(0.5),
-            labels=np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32),
-            positive_area=area,
-        ))
+    while (p := search.next_prompt()) is not None:
+        prompts.append(p)
+        search.explain(p.positive_area if segment is None else segment(p))
     return prompts
 
 
 def _centroid(m: np.ndarray, area: np.ndarray, r: int, c: int) -> tuple[float, float]:
     """(row, col) of a peak moved to the centroid of its 3x3 neighbourhood inside ``area``,
-    weighted by the map above its minimum: an object smaller than a grid cell lights up the
+    weighted by ``m`` (an activation >= 0): an object smaller than a grid cell lights up the
     cells it straddles in proportion, and their centroid lands on it, not on a cell centre."""
     r0, r1, c0, c1 = max(r - 1, 0), r + 2, max(c - 1, 0), c + 2
-    weight = (m[r0:r1, c0:c1] - m.min()) * area[r0:r1, c0:c1]
+    weight = m[r0:r1, c0:c1] * area[r0:r1, c0:c1]
     if weight.sum() <= 0:
         return float(r), float(c)
     rows, cols = np.mgrid[r0:r0 + weight.shape[0], c0:c0 + weight.shape[1]]
     return float((rows * weight).sum() / weight.sum()), float((cols * weight).sum() / weight.sum())
-
-
-def _weak_instances(m: np.ndarray, covered: np.ndarray, threshold: float, min_peak: float,
-                    limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` (h, w) bool areas around local maxima of ``m`` outside ``covered`` that
-    reach ``min_peak`` of the range: each the connected part, outside earlier areas, of the
-    pixels above ``min + threshold * (peak - min)``."""
-    lo, hi = m.min(), m.max()
-    covered = covered.copy()
-    peaks = (m >= cv2.dilate(m, np.ones((3, 3), np.uint8))) & ~covered
-    peaks &= m >= lo + min_peak * (hi - lo)
-    rows, cols = np.nonzero(peaks)
-    areas = []
-    for k in np.argsort(-m[rows, cols], kind="stable"):
-        r, c = rows[k], cols[k]
-        if covered[r, c]:
-            continue
-        region = ((m >= lo + threshold * (m[r, c] - lo)) & ~covered).astype(np.uint8)
-        _, labels = cv2.connectedComponents(region, connectivity=8)
-        area = labels == labels[r, c]
-        areas.append(area)
-        covered |= area
-        if len(areas) == limit:
-            break
-    return areas
 
 
 def pool_to_grid(mask: np.ndarray, region, grid: tuple[int, int]) -> np.ndarray:

@@ -5,12 +5,16 @@ Four backends behind one interface (:class:`SamBackend`), in ``SAM_BACKENDS``
 transformers' ``Sam2Model`` (SAM 2) and SAM 3's tracker (``Sam3TrackerModel``, driven as SAM 2;
 :mod:`.sam3`). The image encoder runs once per view, over a stack of an image's views
 (``batch_size`` per forward); every object's prompt of a view goes through the mask decoder in
-one batched call per refinement round:
+one batched call per refinement round (round 1: per step of the explain-away search):
 
-1. points from the attention map -> masks;
+1. points from the attention map -> masks, one instance at a time: each mask is explained away
+   in its map and the strongest residual peak prompts the next instance;
 2. the same points plus round 1's low-res mask logits as the mask prompt;
-3. the attention map filtered by round 2's mask, points resampled, plus round 2's logits;
-   further rounds repeat step 3.
+3. the attention map weighted by the cell coverage of round 2's mask, points resampled (the
+   previous points when the mask holds no activation), plus round 2's logits; further rounds
+   repeat step 3.
+
+Only grid cells whose centres lie inside the view are sampled, so every point is inside it.
 
 Score of a detection = SAM's predicted IoU × the attention share of the mask: the mean of the
 min-max normalised attention map (in image space) inside the mask. A mask on the object the
@@ -32,7 +36,8 @@ from .backends import SAM_BACKENDS
 from .hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
 from .sam_masks import BoxMasks, MaskResize, upscale_in_boxes
 from .detections import concat, empty_detections
-from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
+from .points import (InstanceSearch, inside_cells, points_to_image, pool_to_grid, refined_prompt,
+                     resize_map)
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -266,14 +271,22 @@ def load_hf_sam2(weights: str, device: str, dtype: str) -> HfSam2:
 
 
 # -- refinement -----------------------------------------------------------------------------
-def mask_to_grid(mask: np.ndarray, region, grid: tuple[int, int],
-                 offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Image mask (H, W) bool, or its crop at ``offset`` = (x, y), -> (gh, gw) bool: a cell
-    is in when over half of its patch (the grid covering ``region`` = x0, y0, x1, y1 in image
-    pixels) is covered."""
+def mask_coverage(mask: np.ndarray, region, grid: tuple[int, int],
+                  offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Image mask (H, W) bool, or its crop at ``offset`` = (x, y), -> (gh, gw) float32: the
+    fraction of each cell's patch (the grid covering ``region`` = x0, y0, x1, y1 in image
+    pixels) that the mask covers, so a mask smaller than a cell still marks its cells."""
     x0, y0, x1, y1 = (int(round(v)) for v in region)  # as pool_to_grid rounds, then shifted
     dx, dy = offset
-    return pool_to_grid(mask.astype(np.float32), (x0 - dx, y0 - dy, x1 - dx, y1 - dy), grid) > 0.5
+    return pool_to_grid(mask.astype(np.float32), (x0 - dx, y0 - dy, x1 - dx, y1 - dy), grid)
+
+
+def _coverage(masks: BoxMasks, k: int, m: ObjectMap) -> np.ndarray:
+    """Mask k of a view on the grid of map ``m`` (zeros for an empty mask)."""
+    x0, y0 = masks.boxes[k][:2]
+    if x0 < 0:
+        return np.zeros(tuple(m.map.shape), np.float32)
+    return mask_coverage(masks.crops[k], m.region, tuple(m.map.shape), (x0, y0))
 
 
 def _pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
@@ -343,9 +356,9 @@ class SamBoxNode(_SamModelNode):
 class SamNode(_SamModelNode):
     """views + maps -> detections (full-image coordinates, every round kept).
 
-    Each map prompts SAM once per instance (every component above the threshold, at most
-    ``max_instances``; see :func:`~vlpipe.agents.points.instance_prompts`), so three cups side by
-    side give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
+    Each map prompts SAM once per instance, found by explaining each mask away in the map (at
+    most ``max_instances`` masks; see :class:`~vlpipe.agents.points.InstanceSearch`), so three
+    touching cups give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
     x1, y1 in full-image pixels) for the merge. ``batch_size`` views share one image-encoder
     forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
     (16, 4096, 4096) float32 scores per view, 1 GiB)."""
@@ -356,7 +369,7 @@ class SamNode(_SamModelNode):
 
     def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,
                  n_positive: int = 1, n_negative: int = 1, max_instances: int = 8,
-                 min_peak: float = 0.15, batch_size: int = 4, **params) -> None:
+                 min_peak: float = 0.1, batch_size: int = 4, **params) -> None:
         super().__init__(name, **params)
         if int(rounds) < 1:
             raise ValueError("rounds must be at least 1")
@@ -388,44 +401,75 @@ class SamNode(_SamModelNode):
         return out
 
     def segment_view(self, sam: SamBackend, view: View, maps: list[ObjectMap]) -> sv.Detections:
-        """All rounds for every instance of the objects of one view, one decoder call per
-        round. ``sam`` holds the view's image already (``set_image`` or ``use``)."""
+        """All rounds for every instance of the objects of one view. ``sam`` holds the view's
+        image already (``set_image`` or ``use``)."""
         if not maps:
             return empty_detections()
         h, w = view.image.shape[:2]
-        targets = [(m, p) for m in maps
-                   for p in instance_prompts(m.map, threshold=self.threshold,
-                                             max_instances=self.max_instances,
-                                             min_peak=self.min_peak,
-                                             n_positive=self.n_positive,
-                                             n_negative=self.n_negative)]
-        heat = {id(m): _normalized(resize_map(m.map, m.region, (h, w))) for m in maps}
-        prompts = [(points_to_image(p, tuple(m.map.shape), m.region), p.labels)
-                   for m, p in targets]
-        masks, logits, rounds = None, None, []
+        valid = [inside_cells(tuple(m.map.shape), m.region, (h, w)) for m in maps]
+        heat = [_normalized(resize_map(m.map, m.region, (h, w))) for m in maps]
+        targets, prompts, (masks, iou, logits) = self._explain_away(sam, maps, valid)
+        rounds = []
         for r in range(self.rounds):
-            if r >= 2:  # round 3+: resample inside the previous round's mask
-                prompts = [self._points(m, masks, k) for k, (m, _) in enumerate(targets)]
-            coords, labels = _pad_prompts(prompts)
-            masks, iou, logits = sam.predict(coords, labels, logits)
-            if isinstance(masks, np.ndarray):
-                masks = BoxMasks.from_dense(masks)
-            share = [_attention_share(heat[id(m)], masks, k) for k, (m, _) in enumerate(targets)]
+            if r == 1:  # round 2: the same points plus round 1's logits
+                masks, iou, logits = _decode(sam, prompts, logits)
+            elif r >= 2:  # round 3+: resample inside the previous round's mask
+                prompts = [self._points(maps[k], valid[k], masks, j, prompts[j])
+                           for j, k in enumerate(targets)]
+                masks, iou, logits = _decode(sam, prompts, logits)
+            share = [_attention_share(heat[k], masks, j) for j, k in enumerate(targets)]
             score = np.clip(iou, 0.0, 1.0) * np.array(share)  # predicted IoU may leave [0, 1]
-            rounds.append(_detections(masks, score, [m for m, _ in targets], r))
+            rounds.append(_detections(masks, score, [maps[k] for k in targets], r))
         dets = to_full_image(concat(rounds), view.tile, view.full_hw)
         t = view.tile
         dets.data["view_box"] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
         return dets
 
-    def _points(self, m: ObjectMap, masks: BoxMasks, k: int) -> tuple[np.ndarray, np.ndarray]:
-        grid = tuple(m.map.shape)
-        x0, y0 = masks.boxes[k][:2]
-        on_grid = (mask_to_grid(masks.crops[k], m.region, grid, (x0, y0)) if x0 >= 0
-                   else np.zeros(grid, bool))
-        p = sample_points(m.map, threshold=self.threshold, n_positive=self.n_positive,
-                          n_negative=self.n_negative, mask=on_grid)
-        return points_to_image(p, grid, m.region), p.labels
+    def _explain_away(self, sam: SamBackend, maps: list[ObjectMap], valid: list[np.ndarray]):
+        """Round 1 (crowded instances): every map's :class:`~vlpipe.agents.points.InstanceSearch`
+        prompts its strongest remaining instance, all maps in one decoder call per step, and
+        each mask is explained away in its map, until no map has residual activation left.
+        Returns (map index of each instance, its (points, labels) in image pixels, round 1's
+        (masks, predicted IoU, low-res logits) in the same order)."""
+        searches = [InstanceSearch(m.map, valid=v, threshold=self.threshold,
+                                   min_peak=self.min_peak, max_instances=self.max_instances,
+                                   n_positive=self.n_positive, n_negative=self.n_negative)
+                    for m, v in zip(maps, valid)]
+        targets, prompts, steps = [], [], []
+        while True:
+            step = [(k, p) for k, p in enumerate(s.next_prompt() for s in searches)
+                    if p is not None]
+            if not step:
+                break
+            points = [(points_to_image(p, tuple(maps[k].map.shape), maps[k].region), p.labels)
+                      for k, p in step]
+            masks, iou, logits = _decode(sam, points, None)
+            for j, (k, _) in enumerate(step):
+                searches[k].explain(_coverage(masks, j, maps[k]))
+            targets += [k for k, _ in step]
+            prompts += points
+            steps.append((masks, iou, logits))
+        masks, iou, logits = zip(*steps)
+        return targets, prompts, (BoxMasks.concat(masks), np.concatenate(iou),
+                                  torch.cat(logits))
+
+    def _points(self, m: ObjectMap, valid: np.ndarray, masks: BoxMasks, k: int,
+                previous: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Round 3+ prompt of instance k: resampled inside its last mask, or the previous points
+        when that mask covers none of the map's activation (never another instance's peak)."""
+        p = refined_prompt(m.map, _coverage(masks, k, m), threshold=self.threshold,
+                           n_positive=self.n_positive, n_negative=self.n_negative, valid=valid)
+        if p is None:
+            return previous
+        return points_to_image(p, tuple(m.map.shape), m.region), p.labels
+
+
+def _decode(sam: SamBackend, prompts, logits) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
+    """One decoder call for K prompts [(points, labels)] (+ K low-res logits or None)."""
+    masks, iou, logits = sam.predict(*_pad_prompts(prompts), logits)
+    if isinstance(masks, np.ndarray):
+        masks = BoxMasks.from_dense(masks)
+    return masks, iou, logits
 
 
 def _normalized(m: np.ndarray) -> np.ndarray:

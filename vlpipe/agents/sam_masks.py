@@ -100,6 +100,12 @@ class BoxMasks:
                 crops[k] = mask[y0:y1 + 1, x0:x1 + 1]
         return cls(boxes, crops, masks.shape[1:])
 
+    @classmethod
+    def concat(cls, parts: list[BoxMasks]) -> BoxMasks:
+        """The masks of several BoxMasks of one image, in order."""
+        return cls(np.concatenate([p.boxes for p in parts]).reshape(-1, 4),
+                   [c for p in parts for c in p.crops], parts[0].shape)
+
     def __len__(self) -> int:
         return len(self.crops)
 
