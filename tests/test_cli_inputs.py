@@ -223,7 +223,7 @@ def test_user_mistakes_are_one_error_line(tiny_models, two_images, tmp_path, cas
             {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
         (tmp_path / "results.json").write_text(json.dumps([{"image_id": 1}]))
         res, expected = vlpipe("eval", tmp_path / "results.json", "--gt", tmp_path / "gt.json"), \
-            "error: result 0 has no category_id, bbox, score"
+            "result 0 has neither bbox nor segmentation"
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0  # one line

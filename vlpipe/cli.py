@@ -381,7 +381,7 @@ def eval_cmd(
                            "category over the dataset (as VL-SAM and GenerateU report).")] = False,
 ):
     """Score results against ground truth (LVIS-style AP for LVIS files, COCO AP/AR otherwise)."""
-    from .eval import evaluate
+    from .eval import ResultsError, evaluate
     from .runner import RESULTS
 
     path = out / RESULTS if out.is_dir() else out
@@ -395,6 +395,8 @@ def eval_cmd(
         _fail(f"'{path}' is not a COCO results file (a JSON list of detections)")
     try:
         metrics = evaluate(gt, results, fixed_ap=fixed_ap)
+    except ResultsError as exc:
+        _fail(f"results file '{path}': {exc}")
     except ValueError as exc:
         _fail(str(exc))
     _eval_notes(out, results)
