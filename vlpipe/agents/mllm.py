@@ -92,7 +92,8 @@ class Mllm:
         fitted = [[self.fit(im, fit)[0] for im in entry] if isinstance(entry, list)
                   else self.fit(entry, fit)[0] for entry in images]
         self.tokenizer.padding_side = "left"
-        inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True)
+        inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True,
+                                input_data_format="channels_last")  # not a guess: a 3-row image is no CHW
         return inputs.to(self.device)
 
     def fit(self, image: np.ndarray, fit: str = "pad") -> tuple[np.ndarray, tuple[int, int]]:

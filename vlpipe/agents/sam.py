@@ -33,6 +33,7 @@ from .hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
 from .sam_masks import BoxMasks, MaskResize, upscale_in_boxes
 from .detections import concat, empty_detections
 from .points import instance_prompts, points_to_image, pool_to_grid, resize_map, sample_points
+from .thin import stretch_thin
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -145,9 +146,13 @@ class HfSam(SamBackend):
     def encode(self, images):
         """The processor over the images (resized and padded to one size), one
         ``get_image_embeddings`` forward; state = (embedding (1, C, e, e) or SAM 2's list of
-        levels, original (1, 2) = (H, W), reshaped input size (1, 2) or None for SAM 2)."""
-        enc = self.processor(images=list(images), return_tensors="pt")
-        original, reshaped = enc["original_sizes"], enc.get("reshaped_input_sizes")
+        levels, original (1, 2) = (H, W), reshaped input size (1, 2) or None for SAM 2).
+        An image thinner than :attr:`max_aspect` is stretched first; ``original`` stays its
+        own size, so points and masks map to it as they would without the stretch."""
+        enc = self.processor(images=[stretch_thin(im, self.max_aspect) for im in images],
+                             return_tensors="pt", input_data_format="channels_last")
+        original = torch.tensor([im.shape[:2] for im in images], dtype=enc["original_sizes"].dtype)
+        reshaped = enc.get("reshaped_input_sizes")
         pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
         embedding = self.model.get_image_embeddings(pixels)
         pick = ((lambda i: embedding[i:i + 1]) if isinstance(embedding, torch.Tensor)
@@ -158,6 +163,13 @@ class HfSam(SamBackend):
     def use(self, state):
         self.embedding, self.original, self.reshaped = state
         self._resize = (None,)
+
+    @property
+    def max_aspect(self) -> float:
+        """The thinnest image (long / short side) whose resize (longest side to ``size``)
+        keeps one patch of the image encoder across: ``size / patch_size``."""
+        return (self.processor.image_processor.size["longest_edge"]
+                / self.model.config.vision_config.patch_size)
 
     def _point_scale(self) -> np.ndarray:
         """(x, y) factors from image pixels to the model's input frame (longest side resized)."""
@@ -204,6 +216,7 @@ class HfSam2(HfSam):
     returned logits are clamped to ±32 as SAM 2 does."""
 
     logit_limit = 32.0
+    max_aspect = float("inf")  # every image is resized to the same square
 
     def _point_scale(self) -> np.ndarray:
         h, w = self.original[0].tolist()
