@@ -94,13 +94,27 @@ class OfficialSam(SamBackend):
     def encode(self, images):
         """As ``SamPredictor.set_image`` for each image (longest side resized, normalised,
         padded), one encoder forward; state = ((1, C, e, e) features, original size, input
-        size)."""
+        size). An image thinner than :attr:`max_aspect` is stretched first (see
+        :meth:`HfSam.encode`)."""
         p = self.predictor
-        inputs = [torch.as_tensor(p.transform.apply_image(im), device=p.device).permute(2, 0, 1)
-                  for im in images]
+        inputs = [torch.as_tensor(p.transform.apply_image(stretch_thin(im, self.max_aspect)),
+                                  device=p.device).permute(2, 0, 1) for im in images]
         features = p.model.image_encoder(torch.cat([p.model.preprocess(x[None]) for x in inputs]))
         return [(features[i:i + 1], im.shape[:2], tuple(x.shape[-2:]))
                 for i, (im, x) in enumerate(zip(images, inputs))]
+
+    @property
+    def max_aspect(self) -> float:
+        """``img_size / patch size``: see :attr:`HfSam.max_aspect`."""
+        encoder = self.model.image_encoder
+        return encoder.img_size / encoder.patch_embed.proj.kernel_size[0]
+
+    def _scale(self, xy: np.ndarray) -> np.ndarray:
+        """(..., 2k) x, y pixels of the image -> of the model's input: ``apply_coords`` /
+        ``apply_boxes``, with the input size encode made (it may be a stretched image's)."""
+        p = self.predictor
+        (h, w), (H, W) = p.input_size, p.original_size
+        return xy.astype(np.float32).astype(float) * np.tile([w / W, h / H], xy.shape[-1] // 2)
 
     def use(self, state):
         p = self.predictor
@@ -119,12 +133,10 @@ class OfficialSam(SamBackend):
         p = self.predictor
         coords = box = None
         if points.shape[1]:
-            coords = (torch.as_tensor(p.transform.apply_coords(points.astype(np.float32),
-                                                               p.original_size), device=p.device),
+            coords = (torch.as_tensor(self._scale(points), device=p.device),
                       torch.as_tensor(labels, device=p.device))
         if boxes is not None:
-            box = torch.as_tensor(p.transform.apply_boxes(np.asarray(boxes, np.float32),
-                                                          p.original_size), device=p.device)
+            box = torch.as_tensor(self._scale(np.asarray(boxes)), device=p.device)
         sparse, dense = p.model.prompt_encoder(points=coords, boxes=box, masks=mask_logits)
         low, iou = p.model.mask_decoder(
             image_embeddings=p.features, image_pe=p.model.prompt_encoder.get_dense_pe(),
