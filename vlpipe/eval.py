@@ -41,7 +41,24 @@ def load_gt(gt_json: str | Path | dict) -> dict:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{where} is not in COCO/LVIS format: missing {', '.join(missing)}")
+    problem = _format_problem(data)
+    if problem:
+        raise ValueError(f"{where} is not in COCO/LVIS format: {problem}")
     return data
+
+
+def _format_problem(data: dict) -> str | None:
+    """What keeps ``data``'s lists from being COCO's (lists of objects; images and categories
+    with ids), or None."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            return f"'{key}' is not a list"
+        for k, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                return f"{key}[{k}] is not an object"
+            if key != "annotations" and "id" not in entry:
+                return f"{key}[{k}] has no id"
+    return None
 
 
 def is_lvis(gt: dict) -> bool:

@@ -18,10 +18,29 @@ class WeightsNotFound(RuntimeError):
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; others unchanged."""
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; others unchanged.
+    ValueError (a node's bad params, before anything loads) for a name torch does not know.
+    Whether this machine has the device is :func:`missing_device`'s question: a Ray run may
+    name a device only its workers have."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     return device
+
+
+def missing_device(device: str) -> str | None:
+    """Why this machine cannot run on ``device`` (a name :func:`resolve_device` took), or None
+    when it can."""
+    kind = torch.device(resolve_device(device))
+    gpus = torch.cuda.device_count() if kind.type == "cuda" else None
+    if gpus == 0 or (kind.type == "mps" and not torch.backends.mps.is_available()):
+        return f"device {device!r}: this machine has no {kind.type.upper()} device (use auto or cpu)"
+    if gpus is not None and kind.index is not None and kind.index >= gpus:
+        return f"device {device!r}: this machine has {gpus} CUDA GPU(s), numbered from 0"
+    return None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
