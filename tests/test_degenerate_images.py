@@ -87,3 +87,23 @@ def test_degenerate_images_get_answers_lines_and_boxes(tiny_models, degenerate, 
             assert len(dets), file.name  # the random model boxes every phrase somewhere
         if dets is not None and len(dets):
             assert (dets.xyxy >= 0).all() and (dets.xyxy <= [w, h, w, h]).all(), file.name
+
+
+@pytest.mark.parametrize("mllm", ["qwen2_vl", "llava_next"])
+def test_other_mllm_families_take_thin_images(tiny_models, degenerate, mllm):
+    """Qwen's processor refuses an aspect ratio above 200 (the image is stretched to it); a
+    LLaVA-NeXT strip thinner than one token of the any-resolution grid maps its attention over
+    the base view."""
+    files = [degenerate / f"{name}.png" for name in ("1x4000", "4000x1", "8x4000", "1x1")]
+    images = [load_image(f) for f in files]
+    detect = Pipeline.load(tiny_models / "detect.yaml", mllm=str(tiny_models / mllm), **FAST)
+    ask = Pipeline.load(tiny_models / "ask.yaml", mllm=str(tiny_models / mllm))
+    for file, image, found, answered in zip(
+            files, images, detect.run_batch([{"image": im} for im in images]),
+            ask.run_batch([{"image": im, **INPUTS["ask"]} for im in images])):
+        assert found.error is None and answered.error is None, (file.name, found.error,
+                                                                answered.error)
+        h, w = image.shape[:2]
+        assert all(m.map.numel() > 0 for m in found.outputs["maps"]), file.name
+        dets = found.outputs["detections"]
+        assert (dets.xyxy >= 0).all() and (dets.xyxy <= [w, h, w, h]).all(), file.name
