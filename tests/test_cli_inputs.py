@@ -438,3 +438,20 @@ def test_killed_run_resumes_and_concurrent_runs_on_other_outs_finish(tiny_models
         records = read_predictions(out / PREDICTIONS)
         assert sorted(r["file"] for r in records) == [f"{k}.png" for k in range(4)]
         assert all(r["error"] is None for r in records)
+
+
+def test_weights_that_cannot_load_stop_the_run_and_poison_nothing(tiny_models, two_images,
+                                                                  tmp_path):
+    """A wrong --sam path fails every image the same way: one error line, no image recorded as
+    failed (a rerun would skip those), and the fixed command runs them all."""
+    out = tmp_path / "out"
+    args = ["run", tiny_models / "detect.yaml", two_images, "--out", out, *FAST]
+    wrong = cli(*args, "--sam", tmp_path / "nowhere")
+    assert_one_error_line(wrong, f"cannot load the SAM model: no folder '{tmp_path / 'nowhere'}'")
+    assert "WeightsNotFound" not in wrong.stderr and "no image was recorded" in wrong.stderr
+    assert read_predictions(out / PREDICTIONS) == []
+    one = cli("run", tiny_models / "detect.yaml", two_images / "a.png", *FAST,
+              "--mllm", tmp_path / "nowhere")
+    assert_one_error_line(one, f"cannot load the MLLM model: no folder '{tmp_path / 'nowhere'}'")
+    fixed = cli(*args)
+    assert fixed.exit_code == 0 and "done 2, skipped 0" in fixed.stderr, fixed.output

@@ -146,6 +146,7 @@ def _output_folder(out: Path):
 def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
              save_attention: bool) -> None:
     from .io import ImageLoadError, load_image
+    from .pipeline import SetupError
 
     image_inputs = [k for k, t in pipe.graph.inputs.items() if t == "image"]
     others = [k for k in pipe.graph.inputs if k not in image_inputs]
@@ -159,7 +160,10 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
     outputs = pipe.graph.outputs
     pictures = (save_vis and "detections" in outputs) or (save_attention and "maps" in outputs)
     with _output_folder(DEFAULT_OUT) if pictures else nullcontext():
-        result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
+        try:
+            result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
+        except SetupError as exc:
+            _fail(str(exc))
         if result.error is not None:
             _fail(f"{path}: {result.error}")
         _print_result(pipe, path, image, result, json_out)
@@ -230,7 +234,7 @@ def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, ou
     """A folder or annotation file through :func:`vlpipe.batch.run`; returns the node trace
     (None on Ray). The inputs are checked before the pipeline is built, the pipeline before
     anything is written."""
-    from .pipeline import GraphError
+    from .pipeline import GraphError, SetupError
     from .ray_runner import RayNotInstalled, RayRunError
     from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs,
                          write_results)
@@ -244,6 +248,8 @@ def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, ou
         summary, stopped = _with_progress(pipeline, params, inputs.entries, out, options)
     except (GraphError, RayNotInstalled, RayRunError, OutputError, PredictionsError) as exc:
         _fail(str(exc))
+    except SetupError as exc:
+        _fail(f"{exc}; no image was recorded as failed for it: fix this and run again")
     except OSError as exc:
         _fail(f"writing under '{out}' failed: {exc}; the finished images are kept in "
               f"{out / PREDICTIONS}: fix this and run again to resume")
@@ -366,6 +372,7 @@ def calibrate(
 
     from .agents.need_tool import Calibrator, NeedToolNode
     from .io import ImageLoadError, load_image
+    from .pipeline import SetupError
 
     pipe = _load_pipeline(pipeline, _params(sets, {}))
     nodes = [n for n in pipe.graph.nodes.values() if isinstance(n, NeedToolNode)]
@@ -395,6 +402,8 @@ def calibrate(
             _fail(f"{labelled}:{k}: not a JSON line ({exc})")
         except ImageLoadError as exc:
             _fail(f"{labelled}:{k}: {exc}")
+        except SetupError as exc:
+            _fail(str(exc))
     try:
         calibrator = Calibrator.fit(np.stack(X), labels)
     except ValueError as exc:

@@ -9,12 +9,15 @@ from typing import Any
 
 import torch
 
+from ..pipeline import SetupError
+
 
 HUB_PROBE_SECONDS = 3.0
 
 
-class WeightsNotFound(RuntimeError):
-    """The weights of a model are neither a local path nor in the Hugging Face cache."""
+class WeightsNotFound(SetupError):
+    """The weights of a model are neither a local path nor in the Hugging Face cache (the run
+    stops: no item could run)."""
 
 
 def resolve_device(device: str | None) -> str:
