@@ -455,3 +455,10 @@ def test_weights_that_cannot_load_stop_the_run_and_poison_nothing(tiny_models, t
     assert_one_error_line(one, f"cannot load the MLLM model: no folder '{tmp_path / 'nowhere'}'")
     fixed = cli(*args)
     assert fixed.exit_code == 0 and "done 2, skipped 0" in fixed.stderr, fixed.output
+
+
+def test_a_dtype_that_is_no_float_type_is_bad_params(tiny_models):
+    res = cli("graph", tiny_models / "detect.yaml", "--set", "dtype=int3")
+    assert_one_error_line(res, "invalid pipeline")
+    assert "bad params: unknown dtype 'int3' (use auto, float32, float16, bfloat16)" in res.stderr
+    assert cli("graph", tiny_models / "detect.yaml", "--set", "dtype=bfloat16").exit_code == 0

@@ -54,10 +54,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, float16, bfloat16)") from None
+    return getattr(torch, check_dtype(dtype))
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    """``dtype`` as given when it is ``"auto"`` (or None) or names a torch floating-point
+    dtype; ValueError otherwise (a node's bad params, before anything loads)."""
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, float16, bfloat16)")
+    return dtype
 
 
 def hf_cache_dir() -> str:

@@ -34,7 +34,7 @@ from .attention import READOUTS, AttentionFlow, object_map, query_positions
 from .backends import MLLM_BACKENDS
 from .box_text import box_convention
 from .gazetteer import Gazetteer
-from .hub import from_pretrained, resolve_device, resolve_dtype
+from .hub import check_dtype, from_pretrained, resolve_device, resolve_dtype
 from .layouts import FITS, LAYOUTS, MAX_ASPECT, fit_image, token_grid
 from .names import category_terms, parse_object_names
 from .ocr import lines_prompt
@@ -336,7 +336,8 @@ class _MllmNode(Node):
         if endpoint and not self.servable:
             raise ValueError("endpoint: this node reads the model's tokens or attention, "
                              "which a served model does not give; it needs local weights")
-        self.model_id, self.dtype, self.trust_remote_code = model, dtype, trust_remote_code
+        self.model_id, self.dtype = model, check_dtype(dtype)
+        self.trust_remote_code = trust_remote_code
         self.image_fit, self.endpoint = image_fit, endpoint
 
     MAX_NEW_TOKENS = 4096
