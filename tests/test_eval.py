@@ -304,3 +304,161 @@ def test_eval_command_takes_fixed_ap(tmp_path):
                                    str(tmp_path / "gt.json"), "--fixed-ap", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["bbox"]["AP"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Results files of other shapes (issue 23): what COCO.loadRes and LVISResults accept
+# --------------------------------------------------------------------------------------------
+
+
+def ellipse_rle(cx, cy, rx, ry):
+    """JSON-ready RLE of a filled ellipse (its box and area differ from any rectangle's)."""
+    yy, xx = np.mgrid[:H, :W]
+    m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    r["counts"] = r["counts"].decode("ascii")
+    return r
+
+
+def segm_only_case(seed):
+    """GT ellipses of all sizes and results with a mask only (no bbox, as the COCO API's
+    ``fakesegm`` example): jittered, missed, duplicated and false-positive ellipses."""
+    rng = np.random.default_rng(seed)
+    images, anns, res = [], [], []
+    for img in range(1, 6):
+        images.append({"id": img, "height": H, "width": W, "file_name": f"{img}.jpg"})
+        for _ in range(rng.integers(1, 5)):
+            rx, ry = (int(v) for v in rng.integers(3, 70, size=2))
+            cx, cy = int(rng.integers(rx, W - rx)), int(rng.integers(ry, H - ry))
+            cat = int(rng.integers(1, 3))
+            m = ellipse_rle(cx, cy, rx, ry)
+            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat,
+                         "segmentation": m, "area": float(mask_utils.area(m)),
+                         "bbox": [float(v) for v in mask_utils.toBbox(m)], "iscrowd": 0})
+            for _ in range(int(rng.integers(0, 3))):  # none (a miss), one, or a duplicate
+                dx, dy = (int(v) for v in rng.integers(-6, 7, size=2))
+                res.append({"image_id": img, "category_id": cat, "score": float(rng.random()),
+                            "segmentation": ellipse_rle(cx + dx, cy + dy, rx, ry)})
+        res.append({"image_id": img, "category_id": int(rng.integers(1, 3)),
+                    "score": float(rng.random()), "segmentation": ellipse_rle(60, 60, 20, 9)})
+    return {"images": images, "annotations": anns, "categories": CATS}, res
+
+
+def faster_coco_eval_stats(gt, res, iou_type):
+    from faster_coco_eval import COCO as FCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    coco_gt = FCOCO(copy.deepcopy(gt))
+    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(copy.deepcopy(res)), iou_type,
+                         print_function=lambda *a: None)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    s = ev.stats
+    return {"AP": s[0], "AP50": s[1], "AP75": s[2], "APs": s[3], "APm": s[4], "APl": s[5], "AR": s[8]}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segmentation_only_results_match_the_official_evaluators(seed):
+    gt, res = segm_only_case(seed)
+    assert all("bbox" not in r for r in res)
+    ours = evaluate(gt, res, lvis=False)
+    for iou_type in ("bbox", "segm"):  # bbox: the boxes loadRes derives from the masks
+        for reference in (pycocotools_stats, faster_coco_eval_stats):
+            ref = reference(gt, res, iou_type)
+            assert 0 < ref["AP"] < 1
+            for key, value in ref.items():
+                if value > -1:
+                    assert ours[iou_type][key] == pytest.approx(value, abs=1e-6), (iou_type, key)
+                else:
+                    assert key not in ours[iou_type]
+
+
+def test_mask_area_decides_the_size_range_of_a_mask_only_result():
+    """A false-positive ring of about 1,160 pixels (medium, 32^2..96^2) whose box is 126 x 126
+    (large), scored above the true positive of a medium GT ellipse. loadRes gives a mask-only
+    result the mask's area: the ring is a medium false positive, ranked first, so the medium
+    precision at recall 1 is 1/2 and APm = 0.5 (a box-area rule would ignore it: APm 1)."""
+    yy, xx = np.mgrid[:H, :W]
+    r = np.hypot(xx - 160, yy - 120)
+    ring = mask_utils.encode(np.asfortranarray(((r >= 60) & (r < 63)).astype(np.uint8)))
+    ring["counts"] = ring["counts"].decode("ascii")
+    assert 32 ** 2 < mask_utils.area(ring) < 96 ** 2 < 126 * 126
+    blob = ellipse_rle(40, 40, 25, 18)  # about 1,400 pixels: medium
+    gt = {"images": [{"id": 1, "height": H, "width": W}], "categories": CATS,
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": blob,
+                           "area": float(mask_utils.area(blob)),
+                           "bbox": [float(v) for v in mask_utils.toBbox(blob)], "iscrowd": 0}]}
+    res = [{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": ring},
+           {"image_id": 1, "category_id": 1, "score": 0.4, "segmentation": blob}]
+    got = evaluate(gt, res, lvis=False)["segm"]
+    assert got["APm"] == pytest.approx(0.5)
+    ref = pycocotools_stats(gt, res, "segm")
+    assert got == pytest.approx({k: v for k, v in ref.items() if v > -1})
+
+
+def test_results_from_other_tools_are_read_as_the_coco_api_reads_them():
+    gt = make_gt(SIMPLE, CATS)
+    ref = evaluate(gt, perfect(gt))
+    others = []
+    for k, d in enumerate(perfect(gt)):
+        d = dict(d, score=int(k < 2) + 1, extra={"tool": "x"}, area=-5, id=99, iscrowd=1)
+        d["category_id"] = float(d["category_id"])  # 1.0: what some exporters write
+        if k % 2:
+            d["bbox"] = []  # loadRes takes the box from the mask then
+        others.append(d)
+    got = evaluate(gt, others)
+    assert got.keys() == ref.keys() and all(got[t] == pytest.approx(ref[t]) for t in ref)
+    # mixed: some with a box only, some with a mask only (the official API fails on these)
+    mixed = [{k: v for k, v in d.items() if k != ("bbox" if i % 2 else "segmentation")}
+             for i, d in enumerate(perfect(gt))]
+    assert evaluate(gt, mixed)["bbox"] == pytest.approx(ref["bbox"])
+    # polygons without a box: read at the image's size from the ground truth
+    polygons = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.5,
+                 "segmentation": [[x, y, x, y + h, x + w, y + h, x + w, y]]}
+                for a in gt["annotations"] for x, y, w, h in [a["bbox"]]]
+    assert evaluate(gt, polygons, lvis=False)["bbox"]["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("result, message", [
+    ("a string", "result 0 is not a JSON object but str"),
+    ({"image_id": 1, "category_id": 1, "score": 1}, "result 0 has neither bbox nor segmentation"),
+    ({"image_id": 1, "category_id": 1, "score": 1, "keypoints": [1, 2, 2]},
+     "result 0 has neither bbox nor segmentation but keypoints: vlpipe eval scores boxes and masks"),
+    ({"image_id": 1, "bbox": [0, 0, 1, 1]}, "result 0 has no category_id, score"),
+    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": "0.9"},
+     "result 0: score must be a finite number, got '0.9'"),
+    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")},
+     "result 0: score must be a finite number, got nan"),
+    ({"image_id": 1, "category_id": "cat", "bbox": [0, 0, 1, 1], "score": 1},
+     "result 0: category_id must be an integer, got 'cat'"),
+    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 1},
+     "result 0: bbox must be [x, y, width, height], got [0, 0, 1]"),
+    ({"image_id": 1, "category_id": 1, "segmentation": {"counts": "abc"}, "score": 1},
+     "result 0: unreadable segmentation (missing 'size')"),
+    ({"image_id": "1", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1},
+     "image ids not in the ground truth: ['1'] (the results give ids as text"),
+])
+def test_unreadable_results_name_the_result_and_the_problem(result, message):
+    from vlpipe.eval import ResultsError
+
+    gt = make_gt(SIMPLE, CATS)
+    with pytest.raises(ResultsError) as caught:
+        evaluate(gt, [result])
+    assert message in str(caught.value)
+
+
+def test_eval_command_names_the_results_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlpipe.cli import app
+
+    gt = make_gt(SIMPLE, CATS)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    results = tmp_path / "other-tool.json"
+    results.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.5}]))
+    out = CliRunner().invoke(app, ["eval", str(results), "--gt", str(tmp_path / "gt.json")])
+    assert out.exit_code == 2
+    assert f"error: results file '{results}': result 0 has neither bbox nor segmentation" \
+        in out.stderr
+    assert "Traceback" not in out.output

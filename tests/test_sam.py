@@ -247,3 +247,38 @@ def test_views_without_maps_are_not_encoded(tiny_models, image, monkeypatch):
     assert (dets.data["view_box"] == [250, 150, 450, 300]).all()
     assert len(node.run([{"views": views, "maps": []}])[0]["detections"]) == 0
     assert counting.stacks == [1]
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (1, 4000), (4000, 1), (8, 4000)])
+def test_one_pixel_and_thin_images_get_masks_of_their_size(sam, hw):
+    h, w = hw
+    rng = np.random.default_rng(0)
+    sam.set_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    points = np.array([[[w / 2, h / 2]]], np.float32)
+    masks, iou, _ = sam.predict(points, np.array([[1]]), None,
+                                boxes=np.array([[0, 0, w, h]], np.float32))
+    assert masks.to_dense().shape == (1, h, w) and np.isfinite(iou).all()
+
+
+@pytest.mark.parametrize("backend", ["hf", "official"])
+def test_a_thin_image_is_segmented_as_its_stretched_copy(tiny_models, backend):
+    """Both resize the long side and keep the aspect: an 8 x 4000 strip is stretched to their
+    limit (long / short side at most ``size / patch``, 1024 / 16 for the released models); the
+    prompts, given in the strip's pixels, must land where the same prompts scaled by the
+    stretch land on the stretched copy: the same low-res logits."""
+    from vlpipe.agents.thin import stretch_thin
+
+    sam = backends(tiny_models)[backend]()
+    strip = np.random.default_rng(1).integers(0, 256, (8, 4000, 3), dtype=np.uint8)
+    stretched = stretch_thin(strip, sam.max_aspect)
+    sy = stretched.shape[0] / strip.shape[0]
+    assert sy > 1 and stretched.shape[1] == 4000
+    points = np.array([[[1000.0, 2.0], [3000.0, 6.0]]], np.float32)
+    box = np.array([[500.0, 1.0, 2500.0, 7.0]], np.float32)
+    labels = np.array([[1, 0]])
+    sam.set_image(strip)
+    masks, _, low = sam.predict(points, labels, None, boxes=box)
+    sam.set_image(stretched)
+    _, _, low_stretched = sam.predict(points * [1, sy], labels, None, boxes=box * [1, sy, 1, sy])
+    torch.testing.assert_close(low, low_stretched)
+    assert masks.to_dense().shape == (1, 8, 4000)

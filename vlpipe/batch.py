@@ -150,8 +150,9 @@ class Job:
 class Engine(Protocol):
     summary_type: ClassVar[type[Summary]]
 
-    def check(self) -> None:
-        """Raise when this engine cannot run here; called before anything is written."""
+    def check(self, pipeline: Pipeline) -> None:
+        """Raise when this engine cannot run ``pipeline`` here; called before anything is
+        written."""
 
     def execute(self, job: Job, todo: list[Entry], summary: Summary,
                 write: Callable[[dict[str, Any]], None]) -> None:
@@ -166,8 +167,15 @@ class LocalEngine:
     prefetch_depth: int = 8
     summary_type: ClassVar[type[Summary]] = Summary
 
-    def check(self) -> None:
-        """Nothing to check: this process runs the pipeline."""
+    def check(self, pipeline: Pipeline) -> None:
+        """:class:`GraphError` when a node's device is not on this machine (this process runs
+        the pipeline)."""
+        from .agents.hub import missing_device
+
+        problems = sorted({problem for node in pipeline.graph.nodes.values()
+                           if (problem := missing_device(node.device)) is not None})
+        if problems:
+            raise GraphError(problems)
 
     def execute(self, job: Job, todo: list[Entry], summary: Summary,
                 write: Callable[[dict[str, Any]], None]) -> None:
@@ -230,7 +238,7 @@ def run(spec: PipelineSpec | str | Path, params: dict[str, Any], entries: list[E
     if not isinstance(spec, PipelineSpec):
         spec = PipelineSpec.load(resolve_pipeline(spec))
     pipeline = batch_pipeline(spec, params, options.pool)
-    options.engine.check()
+    options.engine.check(pipeline)
     out = Path(out)
     with lock_output(out):
         todo, skipped = pending(entries, out, options.retry_failed)

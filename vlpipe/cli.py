@@ -40,11 +40,17 @@ def _params(sets: list[str], named: dict) -> dict:
     return params
 
 
-def _load_pipeline(pipeline: str, params: dict):
+def _load_pipeline(pipeline: str, params: dict, here: bool = True):
+    """The pipeline, checked (``here``: that this machine has its nodes' devices); an
+    ``error:`` line when it is not valid."""
+    from .batch import LocalEngine
     from .pipeline import GraphError, Pipeline
 
     try:
-        return Pipeline.load(pipeline, **params)
+        pipe = Pipeline.load(pipeline, **params)
+        if here:
+            LocalEngine().check(pipe)
+        return pipe
     except GraphError as exc:
         _fail(str(exc))
 
@@ -89,6 +95,8 @@ def run(
                    {"--batch-size": batch_size, "--max-failures": max_failures, "--top-k": top_k,
                     "--workers": workers, "--threads": threads})
     source = Path(input)
+    if images is not None and source.suffix.lower() != ".json":
+        _fail(f"--images is the image root of an annotation-file input; '{source}' is not a .json")
     if out is None and source.is_file() and source.suffix.lower() != ".json":
         from .batch import torch_threads
 
@@ -104,7 +112,10 @@ def run(
         node_trace = _run_many(pipeline, params, source, images, out or DEFAULT_OUT, clip, top_k,
                                options)
     if trace is not None:
-        node_trace.save_chrome(trace)
+        try:
+            node_trace.save_chrome(trace)
+        except OSError as exc:
+            _fail(f"cannot write --trace '{trace}': {exc.strerror}")
 
 
 def _check_options(engine: str, trace: Path | None, num_gpus: float,
@@ -114,6 +125,8 @@ def _check_options(engine: str, trace: Path | None, num_gpus: float,
         _fail(f"--engine is local or ray, not {engine!r}")
     if engine == "ray" and trace is not None:
         _fail("--trace records the local engine's nodes only; the Ray actors keep their own")
+    if trace is not None and not trace.parent.is_dir():
+        _fail(f"--trace '{trace}': no folder '{trace.parent}' to write it in")
     if num_gpus < 0:
         _fail(f"--num-gpus-per-worker cannot be negative, got {num_gpus}")
     for option, value in at_least_one.items():
@@ -137,6 +150,7 @@ def _output_folder(out: Path):
 def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
              save_attention: bool) -> None:
     from .io import ImageLoadError, load_image
+    from .pipeline import SetupError
 
     image_inputs = [k for k, t in pipe.graph.inputs.items() if t == "image"]
     others = [k for k in pipe.graph.inputs if k not in image_inputs]
@@ -150,7 +164,10 @@ def _run_one(pipe, path: Path, args: list[str], json_out: bool, save_vis: bool,
     outputs = pipe.graph.outputs
     pictures = (save_vis and "detections" in outputs) or (save_attention and "maps" in outputs)
     with _output_folder(DEFAULT_OUT) if pictures else nullcontext():
-        result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
+        try:
+            result = pipe.run(**{image_inputs[0]: image}, **dict(zip(others, args)))
+        except SetupError as exc:
+            _fail(str(exc))
         if result.error is not None:
             _fail(f"{path}: {result.error}")
         _print_result(pipe, path, image, result, json_out)
@@ -221,7 +238,7 @@ def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, ou
     """A folder or annotation file through :func:`vlpipe.batch.run`; returns the node trace
     (None on Ray). The inputs are checked before the pipeline is built, the pipeline before
     anything is written."""
-    from .pipeline import GraphError
+    from .pipeline import GraphError, SetupError
     from .ray_runner import RayNotInstalled, RayRunError
     from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs,
                          write_results)
@@ -235,6 +252,8 @@ def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, ou
         summary, stopped = _with_progress(pipeline, params, inputs.entries, out, options)
     except (GraphError, RayNotInstalled, RayRunError, OutputError, PredictionsError) as exc:
         _fail(str(exc))
+    except SetupError as exc:
+        _fail(f"{exc}; no image was recorded as failed for it: fix this and run again")
     except OSError as exc:
         _fail(f"writing under '{out}' failed: {exc}; the finished images are kept in "
               f"{out / PREDICTIONS}: fix this and run again to resume")
@@ -282,6 +301,11 @@ def _with_progress(pipeline: str, params: dict, entries: list, out: Path, option
             return run(pipeline, params, entries, out, options, advance), None
         except MaxFailures as exc:
             return exc.summary, exc
+        except KeyboardInterrupt:
+            bar.stop()
+            typer.secho(f"interrupted: the finished images are kept in '{out}'; run the same "
+                        "command again to go on from there", fg="yellow", err=True)
+            raise typer.Exit(130) from None
 
 
 def _report_summary(summary, out: Path, options) -> None:
@@ -308,7 +332,7 @@ def _report_summary(summary, out: Path, options) -> None:
 def graph(pipeline: Annotated[str, typer.Argument(help="A recipe name or a pipeline file.")],
           sets: Annotated[list[str], typer.Option("--set", "-s", help="key=value")] = []):
     """Print the pipeline's DAG as a mermaid flowchart (validated, no model loaded)."""
-    typer.echo(_load_pipeline(pipeline, _params(sets, {})).to_mermaid())
+    typer.echo(_load_pipeline(pipeline, _params(sets, {}), here=False).to_mermaid())
 
 
 @app.command()
@@ -328,7 +352,10 @@ def models_tiny(out: Annotated[Path, typer.Argument(help="Folder to write the mo
     Their outputs are meaningless: they check an install offline, and the tests use them."""
     from .tiny import build_all
 
-    written = build_all(out)
+    try:
+        written = build_all(out)
+    except OSError as exc:
+        _fail(f"cannot write the tiny models to '{out}': {exc.strerror or exc}")
     for path in written:
         typer.echo(str(path))
     typer.secho("These models have random weights: results from them are meaningless.",
@@ -349,28 +376,46 @@ def calibrate(
 
     from .agents.need_tool import Calibrator, NeedToolNode
     from .io import ImageLoadError, load_image
+    from .pipeline import SetupError
 
     pipe = _load_pipeline(pipeline, _params(sets, {}))
     nodes = [n for n in pipe.graph.nodes.values() if isinstance(n, NeedToolNode)]
     if not nodes:
         _fail(f"pipeline {pipe.name!r} has no need_tool node")
     node = nodes[0]
+    try:
+        lines = labelled.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read the labelled questions '{labelled}': "
+              f"{getattr(exc, 'strerror', None) or exc}")
     X, labels = [], []
-    for k, line in enumerate(labelled.read_text().splitlines(), 1):
+    for k, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             ex = json.loads(line)
+            missing = [key for key in ("image", "question", "label")
+                       if not isinstance(ex, dict) or key not in ex]
+            if missing:
+                _fail(f"{labelled}:{k}: no {', '.join(missing)} (each line is "
+                      '{"image": path, "question": str, "label": none|objects|text|both})')
             image = load_image(labelled.parent / ex["image"])
             X.append(node.features(image, ex["question"]))
             labels.append(ex["label"])
-        except (json.JSONDecodeError, KeyError, ImageLoadError) as exc:
-            _fail(f"{labelled}:{k}: {type(exc).__name__}: {exc}")
+        except json.JSONDecodeError as exc:
+            _fail(f"{labelled}:{k}: not a JSON line ({exc})")
+        except ImageLoadError as exc:
+            _fail(f"{labelled}:{k}: {exc}")
+        except SetupError as exc:
+            _fail(str(exc))
     try:
         calibrator = Calibrator.fit(np.stack(X), labels)
     except ValueError as exc:
         _fail(f"{labelled}: {exc}")
-    calibrator.save(out)
+    try:
+        calibrator.save(out)
+    except OSError as exc:
+        _fail(f"cannot write the calibrator to '{out}': {exc.strerror or exc}")
     agree = np.mean([calibrator.decide(x) == y for x, y in zip(X, labels)])
     typer.echo(f"wrote {out}: {len(labels)} examples, training agreement {agree:.2f}")
 
@@ -385,7 +430,7 @@ def eval_cmd(
                            "category over the dataset (as VL-SAM and GenerateU report).")] = False,
 ):
     """Score results against ground truth (LVIS-style AP for LVIS files, COCO AP/AR otherwise)."""
-    from .eval import evaluate
+    from .eval import ResultsError, evaluate
     from .runner import RESULTS
 
     path = out / RESULTS if out.is_dir() else out
@@ -399,6 +444,8 @@ def eval_cmd(
         _fail(f"'{path}' is not a COCO results file (a JSON list of detections)")
     try:
         metrics = evaluate(gt, results, fixed_ap=fixed_ap)
+    except ResultsError as exc:
+        _fail(f"results file '{path}': {exc}")
     except ValueError as exc:
         _fail(str(exc))
     _eval_notes(out, results)

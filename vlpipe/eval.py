@@ -18,11 +18,12 @@ from typing import Any
 
 from faster_coco_eval import COCO, COCOeval_faster
 
-__all__ = ["evaluate", "load_gt", "is_lvis", "top_per_category"]
+from .eval_results import ResultsError, result_annotations
+
+__all__ = ["evaluate", "load_gt", "is_lvis", "top_per_category", "ResultsError"]
 
 _AREAS = ("small", "medium", "large")
 FIXED_AP_PER_CATEGORY = 10_000
-_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def load_gt(gt_json: str | Path | dict) -> dict:
@@ -40,7 +41,24 @@ def load_gt(gt_json: str | Path | dict) -> dict:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{where} is not in COCO/LVIS format: missing {', '.join(missing)}")
+    problem = _format_problem(data)
+    if problem:
+        raise ValueError(f"{where} is not in COCO/LVIS format: {problem}")
     return data
+
+
+def _format_problem(data: dict) -> str | None:
+    """What keeps ``data``'s lists from being COCO's (lists of objects; images and categories
+    with ids), or None."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            return f"'{key}' is not a list"
+        for k, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                return f"{key}[{k}] is not an object"
+            if key != "annotations" and "id" not in entry:
+                return f"{key}[{k}] has no id"
+    return None
 
 
 def is_lvis(gt: dict) -> bool:
@@ -54,11 +72,14 @@ def _has_segmentation(anns: Sequence[dict]) -> bool:
     return any(a.get("segmentation") for a in anns)
 
 
-def _run(gt: dict, results: list[dict], iou_type: str, lvis: bool, max_dets: int) -> dict[str, float]:
-    # Both COCO() and loadRes() modify what they are given (ids, boxes turned into polygons),
-    # so every run works on its own copies.
+def _run(gt: dict, annotations: list[dict], iou_type: str, lvis: bool, max_dets: int
+         ) -> dict[str, float]:
+    # The evaluator modifies the datasets it is given (masks turned into RLE), so every run
+    # works on its own copies. The results dataset is what loadRes would build from the
+    # results (see vlpipe.eval_results).
     coco_gt = COCO(copy.deepcopy(gt))
-    coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+    coco_dt = COCO(copy.deepcopy({"images": gt["images"], "categories": gt["categories"],
+                                  "annotations": annotations}))
     ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=lvis, print_function=logging.getLogger(__name__).debug)
     # LVIS reports AP at 300 detections per image; COCO keeps its 1/10/100 ladder for AR.
     ev.params.maxDets = [max_dets] if lvis else sorted({1, 10, max_dets})
@@ -89,15 +110,6 @@ def top_per_category(results: list[dict], k: int) -> list[dict]:
             for r in sorted(rs, key=lambda r: -r["score"])[:k]]
 
 
-def _check_results(results: list[dict]) -> None:
-    """ValueError naming the first result that lacks a COCO results field."""
-    for k, r in enumerate(results):
-        missing = [key for key in _RESULT_KEYS if not isinstance(r, dict) or key not in r]
-        if missing:
-            raise ValueError(f"result {k} has no {', '.join(missing)} (COCO results need "
-                             f"{', '.join(_RESULT_KEYS)})")
-
-
 def evaluate(
     gt_json: str | Path | dict,
     results: list[dict],
@@ -112,8 +124,9 @@ def evaluate(
 
     Args:
         gt_json: path to a COCO/LVIS json file, or the loaded dict (not modified).
-        results: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
-            plus an optional RLE ``"segmentation"``.
+        results: COCO results, ``{"image_id", "category_id", "score"}`` with a
+            ``"bbox": [x, y, w, h]``, a ``"segmentation"`` (RLE or polygons) or both, as
+            ``COCO.loadRes`` takes them (see :mod:`vlpipe.eval_results`).
         iou_types: any of ``"bbox"``, ``"segm"``; ``"segm"`` is skipped when the results
             (or the ground truth) carry no segmentation.
         lvis: LVIS federated evaluation with APr/APc/APf; by default, when the ground truth
@@ -126,29 +139,26 @@ def evaluate(
     Returns:
         ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", ["APr", "APc", "APf"], "AR"}}``
         as floats in [0, 1]; metrics undefined on this data (e.g. APs with no small objects)
-        are left out. Empty results give zeros.
+        are left out. Empty results give zeros. :class:`ResultsError` (a ValueError) names
+        the first result the evaluators cannot read.
     """
     gt = load_gt(gt_json)
-    _check_results(results)
+    annotations, masks = result_annotations(results, {im["id"]: im for im in gt["images"]})
     lvis = is_lvis(gt) if lvis is None else lvis
     max_dets = max_dets or (300 if lvis else 100)
     if fixed_ap:
-        results = top_per_category(results, per_category)
-        max_dets = max(Counter(r["image_id"] for r in results).values(), default=1)
+        annotations = top_per_category(annotations, per_category)
+        max_dets = max(Counter(a["image_id"] for a in annotations).values(), default=1)
     if lvis and not all("frequency" in c for c in gt["categories"]):
         raise ValueError("LVIS evaluation needs a 'frequency' (r/c/f) for every category")
-    gt_ids = {im["id"] for im in gt["images"]}
-    unknown = {r["image_id"] for r in results} - gt_ids
-    if unknown:
-        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
 
     metrics = {}
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"unsupported iou type {iou_type!r}; use 'bbox' or 'segm'")
         if iou_type == "segm" and (
-            not _has_segmentation(gt["annotations"]) or (results and not _has_segmentation(results))
+            not _has_segmentation(gt["annotations"]) or (results and not masks)
         ):
             continue
-        metrics[iou_type] = _run(gt, list(results), iou_type, lvis, max_dets)
+        metrics[iou_type] = _run(gt, annotations, iou_type, lvis, max_dets)
     return metrics

@@ -142,8 +142,8 @@ class RayEngine:
             raise ValueError("--num-gpus-per-worker cannot be negative, got "
                              f"{self.num_gpus_per_worker}")
 
-    def check(self) -> None:
-        """:class:`RayNotInstalled` without Ray."""
+    def check(self, pipeline) -> None:
+        """:class:`RayNotInstalled` without Ray (the workers check their devices)."""
         import_ray()
 
     def execute(self, job: Job, todo: list[Entry], summary: RaySummary,

@@ -19,6 +19,7 @@ from ..io import as_rgb_image
 from .backends import GROUNDING_BACKENDS
 from .detections import concat, empty_detections
 from .hub import from_pretrained, resolve_dtype
+from .thin import stretch_thin
 from .tiles import Tile
 
 __all__ = [
@@ -87,6 +88,12 @@ class GroundingDinoBackend:
         return next(self.model.parameters()).dtype
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def max_aspect(self) -> float:
+        """The thinnest image (long / short side) whose resize keeps one cell of the backbone's
+        coarsest feature map (stride 32) across: the resize's longest edge / 32."""
+        return self.processor.image_processor.size["longest_edge"] / 32
+
     def _n_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -147,7 +154,11 @@ class GroundingDinoBackend:
             return [empty_detections() for _ in images]
 
         used = sorted({c.image_index for c in chunks})
-        pix = self.processor.image_processor(images=[images[i] for i in used], return_tensors="pt")
+        # Boxes come out relative to the input and are scaled to ``target_sizes`` (each image's
+        # own size), so a stretched thin image needs no mapping back.
+        pix = self.processor.image_processor(
+            images=[stretch_thin(images[i], self.max_aspect) for i in used], return_tensors="pt",
+            input_data_format="channels_last")
         row_of = {img_idx: row for row, img_idx in enumerate(used)}
         bs = self.batch_size or len(chunks)
 

@@ -7,7 +7,7 @@ import re
 from ..pipeline import Node
 from .backends import GROUNDING_BACKENDS
 from .grounding import crop_boxes
-from .hub import resolve_device
+from .hub import check_dtype, resolve_device
 
 
 def split_phrases(phrases: str | list[str]) -> list[str]:
@@ -36,7 +36,7 @@ class GroundingNode(Node):
                  device: str = "auto", dtype: str = "auto", **kw) -> None:
         super().__init__(name, device=resolve_device(device), **kw)
         GROUNDING_BACKENDS.check(backend)
-        self.model_id, self.backend_name, self.dtype = model, backend, dtype
+        self.model_id, self.backend_name, self.dtype = model, backend, check_dtype(dtype)
         self.thresholds = {"box_threshold": float(box_threshold),
                            "text_threshold": float(text_threshold)}
         self.max_crops = int(max_crops)

@@ -9,19 +9,41 @@ from typing import Any
 
 import torch
 
+from ..pipeline import SetupError
+
 
 HUB_PROBE_SECONDS = 3.0
 
 
-class WeightsNotFound(RuntimeError):
-    """The weights of a model are neither a local path nor in the Hugging Face cache."""
+class WeightsNotFound(SetupError):
+    """The weights of a model are neither a local path nor in the Hugging Face cache (the run
+    stops: no item could run)."""
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; others unchanged."""
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; others unchanged.
+    ValueError (a node's bad params, before anything loads) for a name torch does not know.
+    Whether this machine has the device is :func:`missing_device`'s question: a Ray run may
+    name a device only its workers have."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     return device
+
+
+def missing_device(device: str) -> str | None:
+    """Why this machine cannot run on ``device`` (a name :func:`resolve_device` took), or None
+    when it can."""
+    kind = torch.device(resolve_device(device))
+    gpus = torch.cuda.device_count() if kind.type == "cuda" else None
+    if gpus == 0 or (kind.type == "mps" and not torch.backends.mps.is_available()):
+        return f"device {device!r}: this machine has no {kind.type.upper()} device (use auto or cpu)"
+    if gpus is not None and kind.index is not None and kind.index >= gpus:
+        return f"device {device!r}: this machine has {gpus} CUDA GPU(s), numbered from 0"
+    return None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -32,10 +54,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, float16, bfloat16)") from None
+    return getattr(torch, check_dtype(dtype))
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    """``dtype`` as given when it is ``"auto"`` (or None) or names a torch floating-point
+    dtype; ValueError otherwise (a node's bad params, before anything loads)."""
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, float16, bfloat16)")
+    return dtype
 
 
 def hf_cache_dir() -> str:

@@ -68,7 +68,9 @@ def llava_layout(processor, inputs, index, hw) -> tuple[torch.Tensor, tuple, Reg
 def llava_next_layout(processor, inputs, index, hw):
     """LLaVA-NeXT: the base view's (S/p)² tokens, then the any-resolution tiles stitched into one
     grid, unpadded to the image's aspect ratio, with a newline token closing each row. The map
-    uses the stitched high-resolution grid, which covers the whole image."""
+    uses the stitched high-resolution grid, which covers the whole image; for a strip so thin
+    that the unpadded grid has no row (or column), the base view (the whole image resized to the
+    square)."""
     from transformers.models.llava_next.modeling_llava_next import (
         get_anyres_image_grid_shape, unpad_image)
 
@@ -77,6 +79,8 @@ def llava_next_layout(processor, inputs, index, hw):
     side = tile // processor.patch_size
     n_h, n_w = get_anyres_image_grid_shape(list(hw), ip.image_grid_pinpoints, tile)
     gh, gw = unpad_image(torch.empty(1, n_h * side, n_w * side), list(hw)).shape[1:]
+    if not gh or not gw:  # a strip thinner than one token of the grid: the base view's tokens
+        return torch.arange(side * side), (side, side), (0.0, 0.0, float(hw[1]), float(hw[0]))
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     order = side * side + rows * (gw + 1) + cols
     return order.flatten(), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
@@ -98,6 +102,11 @@ LAYOUTS: dict[str, Layout] = {
     "qwen2_5_vl": qwen2_vl_layout,
     "qwen3_vl": qwen2_vl_layout,
 }
+
+# The thinnest image (long / short side) each family's processor takes (Qwen's smart_resize
+# refuses more); :meth:`vlpipe.agents.mllm.Mllm.encode` stretches a thinner one to it. The
+# layouts of these families cover the whole image, so the maps need no mapping back.
+MAX_ASPECT = {"qwen2_vl": 200, "qwen2_5_vl": 200, "qwen3_vl": 200}
 
 # Families whose processor may centre-crop a single view; "pad" fits their images to a square.
 _PADDED_FAMILIES = {"llava"}

@@ -34,11 +34,12 @@ from .attention import READOUTS, AttentionFlow, object_map, query_positions
 from .backends import MLLM_BACKENDS
 from .box_text import box_convention
 from .gazetteer import Gazetteer
-from .hub import from_pretrained, resolve_device, resolve_dtype
-from .layouts import FITS, LAYOUTS, fit_image, token_grid
+from .hub import check_dtype, from_pretrained, resolve_device, resolve_dtype
+from .layouts import FITS, LAYOUTS, MAX_ASPECT, fit_image, token_grid
 from .names import category_terms, parse_object_names
 from .ocr import lines_prompt
 from .phrases import parse_phrases
+from .thin import stretch_thin
 from .views import ObjectMap
 
 @dataclass
@@ -88,11 +89,18 @@ class Mllm:
 
     def encode(self, images: list, prompts: list[str], fit: str = "pad") -> dict:
         """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images,
-        each fitted first (:func:`~vlpipe.agents.layouts.fit_image`)."""
-        fitted = [[self.fit(im, fit)[0] for im in entry] if isinstance(entry, list)
-                  else self.fit(entry, fit)[0] for entry in images]
+        each fitted first (:func:`~vlpipe.agents.layouts.fit_image`) and, when thinner than the
+        family takes (:data:`~vlpipe.agents.layouts.MAX_ASPECT`), stretched."""
+        limit = MAX_ASPECT.get(self.family, float("inf"))
+
+        def prepared(image):
+            return stretch_thin(self.fit(image, fit)[0], limit)
+
+        fitted = [[prepared(im) for im in entry] if isinstance(entry, list) else prepared(entry)
+                  for entry in images]
         self.tokenizer.padding_side = "left"
-        inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True)
+        inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True,
+                                input_data_format="channels_last")  # not a guess: a 3-row image is no CHW
         return inputs.to(self.device)
 
     def fit(self, image: np.ndarray, fit: str = "pad") -> tuple[np.ndarray, tuple[int, int]]:
@@ -328,7 +336,8 @@ class _MllmNode(Node):
         if endpoint and not self.servable:
             raise ValueError("endpoint: this node reads the model's tokens or attention, "
                              "which a served model does not give; it needs local weights")
-        self.model_id, self.dtype, self.trust_remote_code = model, dtype, trust_remote_code
+        self.model_id, self.dtype = model, check_dtype(dtype)
+        self.trust_remote_code = trust_remote_code
         self.image_fit, self.endpoint = image_fit, endpoint
 
     MAX_NEW_TOKENS = 4096

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..io import as_rgb_image
 from .backends import OCR_BACKENDS
+from .thin import pad_thin
 from .tiles import Tile
 
 __all__ = [
@@ -63,6 +64,13 @@ def _bgr(image) -> np.ndarray:
     """An image (see :func:`vlpipe.io.as_rgb_image`) as the (H, W, 3) uint8 BGR array the OCR
     engines take (OpenCV order), contiguous."""
     return np.ascontiguousarray(as_rgb_image(image)[:, :, ::-1])
+
+
+def _inside(quads, image: np.ndarray) -> np.ndarray:
+    """Quad corners (..., 2) as float32 clipped to the (H, W) image (an engine that read a
+    padded copy may give corners in the padding)."""
+    h, w = image.shape[:2]
+    return np.clip(np.asarray(quads, dtype=np.float32), 0, [w, h])
 
 
 LINE_ASPECT = 2.0  # an image at least this many times wider than high may be one text line
@@ -126,9 +134,15 @@ class RapidOcrBackend(_OcrBase):
         return self._engine
 
     def _call(self, bgr: np.ndarray, det: bool = True, rec: bool = True):
+        """RapidOCR on ``bgr``. An image thinner than its resize takes (the long side resized to
+        ``max_side_len``, the short side rounded to 32 pixels) is padded first to RapidOCR's
+        own ``width_height_ratio`` (as it pads wide images before detection), so its boxes may
+        reach past ``bgr`` (callers clip them)."""
         eng = self.engine
         # RapidOCR stores per-call flags on the instance, so always pass all of them.
         use_cls = bool(eng.cfg.Global.use_cls) and rec
+        if pad_thin(bgr, eng.cfg.Global.max_side_len / 32) is not bgr:
+            bgr = pad_thin(bgr, eng.cfg.Global.width_height_ratio)
         with self._lock:
             return eng(bgr, use_det=det, use_cls=use_cls, use_rec=rec)
 
@@ -136,7 +150,7 @@ class RapidOcrBackend(_OcrBase):
         res = self._call(bgr)
         if getattr(res, "boxes", None) is None or getattr(res, "txts", None) is None:
             return self._read_as_one_line(bgr) if _line_shaped(bgr) else []
-        return [TextLine(str(t), float(s), np.asarray(b)) for b, t, s in zip(res.boxes, res.txts, res.scores)]
+        return [TextLine(str(t), float(s), _inside(b, bgr)) for b, t, s in zip(res.boxes, res.txts, res.scores)]
 
     def _read_as_one_line(self, bgr: np.ndarray) -> list[TextLine]:
         """The whole image read as one text line: the angle classifier and recognition without
@@ -156,7 +170,7 @@ class RapidOcrBackend(_OcrBase):
         boxes = getattr(res, "boxes", None)
         if boxes is None or len(boxes) == 0:
             return np.zeros((0, 4, 2), np.float32)
-        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4, 2)
+        return _inside(boxes, bgr).reshape(-1, 4, 2)
 
     def text_area_fraction(self, image: np.ndarray) -> float:
         """Fraction of the image area covered by detected text regions (detector only)."""

@@ -73,7 +73,8 @@ class Owlv2Backend:
         for start in range(0, len(used), bs):
             rows = used[start:start + bs]
             inputs = self.processor(text=[phrases[i] for i in rows],
-                                    images=[images[i] for i in rows], return_tensors="pt")
+                                    images=[images[i] for i in rows], return_tensors="pt",
+                                    input_data_format="channels_last")
             inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                       for k, v in inputs.items()}
             outputs = self.model(**inputs)

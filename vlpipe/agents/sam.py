@@ -38,6 +38,7 @@ from .sam_masks import BoxMasks, MaskResize, upscale_in_boxes
 from .detections import concat, empty_detections
 from .points import (InstanceSearch, inside_cells, points_to_image, pool_to_grid, refined_prompt,
                      resize_map)
+from .thin import stretch_thin
 from .tiles import to_full_image
 from .views import ObjectMap, View
 
@@ -98,13 +99,27 @@ class OfficialSam(SamBackend):
     def encode(self, images):
         """As ``SamPredictor.set_image`` for each image (longest side resized, normalised,
         padded), one encoder forward; state = ((1, C, e, e) features, original size, input
-        size)."""
+        size). An image thinner than :attr:`max_aspect` is stretched first (see
+        :meth:`HfSam.encode`)."""
         p = self.predictor
-        inputs = [torch.as_tensor(p.transform.apply_image(im), device=p.device).permute(2, 0, 1)
-                  for im in images]
+        inputs = [torch.as_tensor(p.transform.apply_image(stretch_thin(im, self.max_aspect)),
+                                  device=p.device).permute(2, 0, 1) for im in images]
         features = p.model.image_encoder(torch.cat([p.model.preprocess(x[None]) for x in inputs]))
         return [(features[i:i + 1], im.shape[:2], tuple(x.shape[-2:]))
                 for i, (im, x) in enumerate(zip(images, inputs))]
+
+    @property
+    def max_aspect(self) -> float:
+        """``img_size / patch size``: see :attr:`HfSam.max_aspect`."""
+        encoder = self.model.image_encoder
+        return encoder.img_size / encoder.patch_embed.proj.kernel_size[0]
+
+    def _scale(self, xy: np.ndarray) -> np.ndarray:
+        """(..., 2k) x, y pixels of the image -> of the model's input: ``apply_coords`` /
+        ``apply_boxes``, with the input size encode made (it may be a stretched image's)."""
+        p = self.predictor
+        (h, w), (H, W) = p.input_size, p.original_size
+        return xy.astype(np.float32).astype(float) * np.tile([w / W, h / H], xy.shape[-1] // 2)
 
     def use(self, state):
         p = self.predictor
@@ -123,12 +138,10 @@ class OfficialSam(SamBackend):
         p = self.predictor
         coords = box = None
         if points.shape[1]:
-            coords = (torch.as_tensor(p.transform.apply_coords(points.astype(np.float32),
-                                                               p.original_size), device=p.device),
+            coords = (torch.as_tensor(self._scale(points), device=p.device),
                       torch.as_tensor(labels, device=p.device))
         if boxes is not None:
-            box = torch.as_tensor(p.transform.apply_boxes(np.asarray(boxes, np.float32),
-                                                          p.original_size), device=p.device)
+            box = torch.as_tensor(self._scale(np.asarray(boxes)), device=p.device)
         sparse, dense = p.model.prompt_encoder(points=coords, boxes=box, masks=mask_logits)
         low, iou = p.model.mask_decoder(
             image_embeddings=p.features, image_pe=p.model.prompt_encoder.get_dense_pe(),
@@ -150,9 +163,13 @@ class HfSam(SamBackend):
     def encode(self, images):
         """The processor over the images (resized and padded to one size), one
         ``get_image_embeddings`` forward; state = (embedding (1, C, e, e) or SAM 2's list of
-        levels, original (1, 2) = (H, W), reshaped input size (1, 2) or None for SAM 2)."""
-        enc = self.processor(images=list(images), return_tensors="pt")
-        original, reshaped = enc["original_sizes"], enc.get("reshaped_input_sizes")
+        levels, original (1, 2) = (H, W), reshaped input size (1, 2) or None for SAM 2).
+        An image thinner than :attr:`max_aspect` is stretched first; ``original`` stays its
+        own size, so points and masks map to it as they would without the stretch."""
+        enc = self.processor(images=[stretch_thin(im, self.max_aspect) for im in images],
+                             return_tensors="pt", input_data_format="channels_last")
+        original = torch.tensor([im.shape[:2] for im in images], dtype=enc["original_sizes"].dtype)
+        reshaped = enc.get("reshaped_input_sizes")
         pixels = enc["pixel_values"].to(self.model.device, self.model.dtype)
         embedding = self.model.get_image_embeddings(pixels)
         pick = ((lambda i: embedding[i:i + 1]) if isinstance(embedding, torch.Tensor)
@@ -163,6 +180,13 @@ class HfSam(SamBackend):
     def use(self, state):
         self.embedding, self.original, self.reshaped = state
         self._resize = (None,)
+
+    @property
+    def max_aspect(self) -> float:
+        """The thinnest image (long / short side) whose resize (longest side to ``size``)
+        keeps one patch of the image encoder across: ``size / patch_size``."""
+        return (self.processor.image_processor.size["longest_edge"]
+                / self.model.config.vision_config.patch_size)
 
     def _point_scale(self) -> np.ndarray:
         """(x, y) factors from image pixels to the model's input frame (longest side resized)."""
@@ -209,6 +233,7 @@ class HfSam2(HfSam):
     returned logits are clamped to ±32 as SAM 2 does."""
 
     logit_limit = 32.0
+    max_aspect = float("inf")  # every image is resized to the same square
 
     def _point_scale(self) -> np.ndarray:
         h, w = self.original[0].tolist()

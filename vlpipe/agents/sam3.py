@@ -92,7 +92,8 @@ class Sam3ConceptBackend:
             used = sorted({i for i, _, _ in pairs})
             row_of = {i: row for row, i in enumerate(used)}
             pixels = self.processor.image_processor(images=[images[i] for i in used],
-                                                    return_tensors="pt")["pixel_values"]
+                                                    return_tensors="pt",
+                                                    input_data_format="channels_last")["pixel_values"]
             vision = self.model.get_vision_features(pixels.to(self.model.device, self.model.dtype))
             bs = self.batch_size or len(pairs)
             for start in range(0, len(pairs), bs):

@@ -3,7 +3,9 @@
 The loop: for each node in topological order, gather the inputs of every live item, hand them to
 ``node.run`` in chunks of ``node.max_batch``, store the outputs. An item whose condition is falsy,
 or whose required input was skipped, gets its outputs marked skipped. A node that raises is
-retried item by item, so one bad item records its error and the others go on.
+retried item by item, so one bad item records its error and the others go on; a
+:class:`SetupError` (a model that cannot load) stops the run instead, since every item would
+record it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class _Skipped:
 
 SKIPPED = _Skipped()
 """Value of every output of a node that did not run on an item."""
+
+
+class SetupError(RuntimeError):
+    """A node cannot run on any item (its model cannot load): raised out of the executor, its
+    message for the user as it is, rather than recorded as every item's error."""
 
 
 @dataclass
@@ -200,6 +207,8 @@ class Executor:
             chunk = ready[s:s + step]
             try:
                 outs = self._call(node, [inputs for _, inputs in chunk])
+            except SetupError:
+                raise
             except Exception as exc:
                 if len(chunk) == 1:
                     _record(results[chunk[0][0]], name, exc)
@@ -213,6 +222,8 @@ class Executor:
     def _run_alone(self, node, inputs: dict[str, Any], result: Result) -> dict[str, Any] | None:
         try:
             return self._call(node, [inputs])[0]
+        except SetupError:
+            raise
         except Exception as exc:
             _record(result, node.name, exc)
             return None
