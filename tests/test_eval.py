@@ -137,12 +137,25 @@ def pycocotools_stats(gt, res, iou_type):
     coco_gt.dataset = copy.deepcopy(gt)
     coco_gt.createIndex()
     coco_dt = coco_gt.loadRes(copy.deepcopy(res))
-    ev = PyCOCOeval(coco_gt, coco_dt, iou_type)
+    return summary_stats(PyCOCOeval(coco_gt, coco_dt, iou_type))
+
+
+def summary_stats(ev) -> dict[str, float]:
+    """Run a COCOeval-like ``ev`` and name the figures of its summary that ``evaluate`` gives."""
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
     s = ev.stats
     return {"AP": s[0], "AP50": s[1], "AP75": s[2], "APs": s[3], "APm": s[4], "APl": s[5], "AR": s[8]}
+
+
+def assert_same_stats(ours: dict, ref: dict, iou_type: str) -> None:
+    """``evaluate``'s figures equal the reference's; the ones it cannot give (-1) are absent."""
+    for key, value in ref.items():
+        if value > -1:
+            assert ours[iou_type][key] == pytest.approx(value, abs=1e-6), (iou_type, key)
+        else:
+            assert key not in ours[iou_type]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -152,11 +165,7 @@ def test_coco_mode_matches_pycocotools(seed):
     for iou_type in ("bbox", "segm"):
         ref = pycocotools_stats(gt, res, iou_type)
         assert 0 < ref["AP"] < 1  # a non-trivial case
-        for key, value in ref.items():
-            if value > -1:
-                assert ours[iou_type][key] == pytest.approx(value, abs=1e-6), (iou_type, key)
-            else:
-                assert key not in ours[iou_type]
+        assert_same_stats(ours, ref, iou_type)
 
 
 def test_segm_skipped_without_masks_and_empty_results_give_zeros():
@@ -349,13 +358,8 @@ def faster_coco_eval_stats(gt, res, iou_type):
     from faster_coco_eval import COCOeval_faster
 
     coco_gt = FCOCO(copy.deepcopy(gt))
-    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(copy.deepcopy(res)), iou_type,
-                         print_function=lambda *a: None)
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    s = ev.stats
-    return {"AP": s[0], "AP50": s[1], "AP75": s[2], "APs": s[3], "APm": s[4], "APl": s[5], "AR": s[8]}
+    return summary_stats(COCOeval_faster(coco_gt, coco_gt.loadRes(copy.deepcopy(res)), iou_type,
+                                         print_function=lambda *a: None))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -367,11 +371,7 @@ def test_segmentation_only_results_match_the_official_evaluators(seed):
         for reference in (pycocotools_stats, faster_coco_eval_stats):
             ref = reference(gt, res, iou_type)
             assert 0 < ref["AP"] < 1
-            for key, value in ref.items():
-                if value > -1:
-                    assert ours[iou_type][key] == pytest.approx(value, abs=1e-6), (iou_type, key)
-                else:
-                    assert key not in ours[iou_type]
+            assert_same_stats(ours, ref, iou_type)
 
 
 def test_mask_area_decides_the_size_range_of_a_mask_only_result():
