@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlpipe.agents.thin import pad_thin, stretch_thin
+from vlpipe.agents.thin import is_thin, pad_thin, stretch_thin
 from vlpipe.batch import RunOptions, run
 from vlpipe.io import load_image
 from vlpipe.pipeline import Pipeline
@@ -48,6 +48,15 @@ def test_stretch_and_pad_widen_only_what_is_too_thin():
     assert (padded[:8] == strip).all() and (padded[8:] == strip[-1]).all()  # the last row copied
     dot = np.full((1, 1, 3), 7, np.uint8)
     assert stretch_thin(dot, 2) is dot
+    assert is_thin((8, 4000), 100) and is_thin((4000, 8), 100) and not is_thin((8, 4000), 500)
+
+
+def test_ocr_pads_a_thin_image_with_rapidocr_unlimited_ratio():
+    from vlpipe.agents.backends import OCR_BACKENDS
+
+    ocr = OCR_BACKENDS.build("rapidocr", None, "cpu", None, width_height_ratio=-1)
+    strip = np.full((8, 4000, 3), 255, np.uint8)
+    assert ocr.read(strip) == []  # no text, and no error from a negative pad
 
 
 @pytest.mark.parametrize("recipe", ["detect", "detect-fused"])

@@ -173,6 +173,8 @@ def test_segm_skipped_without_masks_and_empty_results_give_zeros():
     boxes_only = [{k: v for k, v in d.items() if k != "segmentation"} for d in perfect(gt)]
     m = evaluate(gt, boxes_only)
     assert set(m) == {"bbox"} and m["bbox"]["AP"] == pytest.approx(1.0)
+    null_masks = [d | {"segmentation": None} for d in boxes_only]  # a null mask is no mask
+    assert evaluate(gt, null_masks) == m
     empty = evaluate(gt, [])
     assert set(empty) == {"bbox", "segm"}
     for metrics in empty.values():
@@ -436,6 +438,10 @@ def test_results_from_other_tools_are_read_as_the_coco_api_reads_them():
      "result 0: bbox must be [x, y, width, height], got [0, 0, 1]"),
     ({"image_id": 1, "category_id": 1, "segmentation": {"counts": "abc"}, "score": 1},
      "result 0: unreadable segmentation (missing 'size')"),
+    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1, "segmentation": "abc"},
+     "result 0: unreadable segmentation (expected an RLE object or a list of polygons, got str)"),
+    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1,
+      "segmentation": {"size": [20, 20]}}, "result 0: unreadable segmentation (missing 'counts')"),
     ({"image_id": "1", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1},
      "image ids not in the ground truth: ['1'] (the results give ids as text"),
 ])

@@ -264,6 +264,23 @@ def test_instances_on_a_noisy_map_are_found_and_the_noise_is_not():
     assert sorted(p.coords[0].astype(int).tolist() for p in prompts) == [[8, 8], [30, 20]]
 
 
+def test_instances_that_fill_most_of_the_view_are_not_taken_for_noise():
+    # three touching 10 x 4 boxes cover 120 of 144 cells: the cells' median is the boxes' level,
+    # so the median + MADs floor alone would stop the search after the first mask
+    boxes = [np.zeros((12, 12)) for _ in range(3)]
+    for k, (box, level) in enumerate(zip(boxes, [0.8, 1.0, 0.9])):
+        box[1:11, 4 * k:4 * k + 4] = level
+    m = sum(boxes)
+
+    def segment(p):  # the box under the positive point, as the oracle SAM answers
+        x, y = p.coords[0]
+        return next(((b > 0).astype(float) for b in boxes if b[int(y), int(x)] > 0),
+                    np.zeros((12, 12)))
+
+    prompts = instance_prompts(m, segment=segment)
+    assert sorted(int(p.coords[0][0]) // 4 for p in prompts) == [0, 1, 2]
+
+
 def test_explaining_away_splits_touching_instances():
     # three touching instances of one name light up one area at the grid's resolution: cells
     # (2, 1..7) = 0.6 0.9 0.5 1.0 0.5 0.9 0.6, the shared cells holding two halves. The map

@@ -12,7 +12,7 @@ on a file that mixes the two; here each result follows its own.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 from pycocotools import mask as mask_utils
@@ -36,7 +36,7 @@ def result_annotations(results: list, images: dict[Any, dict]) -> tuple[list[dic
     annotations, masks = [], False
     for k, result in enumerate(results):
         annotations.append(_annotation(k, result, images))
-        masks = masks or "segmentation" in result
+        masks = masks or result.get("segmentation") is not None
     unknown = {a["image_id"] for a in annotations} - images.keys()
     if unknown:
         hint = (" (the results give ids as text, the ground truth as numbers)"
@@ -64,6 +64,8 @@ def _annotation(k: int, result: Any, images: dict[Any, dict]) -> dict:
            "score": _number(k, "score", result["score"]), "id": k + 1, "iscrowd": 0}
     if box is not None:
         box = _box(k, box)
+        if segm is not None:
+            _rle(k, segm, images.get(result["image_id"], {}))  # readable, as the evaluators need
         x, y, w, h = box
         ann |= {"bbox": box, "area": w * h,
                 "segmentation": segm if segm is not None else [[x, y, x, y + h, x + w, y + h,

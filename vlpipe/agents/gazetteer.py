@@ -82,10 +82,10 @@ def tag_classes() -> dict[str, TagClass]:
 
 
 def _is_object_tag(tag: str) -> bool:
-    """False for vendored tags that name no physical thing: abstract by WordNet, or one word that
-    is no noun by lemminflect and an adjective ("wooden", "overall") or a verb unknown to WordNet
-as a noun ("provide"), or
-    an -ing/-ed form whose most frequent sense is no thing ("sitting"; "building" stays)."""
+    """False for vendored tags that name no physical thing: abstract by WordNet; one word that
+    is no noun by lemminflect and either an adjective ("wooden", "overall") or a tag without a
+    WordNet noun class in ``tag_classes.tsv`` ("provide"); or an -ing/-ed form whose most
+    frequent sense is no thing ("sitting"; "building" stays)."""
     kind = tag_classes()[tag].kind if tag in tag_classes() else "unknown"
     if kind == "abstract":
         return False

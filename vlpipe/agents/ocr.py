@@ -19,7 +19,7 @@ import numpy as np
 
 from ..io import as_rgb_image
 from .backends import OCR_BACKENDS
-from .thin import pad_thin
+from .thin import is_thin, pad_thin
 from .tiles import Tile
 
 __all__ = [
@@ -135,14 +135,16 @@ class RapidOcrBackend(_OcrBase):
 
     def _call(self, bgr: np.ndarray, det: bool = True, rec: bool = True):
         """RapidOCR on ``bgr``. An image thinner than its resize takes (the long side resized to
-        ``max_side_len``, the short side rounded to 32 pixels) is padded first to RapidOCR's
-        own ``width_height_ratio`` (as it pads wide images before detection), so its boxes may
-        reach past ``bgr`` (callers clip them)."""
+        ``max_side_len``, the short side rounded to 32 pixels) is padded first to that limit, or
+        to RapidOCR's own ``width_height_ratio`` where it is lower (as it pads wide images
+        before detection), so its boxes may reach past ``bgr`` (callers clip them)."""
         eng = self.engine
         # RapidOCR stores per-call flags on the instance, so always pass all of them.
         use_cls = bool(eng.cfg.Global.use_cls) and rec
-        if pad_thin(bgr, eng.cfg.Global.max_side_len / 32) is not bgr:
-            bgr = pad_thin(bgr, eng.cfg.Global.width_height_ratio)
+        limit = eng.cfg.Global.max_side_len / 32
+        if is_thin(bgr.shape[:2], limit):
+            ratio = eng.cfg.Global.width_height_ratio  # -1: RapidOCR's "no limit"
+            bgr = pad_thin(bgr, min(limit, ratio) if ratio > 0 else limit)
         with self._lock:
             return eng(bgr, use_det=det, use_cls=use_cls, use_rec=rec)
 

@@ -59,10 +59,13 @@ def _pick(m: np.ndarray, allowed: np.ndarray, k: int, largest: bool) -> list[tup
     return picked
 
 
-# A step of the explain-away search must rise above the map's noise: its median plus this many
-# median absolute deviations (of the cells inside the image). Gaussian noise on a 48x48 grid
-# stays under 4.7 sigma = 7 MADs; uniform noise under 2 MADs.
+# A step of the explain-away search must rise above the map's noise. Two robust estimates, each
+# blind where the other sees (:func:`_noise_floor`): the cells' median plus NOISE_MADS median
+# absolute deviations (Gaussian noise on a 48x48 grid stays under 4.7 sigma = 7 MADs; uniform
+# noise under 2 MADs), and NOISE_SIGMAS noise deviations above the minimum, the deviation read
+# from neighbouring cells' differences (a 48x48 Gaussian map spans about 7 sigma).
 NOISE_MADS = 7.0
+NOISE_SIGMAS = 9.0
 
 
 def inside_cells(grid_hw: tuple[int, int], region_xyxy, image_hw: tuple[int, int]) -> np.ndarray:
@@ -155,7 +158,7 @@ def sample_points(
         if refined is not None:
             return refined
     m, valid = _checked(m, threshold, n_positive, n_negative, valid)
-    act = np.where(valid, m - m[valid].min(), 0.0)
+    act = _activation(m, valid)
     if act.max() <= 0:
         return _centre_prompt(valid)
     return _prompt(act, valid, m, valid, threshold, n_positive, n_negative)
@@ -173,7 +176,7 @@ def refined_prompt(m: torch.Tensor | np.ndarray, coverage: np.ndarray, *, thresh
     weight = np.asarray(coverage, dtype=np.float64)
     if weight.shape != m.shape:
         raise ValueError(f"mask shape {weight.shape} does not match map shape {m.shape}")
-    act = np.where(valid, m - m[valid].min(), 0.0) * weight
+    act = _activation(m, valid) * weight
     if act.max() <= 0:
         return None
     return _prompt(act, valid & (weight > 0), m, valid & (weight <= 0), threshold, n_positive,
@@ -190,6 +193,28 @@ def _checked(m, threshold: float, n_positive: int, n_negative: int, valid
     return m, _valid(valid, m.shape)
 
 
+def _activation(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(h, w) map above its minimum over the ``valid`` cells; 0 elsewhere."""
+    return np.where(valid, m - m[valid].min(), 0.0)
+
+
+def _noise_floor(m: np.ndarray, valid: np.ndarray) -> float:
+    """The activation (above the minimum of the ``valid`` cells) that noise alone reaches: the
+    lower of the cells' median + ``NOISE_MADS`` MADs (its median is the background while
+    instances fill under half the cells) and ``NOISE_SIGMAS`` deviations estimated from the
+    differences of neighbouring valid cells (MAD / (0.6745 sqrt 2)), which instances that fill
+    the view but are smooth at the grid's scale leave near zero."""
+    cells = m[valid]
+    median = np.median(cells)
+    floor = median + NOISE_MADS * np.median(np.abs(cells - median)) - cells.min()
+    steps = np.concatenate([(m[:, 1:] - m[:, :-1])[valid[:, 1:] & valid[:, :-1]],
+                            (m[1:] - m[:-1])[valid[1:] & valid[:-1]]])
+    if steps.size:
+        sigma = np.median(np.abs(steps)) / (0.6745 * np.sqrt(2.0))
+        floor = min(floor, NOISE_SIGMAS * sigma)
+    return float(floor)
+
+
 class InstanceSearch:
     """The instances of one name's map, found by explaining them away one at a time.
 
@@ -199,8 +224,8 @@ class InstanceSearch:
     mask from the residual activation; each further step prompts the strongest residual peak,
     with the area around it above ``threshold`` of its height. The search stops after
     ``max_instances`` masks (or twice as many prompts), or when the residual's peak is under
-    ``min_peak`` of the map's range or under its noise level (median + ``NOISE_MADS`` median
-    absolute deviations of the cells inside the image, so a noisy map gives one prompt). Only
+    ``min_peak`` of the map's range or under its noise level (:func:`_noise_floor`, over the
+    cells inside the image, so a noisy map gives one prompt). Only
     ``valid`` cells take part.
     """
 
@@ -210,11 +235,8 @@ class InstanceSearch:
         self.m, self.valid = _checked(m, threshold, n_positive, n_negative, valid)
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
-        cells = self.m[self.valid]
-        self.residual = np.where(self.valid, self.m - cells.min(), 0.0)
-        median = np.median(cells)
-        noise = median + NOISE_MADS * np.median(np.abs(cells - median)) - cells.min()
-        self.floor = max(min_peak * self.residual.max(), noise)
+        self.residual = _activation(self.m, self.valid)
+        self.floor = max(min_peak * self.residual.max(), _noise_floor(self.m, self.valid))
         self.threshold, self.n_positive, self.n_negative = threshold, n_positive, n_negative
         self.masks_left, self.prompts_left = max_instances, 2 * max_instances
         self.blocked = np.zeros_like(self.valid)  # peaks that failed since the last mask
@@ -295,7 +317,8 @@ def instance_prompts(
     :class:`InstanceSearch`.
 
     Returns:
-        1 to ``max_instances`` PointPrompts; a flat map gives the single centre prompt.
+        1 to ``2 * max_instances`` PointPrompts (a prompt whose mask missed its peak is
+        retried; at most ``max_instances`` masks); a flat map gives the single centre prompt.
     """
     search = InstanceSearch(m, valid=valid, threshold=threshold, min_peak=min_peak,
                             max_instances=max_instances, n_positive=n_positive,

@@ -15,7 +15,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["pad_thin", "stretch_thin"]
+__all__ = ["is_thin", "pad_thin", "stretch_thin"]
 
 
 def _widened(h: int, w: int, max_aspect: float) -> tuple[int, int]:
@@ -23,6 +23,11 @@ def _widened(h: int, w: int, max_aspect: float) -> tuple[int, int]:
     if max(h, w) <= max_aspect * min(h, w):
         return h, w
     return (math.ceil(w / max_aspect), w) if h < w else (h, math.ceil(h / max_aspect))
+
+
+def is_thin(hw: tuple[int, int], max_aspect: float) -> bool:
+    """Whether an (h, w) image's long side is more than ``max_aspect`` times its short side."""
+    return _widened(*hw, max_aspect) != tuple(hw)
 
 
 def stretch_thin(image: np.ndarray, max_aspect: float) -> np.ndarray:

@@ -62,8 +62,9 @@ class VocabularyMapper:
     """Map open-ended object names to dataset categories.
 
     ``map(names)`` gives, per name, a list of ``(category_id, similarity)``: ``[(id, 1.0)]``
-    for an exact match of the normalized name or a synonym (:meth:`Vocabulary.find`), otherwise the ``top_k`` categories
-    by cosine similarity of ``"a {name}"`` and ``"a {category name}"`` embedded by
+    when the normalized name, or its longest ending, is a category name or synonym
+    (:meth:`Vocabulary.find`: "toy car" -> car), otherwise the ``top_k`` categories by cosine
+    similarity of ``"a {name}"`` and ``"a {category name}"`` embedded by
     ``text_encoder`` (``list[str] -> Tensor (n, d)``), or ``[]`` without an encoder.
     """
 
