@@ -186,6 +186,15 @@ def test_bad_numbers_are_refused_before_anything_runs(tiny_models, two_images, t
     assert not out.exists()
 
 
+def test_ray_engine_on_one_image_without_out_is_refused(tiny_models, two_images):
+    image = two_images / "a.png"
+    res = detect(tiny_models, image, "--engine", "ray")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (f"error: --engine ray: one image without --out runs in this process; give --out OUT "
+            f"to run '{image}' on Ray") in res.stderr
+    assert res.stdout == ""
+
+
 def test_max_new_tokens_has_an_upper_bound(tiny_models):
     with pytest.raises(GraphError, match="max_new_tokens must be 1..4096, got 100000"):
         Pipeline.load(tiny_models / "ask.yaml", max_new_tokens=100_000)

@@ -98,6 +98,9 @@ def run(
     if images is not None and source.suffix.lower() != ".json":
         _fail(f"--images is the image root of an annotation-file input; '{source}' is not a .json")
     if out is None and source.is_file() and source.suffix.lower() != ".json":
+        if engine == "ray":
+            _fail(f"--engine ray: one image without --out runs in this process; give --out OUT "
+                  f"to run '{source}' on Ray")
         from .batch import torch_threads
 
         pipe = _load_pipeline(pipeline, params)
