@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vlpipe.agents.attention import AttentionFlow, attention_flow  # noqa: E402
-from vlpipe.agents.flow_attention import reduce_attention  # noqa: E402
+from vlpipe.agents.mllm.attention import AttentionFlow, attention_flow  # noqa: E402
+from vlpipe.agents.mllm.flow_attention import reduce_attention  # noqa: E402
 
 HEADLINE = 1200
 

@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vlpipe.agents.mllm import Generation, Mllm  # noqa: E402
+from vlpipe.agents.mllm.model import Generation, Mllm  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import Pipeline  # noqa: E402
 from vlpipe.pipeline.models import ModelPool  # noqa: E402

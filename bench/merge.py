@@ -1,4 +1,4 @@
-"""Benchmark vlpipe.agents.merge.merge_detections against SAHI's postprocess and supervision (greedy NMS / NMM).
+"""Benchmark vlpipe.agents.merge.merging.merge_detections against SAHI's postprocess and supervision (greedy NMS / NMM).
 
     python bench/merge.py [--sizes 1000 10000 50000] [--rounds 7] [--json]
 
@@ -66,7 +66,7 @@ def _runner(impl: str, n: int, method: str, metric: str, threshold: float):
         import supervision as sv
 
         sys.path.insert(0, str(ROOT))
-        from vlpipe.agents.merge import merge_detections
+        from vlpipe.agents.merge.merging import merge_detections
 
         names = np.array(["car", "person", "dog"])[cls]
         d = sv.Detections(xyxy=xyxy, confidence=scores, data={"class_name": names, "idx": np.arange(n)})
@@ -122,7 +122,7 @@ def ratio_worker(n: int, threshold: float, rounds: int) -> dict:
 
 def _ellipse_masks(boxes: np.ndarray):
     """(N, 4) int inclusive boxes -> one CompactMask of the HEIGHT x WIDTH image, an ellipse in each box."""
-    from vlpipe.agents.sam_masks import BoxMasks
+    from vlpipe.agents.sam.masks import BoxMasks
 
     crops = []
     for x0, y0, x1, y1 in boxes:
@@ -138,7 +138,7 @@ def mask_worker(method: str, metric: str, n: int = 2000) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from engine import best_of
-    from vlpipe.agents.merge import merge_detections
+    from vlpipe.agents.merge.merging import merge_detections
 
     rng = np.random.default_rng(0)
     wh, c = rng.uniform(16, 240, (n, 2)), rng.uniform([0, 0], [WIDTH, HEIGHT], (n, 2))
@@ -161,7 +161,7 @@ def tiled_scene(n: int = 2000, objects: int = 400, seed: int = 0):
     import supervision as sv
 
     sys.path.insert(0, str(ROOT))
-    from vlpipe.agents.tiles import split_tiles
+    from vlpipe.agents.tiles.grid import split_tiles
 
     rng = np.random.default_rng(seed)
     wh, c = rng.uniform(16, 240, (objects, 2)), rng.uniform([0, 0], [WIDTH, HEIGHT], (objects, 2))
@@ -180,7 +180,7 @@ def tiled_scene(n: int = 2000, objects: int = 400, seed: int = 0):
 def tiled_worker() -> dict:
     """tile_fragments, then each merge of what is left, on :func:`tiled_scene`: best-of-3 seconds."""
     from engine import best_of
-    from vlpipe.agents.merge import merge_detections, tile_fragments
+    from vlpipe.agents.merge.merging import merge_detections, tile_fragments
 
     d = tiled_scene()
     out = {"detections": len(d)}

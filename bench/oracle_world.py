@@ -32,13 +32,13 @@ import numpy as np
 import supervision as sv
 import torch
 
-from vlpipe.agents.layouts import fit_image, token_grid
-from vlpipe.agents.mllm import Generation, ObjectList
-from vlpipe.agents.points import pool_to_grid
+from vlpipe.agents.mllm.layouts import fit_image, token_grid
+from vlpipe.agents.mllm.model import Generation, ObjectList
+from vlpipe.agents.sam.points import pool_to_grid
 from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
-from vlpipe.agents.sam import SamBackend
+from vlpipe.agents.sam.backends import SamBackend
 from vlpipe.agents.views import ObjectMap, View
-from vlpipe.agents.tiles import Tile
+from vlpipe.agents.tiles.grid import Tile
 from vlpipe.io import load_image
 from vlpipe.pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
 from vlpipe.pipeline.spec import NodeSpec

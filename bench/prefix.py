@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from e2e import ANSWER, IMAGE, MLLM_SIZES, build_llava  # noqa: E402
 
-from vlpipe.agents.mllm import Mllm  # noqa: E402
+from vlpipe.agents.mllm.model import Mllm  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.prompts import load_questions  # noqa: E402
 

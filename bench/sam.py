@@ -6,7 +6,7 @@
 
 By default both backends are built with random weights by :mod:`vlpipe.tiny` (256 px input,
 16x16 embedding, 64x64 low-res masks) into a temp dir and loaded by the same code users take
-(:func:`~vlpipe.agents.sam.load_hf_sam`, :func:`~vlpipe.agents.sam.load_official_sam`). Each
+(:func:`~vlpipe.agents.sam.backends.load_hf_sam`, :func:`~vlpipe.agents.sam.backends.load_official_sam`). Each
 object's prompt is one positive and one negative point (SamNode's default). ``set_image`` (the
 image encoder, once per image) is timed on its own, and so is the mask decoder (``decoder``,
 its masks not post-processed). ``batched`` is all K objects of the image in one ``predict``
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlpipe.agents.sam import SamBackend, load_hf_sam, load_hf_sam2, load_official_sam
-from vlpipe.agents.sam_masks import MaskResize, upscale_in_boxes
-from vlpipe.agents.tiles import split_tiles
+from vlpipe.agents.sam.backends import SamBackend, load_hf_sam, load_hf_sam2, load_official_sam
+from vlpipe.agents.sam.masks import MaskResize, upscale_in_boxes
+from vlpipe.agents.tiles.grid import split_tiles
 from vlpipe.io import load_image
 
 IMAGE = Path(__file__).resolve().parents[1] / "tests/data/images/truck.jpg"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vlpipe.agents.sam3 import Sam3ConceptBackend, load_sam3
+from vlpipe.agents.grounding.sam3 import Sam3ConceptBackend, load_sam3
 from vlpipe.tiny.grounding import build_tiny_sam3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

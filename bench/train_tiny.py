@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlpipe.agents.layouts import fit_image
-from vlpipe.agents.tiles import split_tiles
+from vlpipe.agents.mllm.layouts import fit_image
+from vlpipe.agents.tiles.grid import split_tiles
 from vlpipe.prompts import load_questions
 from vlpipe.synthetic import CATEGORIES, SIZES, render_scene
 from vlpipe.tiny.mllm import FILLER_WORDS, LLAVA_TEMPLATE, _word_tokenizer

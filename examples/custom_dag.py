@@ -6,7 +6,7 @@ The graph, for every image:
 
 * ``gate`` (user node, :class:`BrightnessGate`): mean brightness and "is it bright enough?";
 * ``colour`` (user node, :class:`ColourStats`): dominant named colour and Canny edge density;
-* ``tiles`` (built-in :class:`~vlpipe.agents.tiles_node.TilesNode`): full image + 2x2 tiles,
+* ``tiles`` (built-in :class:`~vlpipe.agents.tiles.node.TilesNode`): full image + 2x2 tiles,
   run only ``when`` the gate says the image is bright enough;
 * ``views`` (user node, :class:`ViewSummary`): the number of views and the brightest tile.
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import yaml
 
-from vlpipe.agents.tiles_node import TilesNode
+from vlpipe.agents.tiles.node import TilesNode
 from vlpipe.io import iter_image_files, load_image
 from vlpipe.pipeline import Graph, Node, Pipeline, PipelineSpec, registry
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vlpipe.agents.names import normalize_name, parse_object_names
+from vlpipe.agents.names.parse import normalize_name, parse_object_names
 
 CORPUS = Path(__file__).resolve().parent / "data" / "answers" / "answers.jsonl"
 

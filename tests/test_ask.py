@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vlpipe.agents.grounding import Crop
-from vlpipe.agents.mllm import AnswerNode, option_probs, option_token_ids
-from vlpipe.agents.need_tool import OPTIONS, Calibrator, NeedToolNode, question_cues
-from vlpipe.agents.ocr import TextLine
-from vlpipe.agents.phrases import parse_phrases
+from vlpipe.agents.grounding.dino import Crop
+from vlpipe.agents.mllm.model import AnswerNode, option_probs, option_token_ids
+from vlpipe.agents.mllm.need_tool import OPTIONS, Calibrator, NeedToolNode, question_cues
+from vlpipe.agents.ocr.backends import TextLine
+from vlpipe.agents.mllm.phrases import parse_phrases
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vlpipe.agents.attention import (AttentionFlow, attention_flow, head_weights, object_map,
+from vlpipe.agents.mllm.attention import (AttentionFlow, attention_flow, head_weights, object_map,
                                      query_positions)
 
 

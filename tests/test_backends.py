@@ -4,8 +4,8 @@ their backends only through the model pool, with the options in its key."""
 import pytest
 
 from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS, BackendRegistry
-from vlpipe.agents.grounding_node import GroundingNode
-from vlpipe.agents.ocr_node import OcrNode
+from vlpipe.agents.grounding.node import GroundingNode
+from vlpipe.agents.ocr.node import OcrNode
 from vlpipe.pipeline import ModelPool
 from vlpipe.pipeline.models import ModelKey, model_nbytes
 

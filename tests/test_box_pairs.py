@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from vlpipe.agents import box_pairs
-from vlpipe.agents.box_pairs import contained_in_larger, intersection, near_pairs, strip_windows
-from vlpipe.agents.merge import tile_fragments
+from vlpipe.agents.merge import box_pairs
+from vlpipe.agents.merge.box_pairs import contained_in_larger, intersection, near_pairs, strip_windows
+from vlpipe.agents.merge.merging import tile_fragments
 
 
 def _ref_contained(boxes, classes, which, containment, larger=1.1):

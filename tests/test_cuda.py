@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.attention import attention_flow
+from vlpipe.agents.mllm.attention import attention_flow
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
 

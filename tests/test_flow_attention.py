@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vlpipe.agents.attention import AttentionFlow, attention_flow, head_weights
-from vlpipe.agents.flow_attention import prefixed_mask, reduce_attention
+from vlpipe.agents.mllm.attention import AttentionFlow, attention_flow, head_weights
+from vlpipe.agents.mllm.flow_attention import prefixed_mask, reduce_attention
 
 
 def eager(query, key, value, mask, scaling):

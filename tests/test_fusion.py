@@ -10,9 +10,9 @@ import supervision as sv
 import torch
 from typer.testing import CliRunner
 
-from vlpipe.agents.fusion import FuseNode, ObjectNamesNode, fuse
-from vlpipe.agents.mllm import Generation, ObjectList
-from vlpipe.agents.sam import SamBoxNode, load_hf_sam
+from vlpipe.agents.grounding.fusion import FuseNode, ObjectNamesNode, fuse
+from vlpipe.agents.mllm.model import Generation, ObjectList
+from vlpipe.agents.sam.backends import SamBoxNode, load_hf_sam
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline

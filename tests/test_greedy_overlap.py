@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlpipe.agents import box_pairs
-from vlpipe.agents.greedy_overlap import (
+from vlpipe.agents.merge import box_pairs
+from vlpipe.agents.merge.greedy_overlap import (
     descending_order,
     greedy_owner,
     greedy_owner_loop,

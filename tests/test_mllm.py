@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.attention import attention_flow, object_map
-from vlpipe.agents.layouts import _center_crop_region
-from vlpipe.agents.mllm import (AttentionMapNode, Generation, Mllm, ObjectListNode, _strip_special,
+from vlpipe.agents.mllm.attention import attention_flow, object_map
+from vlpipe.agents.mllm.layouts import _center_crop_region
+from vlpipe.agents.mllm.model import (AttentionMapNode, Generation, Mllm, ObjectListNode, _strip_special,
                                token_spans)
-from vlpipe.agents.tiles_node import TilesNode
+from vlpipe.agents.tiles.node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
 

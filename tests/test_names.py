@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlpipe.agents.gazetteer import Gazetteer
-from vlpipe.agents.names import NameSpan, normalize_name, parse_object_names
+from vlpipe.agents.names.gazetteer import Gazetteer
+from vlpipe.agents.names.parse import NameSpan, normalize_name, parse_object_names
 
 
 def names(text, **kw):

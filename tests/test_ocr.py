@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vlpipe.agents.backends import OCR_BACKENDS
-from vlpipe.agents.ocr import PaddleOcrBackend, RapidOcrBackend, TextLine, format_lines, lines_prompt
+from vlpipe.agents.ocr.backends import PaddleOcrBackend, RapidOcrBackend, TextLine, format_lines, lines_prompt
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.grounding_node import GroundingNode
-from vlpipe.agents.owlv2 import Owlv2Backend, load_owlv2
+from vlpipe.agents.grounding.node import GroundingNode
+from vlpipe.agents.grounding.owlv2 import Owlv2Backend, load_owlv2
 from vlpipe.io import load_image
 
 

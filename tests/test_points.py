@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlpipe.agents.points import (InstanceSearch, PointPrompt, inside_cells, instance_prompts,
+from vlpipe.agents.sam.points import (InstanceSearch, PointPrompt, inside_cells, instance_prompts,
                                   points_to_image, pool_to_grid, refined_prompt, resize_map,
                                   sample_points)
 

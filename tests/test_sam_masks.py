@@ -6,7 +6,7 @@ import supervision as sv
 import torch
 import torch.nn.functional as F
 
-from vlpipe.agents.sam_masks import BoxMasks, MaskResize, resize_matrix, rle_counts, upscale_in_boxes
+from vlpipe.agents.sam.masks import BoxMasks, MaskResize, resize_matrix, rle_counts, upscale_in_boxes
 
 
 def full_upscale(low, pad, reshaped, original):
@@ -95,7 +95,7 @@ def test_compact_masks_equal_supervisions_from_dense():
 
 
 def test_windows_copied_to_the_host_one_by_one_give_the_same_masks(monkeypatch):
-    from vlpipe.agents import sam_masks
+    from vlpipe.agents.sam import masks as sam_masks
 
     resize = MaskResize.chain(32, [(128, 128), (90, 90)], [(128, 100), (70, 70)], "cpu")
     together = upscale_in_boxes(blobs(), resize)

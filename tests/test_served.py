@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vlpipe.agents.served import ServedMllm, option_probs_from_top
+from vlpipe.agents.mllm.served import ServedMllm, option_probs_from_top
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import Pipeline
@@ -127,7 +127,7 @@ def test_ask_with_a_served_mllm_runs_the_tools_and_sends_crops(serve, tiny_model
 
 
 def test_detect_nodes_refuse_an_endpoint():
-    from vlpipe.agents.mllm import AttentionMapNode, ObjectListNode
+    from vlpipe.agents.mllm.model import AttentionMapNode, ObjectListNode
 
     for cls in (ObjectListNode, AttentionMapNode):
         with pytest.raises(ValueError, match="needs local weights"):

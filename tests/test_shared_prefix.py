@@ -4,7 +4,7 @@ flows as running every question whole, on the tiny model of each family."""
 import pytest
 import torch
 
-from vlpipe.agents.mllm import Mllm, shared_prefix_length
+from vlpipe.agents.mllm.model import Mllm, shared_prefix_length
 from vlpipe.io import load_image
 from vlpipe.prompts import load_questions
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlpipe.agents.gazetteer import Gazetteer, tag_classes, vendored_tags
-from vlpipe.agents.verbs import verb_forms
+from vlpipe.agents.names.gazetteer import Gazetteer, tag_classes, vendored_tags
+from vlpipe.agents.names.verbs import verb_forms
 
 
 def test_every_vendored_tag_is_classed():

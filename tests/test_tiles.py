@@ -1,4 +1,4 @@
-"""Tests for vlpipe.agents.tiles (tiling, tile -> full-image mapping) and vlpipe.agents.merge
+"""Tests for vlpipe.agents.tiles.grid (tiling, tile -> full-image mapping) and vlpipe.agents.merge.merging
 (NMS / greedy NMM)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from vlpipe.agents.merge import merge_detections
-from vlpipe.agents.tiles import Tile, parse_grid, split_tiles, to_full_image
+from vlpipe.agents.merge.merging import merge_detections
+from vlpipe.agents.tiles.grid import Tile, parse_grid, split_tiles, to_full_image
 
 
 def dets(boxes, scores, names, masks=None) -> sv.Detections:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import import_bench
-from vlpipe.agents.mllm import Mllm
+from vlpipe.agents.mllm.model import Mllm
 from vlpipe.agents.views import ObjectMap
 from vlpipe.synthetic import make_scenes
 

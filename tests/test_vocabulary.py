@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlpipe.agents.gazetteer import Gazetteer
-from vlpipe.agents.names import category_terms, parse_object_names
+from vlpipe.agents.names.gazetteer import Gazetteer
+from vlpipe.agents.names.parse import category_terms, parse_object_names
 from vlpipe.tiny.clip import build_tiny_clip_text
-from vlpipe.agents.vocabulary import VocabularyMapper, clip_text_encoder
+from vlpipe.agents.names.vocabulary import VocabularyMapper, clip_text_encoder
 
 LVIS_LIKE = [
     {"id": 1, "name": "dog", "synonyms": ["dog", "domestic_dog"]},

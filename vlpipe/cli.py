@@ -377,7 +377,7 @@ def calibrate(
     --set calibrator=FILE."""
     import numpy as np
 
-    from .agents.need_tool import Calibrator, NeedToolNode
+    from .agents.mllm.need_tool import Calibrator, NeedToolNode
     from .io import ImageLoadError, load_image
     from .pipeline import SetupError
 

@@ -300,7 +300,7 @@ def save_image(path: Path, rgb: np.ndarray) -> None:
 
 def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> list[Path]:
     """One heat-map overlay per object map (full-image views only); returns the files."""
-    from .agents.points import resize_map
+    from .agents.sam.points import resize_map
 
     written = []
     for k, m in enumerate(x for x in maps if x.view == 0):
@@ -316,7 +316,7 @@ def save_attention_maps(folder: Path, file: str, image: np.ndarray, maps) -> lis
 def write_results(out_dir: str | Path, gt: dict, clip: str | None = None, top_k: int = 1) -> Path:
     """``results.json`` (COCO/LVIS results) from ``predictions.jsonl``: names mapped to the
     annotation file's categories (exact/synonym match, then CLIP text similarity if ``clip``)."""
-    from .agents.vocabulary import VocabularyMapper, clip_text_encoder
+    from .agents.names.vocabulary import VocabularyMapper, clip_text_encoder
     from .results import coco_results
 
     out = Path(out_dir)

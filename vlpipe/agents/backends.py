@@ -75,9 +75,9 @@ class BackendRegistry:
                         options=taken)
 
 
-SAM_BACKENDS = BackendRegistry("sam", "SAM", ("vlpipe.agents.sam", "vlpipe.agents.sam3"))
+SAM_BACKENDS = BackendRegistry("sam", "SAM", ("vlpipe.agents.sam.backends", "vlpipe.agents.grounding.sam3"))
 GROUNDING_BACKENDS = BackendRegistry(
     "grounding", "grounding",
-    ("vlpipe.agents.grounding", "vlpipe.agents.owlv2", "vlpipe.agents.sam3"))
-OCR_BACKENDS = BackendRegistry("ocr", "OCR", ("vlpipe.agents.ocr",))
-MLLM_BACKENDS = BackendRegistry("mllm", "MLLM", ("vlpipe.agents.mllm", "vlpipe.agents.served"))
+    ("vlpipe.agents.grounding.dino", "vlpipe.agents.grounding.owlv2", "vlpipe.agents.grounding.sam3"))
+OCR_BACKENDS = BackendRegistry("ocr", "OCR", ("vlpipe.agents.ocr.backends",))
+MLLM_BACKENDS = BackendRegistry("mllm", "MLLM", ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served"))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .tiles import Tile
+from .tiles.grid import Tile
 
 
 @dataclass
@@ -15,7 +15,7 @@ class View:
     """One view of an image the detect branch runs on: the full image or a tile of it.
 
     ``image`` (h, w, 3) uint8 RGB is the tile's pixels; ``tile`` is where it lies in the full
-    image, so results map back with :func:`vlpipe.agents.tiles.to_full_image`.
+    image, so results map back with :func:`vlpipe.agents.tiles.grid.to_full_image`.
     """
 
     image: np.ndarray

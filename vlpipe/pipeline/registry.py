@@ -15,19 +15,19 @@ from .node import Node
 ENTRY_POINT_GROUP = "vlpipe.nodes"
 
 _TYPES: dict[str, str | type[Node]] = {
-    "tiles": "vlpipe.agents.tiles_node:TilesNode",
-    "mllm_objects": "vlpipe.agents.mllm:ObjectListNode",
-    "attention_maps": "vlpipe.agents.mllm:AttentionMapNode",
-    "mllm_answer": "vlpipe.agents.mllm:AnswerNode",
-    "mllm_phrases": "vlpipe.agents.mllm:PhrasesNode",
-    "need_tool": "vlpipe.agents.need_tool:NeedToolNode",
-    "sam": "vlpipe.agents.sam:SamNode",
-    "sam_boxes": "vlpipe.agents.sam:SamBoxNode",
-    "object_names": "vlpipe.agents.fusion:ObjectNamesNode",
-    "fuse": "vlpipe.agents.fusion:FuseNode",
-    "merge": "vlpipe.agents.merge_node:MergeNode",
-    "grounding": "vlpipe.agents.grounding_node:GroundingNode",
-    "ocr": "vlpipe.agents.ocr_node:OcrNode",
+    "tiles": "vlpipe.agents.tiles.node:TilesNode",
+    "mllm_objects": "vlpipe.agents.mllm.model:ObjectListNode",
+    "attention_maps": "vlpipe.agents.mllm.model:AttentionMapNode",
+    "mllm_answer": "vlpipe.agents.mllm.model:AnswerNode",
+    "mllm_phrases": "vlpipe.agents.mllm.model:PhrasesNode",
+    "need_tool": "vlpipe.agents.mllm.need_tool:NeedToolNode",
+    "sam": "vlpipe.agents.sam.backends:SamNode",
+    "sam_boxes": "vlpipe.agents.sam.backends:SamBoxNode",
+    "object_names": "vlpipe.agents.grounding.fusion:ObjectNamesNode",
+    "fuse": "vlpipe.agents.grounding.fusion:FuseNode",
+    "merge": "vlpipe.agents.merge.node:MergeNode",
+    "grounding": "vlpipe.agents.grounding.node:GroundingNode",
+    "ocr": "vlpipe.agents.ocr.node:OcrNode",
 }
 _entry_points_loaded = False
 

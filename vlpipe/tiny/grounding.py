@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..agents.hub import save_seeded
-from ..agents.sam3 import TEXT_TOKENS
+from ..agents.grounding.sam3 import TEXT_TOKENS
 from .clip import tiny_clip_tokenizer
 from .sam import tiny_sam3_vision
 

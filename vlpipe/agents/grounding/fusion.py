@@ -2,7 +2,7 @@
 fused with the attention branch (the ``detect-fused`` recipe).
 
 ``object_names`` turns the MLLM's object lists into grounding phrases; grounding gives boxes,
-SAM segments them (:class:`~vlpipe.agents.sam.SamBoxNode`); ``fuse`` joins both branches: an
+SAM segments them (:class:`~vlpipe.agents.sam.backends.SamBoxNode`); ``fuse`` joins both branches: an
 object both branches found (same name, box IoU above ``agreement``) is more likely real, so
 both detections get the noisy-OR of their scores, 1 - (1 - a)(1 - g); each keeps its branch in
 ``data["branch"]`` and the merge that follows keeps the better one.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import supervision as sv
 
-from ..pipeline import Node
-from .detections import empty_detections
-from .names import normalize_name
+from ...pipeline import Node
+from ..detections import empty_detections
+from ..names.parse import normalize_name
 
 BRANCH_FIELDS = ("class_name", "view_box")
 

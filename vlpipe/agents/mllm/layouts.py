@@ -104,7 +104,7 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 # The thinnest image (long / short side) each family's processor takes (Qwen's smart_resize
-# refuses more); :meth:`vlpipe.agents.mllm.Mllm.encode` stretches a thinner one to it. The
+# refuses more); :meth:`vlpipe.agents.mllm.model.Mllm.encode` stretches a thinner one to it. The
 # layouts of these families cover the whole image, so the maps need no mapping back.
 MAX_ASPECT = {"qwen2_vl": 200, "qwen2_5_vl": 200, "qwen3_vl": 200}
 

@@ -3,7 +3,7 @@
 :func:`strip_windows` places the boxes in horizontal strips, sorted by x0, so that every pair
 that can match lies in one window of consecutive placements; :func:`near_pairs` yields those
 pairs whose y ranges overlap, in blocks that bound the temporaries. The greedy NMS/NMM pass
-(:mod:`vlpipe.agents.greedy_overlap`) and :func:`contained_in_larger` (tile fragments) test them.
+(:mod:`vlpipe.agents.merge.greedy_overlap`) and :func:`contained_in_larger` (tile fragments) test them.
 """
 
 from __future__ import annotations

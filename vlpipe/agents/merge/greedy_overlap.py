@@ -34,7 +34,7 @@ def overlap_edges(
     pair once. Overlap is IoU (``iou``) or intersection over the smaller area, tested as
     ``inter > threshold * denom`` in float64, the keeper's area added last, so results equal the
     box-by-box loop bit for bit. Only pairs in a common window of
-    :func:`~vlpipe.agents.box_pairs.strip_windows` whose y ranges overlap are tested. Returns
+    :func:`~vlpipe.agents.merge.box_pairs.strip_windows` whose y ranges overlap are tested. Returns
     None when the boxes overlap more than ``max_overlaps`` others each (crowded boxes, estimated
     on 1024 window pairs when the windows hold more than that many pairs per box), so callers
     can pick the keeper-by-keeper loop instead.

@@ -31,16 +31,16 @@ import numpy as np
 import supervision as sv
 import torch
 
-from ..pipeline import Node
-from .backends import SAM_BACKENDS
-from .hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
-from .sam_masks import BoxMasks, MaskResize, upscale_in_boxes
-from .detections import concat, empty_detections
+from ...pipeline import Node
+from ..backends import SAM_BACKENDS
+from ..hub import WeightsNotFound, from_pretrained, resolve_device, resolve_dtype
+from .masks import BoxMasks, MaskResize, upscale_in_boxes
+from ..detections import concat, empty_detections
 from .points import (InstanceSearch, inside_cells, points_to_image, pool_to_grid, refined_prompt,
                      resize_map)
-from .thin import stretch_thin
-from .tiles import to_full_image
-from .views import ObjectMap, View
+from ..thin import stretch_thin
+from ..tiles.grid import to_full_image
+from ..views import ObjectMap, View
 
 
 class SamBackend(ABC):
@@ -74,7 +74,7 @@ class SamBackend(ABC):
 
     def resize_steps(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """How the low-res logits reach the image: (row steps, column steps) of
-        :func:`~vlpipe.agents.sam_masks.chain_matrix`."""
+        :func:`~vlpipe.agents.sam.masks.chain_matrix`."""
         raise NotImplementedError
 
     def upscale(self, low: torch.Tensor) -> BoxMasks:
@@ -382,7 +382,7 @@ class SamNode(_SamModelNode):
     """views + maps -> detections (full-image coordinates, every round kept).
 
     Each map prompts SAM once per instance, found by explaining each mask away in the map (at
-    most ``max_instances`` masks; see :class:`~vlpipe.agents.points.InstanceSearch`), so three
+    most ``max_instances`` masks; see :class:`~vlpipe.agents.sam.points.InstanceSearch`), so three
     touching cups give three masks. Each detection records its view's box (``data["view_box"]``, x0, y0,
     x1, y1 in full-image pixels) for the merge. ``batch_size`` views share one image-encoder
     forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
@@ -451,7 +451,7 @@ class SamNode(_SamModelNode):
         return dets
 
     def _explain_away(self, sam: SamBackend, maps: list[ObjectMap], valid: list[np.ndarray]):
-        """Round 1 (crowded instances): every map's :class:`~vlpipe.agents.points.InstanceSearch`
+        """Round 1 (crowded instances): every map's :class:`~vlpipe.agents.sam.points.InstanceSearch`
         prompts its strongest remaining instance, all maps in one decoder call per step, and
         each mask is explained away in its map, until no map has residual activation left.
         Returns (map index of each instance, its (points, labels) in image pixels, round 1's

@@ -2,11 +2,11 @@
 
 Any Hugging Face image-text-to-text model loads through ``AutoModelForImageTextToText``. What
 differs between families is where the image tokens sit and which part of the image they see;
-:mod:`vlpipe.agents.layouts` holds one small function per family for that.
+:mod:`vlpipe.agents.mllm.layouts` holds one small function per family for that.
 
 Generation runs with the model's default (fast) attention. Attention maps come from one
 teacher-forced forward pass over prompt + answer whose language-model attention layers run
-:mod:`~vlpipe.agents.flow_attention`: each layer's output and its head reduction are computed a
+:mod:`~vlpipe.agents.mllm.flow_attention`: each layer's output and its head reduction are computed a
 block of query rows at a time and folded into the VL-SAM flow, never the (H, N, N) weights, so
 peak extra memory is O(N²).
 
@@ -26,21 +26,21 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..pipeline import Node
-from ..prompts import load_prompt, load_questions
-from ..results import detections_to_json
+from ...pipeline import Node
+from ...prompts import load_prompt, load_questions
+from ...results import detections_to_json
 from . import flow_attention
 from .attention import READOUTS, AttentionFlow, object_map, query_positions
-from .backends import MLLM_BACKENDS
+from ..backends import MLLM_BACKENDS
 from .box_text import box_convention
-from .gazetteer import Gazetteer
-from .hub import check_dtype, from_pretrained, resolve_device, resolve_dtype
+from ..names.gazetteer import Gazetteer
+from ..hub import check_dtype, from_pretrained, resolve_device, resolve_dtype
 from .layouts import FITS, LAYOUTS, MAX_ASPECT, fit_image, token_grid
-from .names import category_terms, parse_object_names
-from .ocr import lines_prompt
+from ..names.parse import category_terms, parse_object_names
+from ..ocr.backends import lines_prompt
 from .phrases import parse_phrases
-from .thin import stretch_thin
-from .views import ObjectMap
+from ..thin import stretch_thin
+from ..views import ObjectMap
 
 @dataclass
 class Generation:
@@ -89,8 +89,8 @@ class Mllm:
 
     def encode(self, images: list, prompts: list[str], fit: str = "pad") -> dict:
         """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images,
-        each fitted first (:func:`~vlpipe.agents.layouts.fit_image`) and, when thinner than the
-        family takes (:data:`~vlpipe.agents.layouts.MAX_ASPECT`), stretched."""
+        each fitted first (:func:`~vlpipe.agents.mllm.layouts.fit_image`) and, when thinner than the
+        family takes (:data:`~vlpipe.agents.mllm.layouts.MAX_ASPECT`), stretched."""
         limit = MAX_ASPECT.get(self.family, float("inf"))
 
         def prepared(image):
@@ -320,10 +320,10 @@ def token_spans(answer_ids: torch.Tensor, tokenizer, spans: list[tuple[int, int]
 
 class _MllmNode(Node):
     """Shared parameters of the MLLM nodes: which model, where, in what dtype, and how images are
-    fitted to its processor (``image_fit``: "pad" or "native", see :mod:`~vlpipe.agents.layouts`).
+    fitted to its processor (``image_fit``: "pad" or "native", see :mod:`~vlpipe.agents.mllm.layouts`).
 
     ``endpoint`` (nodes with ``servable``): an OpenAI-compatible server's URL; ``model`` is then
-    the name it serves (:class:`~vlpipe.agents.served.ServedMllm`)."""
+    the name it serves (:class:`~vlpipe.agents.mllm.served.ServedMllm`)."""
 
     servable = False  # can run against a served model (needs no weights, tokens or attention)
 
@@ -429,7 +429,7 @@ class AttentionMapNode(_MllmNode):
     ablations (``flow: false`` reads the last layer's attention only). ``read``: which rows of
     the flow make a name's map, its own tokens (``"name"``), the token before it
     (``"preceding"``, the query that predicted the name) or both
-    (:func:`~vlpipe.agents.attention.query_positions`)."""
+    (:func:`~vlpipe.agents.mllm.attention.query_positions`)."""
 
     inputs = {"views": "views", "objects": "object_lists"}
     outputs = {"maps": "object_maps"}

@@ -4,7 +4,7 @@ VL-SAM runs the detector/segmenter on the full image and on its four corner crop
 (H/2 x W/2) to recover small objects, then merges everything in full-image
 coordinates. :func:`split_tiles` produces those crops (or any ``rows x cols`` grid,
 optionally overlapping), :func:`to_full_image` maps tile results back, and
-:func:`vlpipe.agents.merge.merge_detections` deduplicates the union.
+:func:`vlpipe.agents.merge.merging.merge_detections` deduplicates the union.
 """
 
 from __future__ import annotations

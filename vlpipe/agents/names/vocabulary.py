@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .names import normalize_name
+from .parse import normalize_name
 
 __all__ = ["TextEncoder", "Vocabulary", "VocabularyMapper", "clip_text_encoder"]
 

@@ -15,12 +15,12 @@ import numpy as np
 import supervision as sv
 import torch
 
-from ..io import as_rgb_image
-from .backends import GROUNDING_BACKENDS
-from .detections import concat, empty_detections
-from .hub import from_pretrained, resolve_dtype
-from .thin import stretch_thin
-from .tiles import Tile
+from ...io import as_rgb_image
+from ..backends import GROUNDING_BACKENDS
+from ..detections import concat, empty_detections
+from ..hub import from_pretrained, resolve_dtype
+from ..thin import stretch_thin
+from ..tiles.grid import Tile
 
 __all__ = [
     "Crop",

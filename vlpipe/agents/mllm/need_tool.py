@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..prompts import load_prompt
-from .backends import OCR_BACKENDS
-from .mllm import _MllmNode
+from ...prompts import load_prompt
+from ..backends import OCR_BACKENDS
+from .model import _MllmNode
 
 OPTIONS = ("none", "objects", "text", "both")
 TEXT_CUES = re.compile(r"\b(written|write|say|says|read|text|sign|word|words|letter|letters|"

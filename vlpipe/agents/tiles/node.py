@@ -1,10 +1,10 @@
-"""Tiling as a node: an image -> its views (:mod:`vlpipe.agents.tiles`)."""
+"""Tiling as a node: an image -> its views (:mod:`vlpipe.agents.tiles.grid`)."""
 
 from __future__ import annotations
 
-from ..pipeline import Node
-from .tiles import parse_grid, split_tiles
-from .views import View
+from ...pipeline import Node
+from .grid import parse_grid, split_tiles
+from ..views import View
 
 
 class TilesNode(Node):

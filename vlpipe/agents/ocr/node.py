@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..pipeline import Node
-from .backends import OCR_BACKENDS
+from ...pipeline import Node
+from ..backends import OCR_BACKENDS
 
 
 class OcrNode(Node):

@@ -10,7 +10,7 @@ list item or label ("- Bollards", "Trees:") falls back to its own words when no 
 Each name keeps the character span of its words in the answer, so a caller can find the
 generated tokens through tokenizer offsets.
 
-Their mapping to a dataset's categories is :mod:`vlpipe.agents.vocabulary`.
+Their mapping to a dataset's categories is :mod:`vlpipe.agents.names.vocabulary`.
 """
 
 from __future__ import annotations

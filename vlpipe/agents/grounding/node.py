@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from ..pipeline import Node
-from .backends import GROUNDING_BACKENDS
-from .grounding import crop_boxes
-from .hub import check_dtype, resolve_device
+from ...pipeline import Node
+from ..backends import GROUNDING_BACKENDS
+from .dino import crop_boxes
+from ..hub import check_dtype, resolve_device
 
 
 def split_phrases(phrases: str | list[str]) -> list[str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..pipeline import Node
-from .merge import merge_detections, tile_fragments
+from ...pipeline import Node
+from .merging import merge_detections, tile_fragments
 
 
 class MergeNode(Node):
@@ -11,7 +11,7 @@ class MergeNode(Node):
 
     Defaults (VL-SAM merges with NMS): tile fragments are dropped first (parts of objects cut by
     a tile border that a larger same-name detection contains, see
-    :func:`~vlpipe.agents.merge.tile_fragments`), then greedy NMS with IoU 0.5, class-aware by
+    :func:`~vlpipe.agents.merge.merging.tile_fragments`), then greedy NMS with IoU 0.5, class-aware by
     normalized name. NMS keeps each object's best view, question and refinement round as they
     are (no union of rounds) and keeps side-by-side instances apart, which intersection over
     the smaller box with merging (``method: nmm, metric: ios``) does not."""

@@ -1,6 +1,6 @@
 """A served MLLM: any OpenAI-compatible chat endpoint (vLLM, SGLang, Ollama, hosted APIs).
 
-:class:`ServedMllm` offers the operations of :class:`~vlpipe.agents.mllm.Mllm` that need no
+:class:`ServedMllm` offers the operations of :class:`~vlpipe.agents.mllm.model.Mllm` that need no
 weights — ``prompt``, ``generate`` (crops go as extra images) and ``option_probs`` (from the
 first answer token's ``top_logprobs``) — so the ``ask`` nodes (need-tool, phrases, answer) run
 against a server with ``endpoint: http://host:8000/v1``. Detect's attention maps need the
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backends import MLLM_BACKENDS
-from .mllm import Generation
+from ..backends import MLLM_BACKENDS
+from .model import Generation
 
 API_KEY_VARIABLES = ("VLPIPE_API_KEY", "OPENAI_API_KEY")
 TOP_LOGPROBS = 20

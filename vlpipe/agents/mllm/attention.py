@@ -81,7 +81,7 @@ class AttentionFlow:
 
         Args:
             s: (N, N) float32 ``mean_h(W[h] * A[h])`` (or ``mean_h(A[h])``), e.g. from
-                :func:`vlpipe.agents.flow_attention.reduce_attention`; used as a buffer.
+                :func:`vlpipe.agents.mllm.flow_attention.reduce_attention`; used as a buffer.
         """
         n = s.shape[0]
         if self._flow is not None and self._flow.shape[0] != n:

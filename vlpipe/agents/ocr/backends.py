@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import as_rgb_image
-from .backends import OCR_BACKENDS
-from .thin import is_thin, pad_thin
-from .tiles import Tile
+from ...io import as_rgb_image
+from ..backends import OCR_BACKENDS
+from ..thin import is_thin, pad_thin
+from ..tiles.grid import Tile
 
 __all__ = [
     "PaddleOcrBackend",

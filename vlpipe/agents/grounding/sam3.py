@@ -1,7 +1,7 @@
 """SAM 3 (transformers, ``facebook/sam3``) as a backend of two node kinds.
 
 - ``sam`` (``backend: sam3``): the point-prompted tracker ``Sam3TrackerModel``. It keeps SAM 2's
-  prompt encoder, mask decoder and API on SAM 3's ViT, so :class:`~vlpipe.agents.sam.HfSam2`
+  prompt encoder, mask decoder and API on SAM 3's ViT, so :class:`~vlpipe.agents.sam.backends.HfSam2`
   drives it unchanged.
 - ``grounding`` (``backend: sam3``): promptable concept segmentation with ``Sam3Model``: a noun
   phrase in, every instance of it out (boxes, masks, scores). :class:`Sam3ConceptBackend`
@@ -18,11 +18,11 @@ import numpy as np
 import supervision as sv
 import torch
 
-from ..io import as_rgb_image
-from .backends import GROUNDING_BACKENDS, SAM_BACKENDS
-from .detections import concat, empty_detections
-from .hub import from_pretrained, resolve_dtype
-from .sam import HfSam2
+from ...io import as_rgb_image
+from ..backends import GROUNDING_BACKENDS, SAM_BACKENDS
+from ..detections import concat, empty_detections
+from ..hub import from_pretrained, resolve_dtype
+from ..sam.backends import HfSam2
 
 __all__ = ["Sam3ConceptBackend", "load_sam3", "load_sam3_concept", "load_sam3_tracker"]
 
@@ -32,7 +32,7 @@ TEXT_TOKENS = 32  # Sam3Processor pads every phrase to 32 tokens (SAM 3's CLIP t
 @SAM_BACKENDS.register("sam3")
 def load_sam3_tracker(weights: str, device: str, dtype: str) -> HfSam2:
     """``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (e.g. ``facebook/sam3``) behind the SAM 2
-    interface (:class:`~vlpipe.agents.sam.HfSam2`: fixed square input, multi-level embedding,
+    interface (:class:`~vlpipe.agents.sam.backends.HfSam2`: fixed square input, multi-level embedding,
     logits clamped to ±32)."""
     from transformers import Sam3TrackerModel, Sam3TrackerProcessor
 

@@ -21,7 +21,7 @@ import supervision as sv
 
 from .box_pairs import contained_in_larger
 from .greedy_overlap import descending_order, greedy_owner
-from .names import normalize_name
+from ..names.parse import normalize_name
 
 __all__ = ["merge_detections", "tile_fragments"]
 
@@ -46,7 +46,7 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
     box touching the tile's inner border (a tile edge inside the image). It is a fragment when at
     least ``containment`` of its box lies inside a larger (by over 10% in area) detection of the
     same normalized name: a view that saw more of the object. Needs ``data["view_box"]`` (N, 4),
-    each detection's view in full-image pixels (:class:`~vlpipe.agents.sam.SamNode` sets it);
+    each detection's view in full-image pixels (:class:`~vlpipe.agents.sam.backends.SamNode` sets it);
     without it nothing is a fragment.
     """
     n = len(dets)
@@ -83,7 +83,7 @@ def merge_detections(
     masks, max score (the keeper's), keeper's class name and other fields. Matching is
     per normalized ``class_name`` unless ``class_agnostic``. Returns the kept
     detections (K,) in descending score order; masks (K, H, W) or None.
-    The greedy pass is :func:`~vlpipe.agents.greedy_overlap.greedy_owner` (sparse overlap graph,
+    The greedy pass is :func:`~vlpipe.agents.merge.greedy_overlap.greedy_owner` (sparse overlap graph,
     no N x N matrix).
 
     Like SAHI's ``greedy_nmm`` a single pass matches against each keeper's original

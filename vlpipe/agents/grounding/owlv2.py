@@ -1,6 +1,6 @@
 """OWLv2 backend (transformers ``Owlv2ForObjectDetection``): open-vocabulary boxes for phrases.
 
-The same contract as :class:`~vlpipe.agents.grounding.GroundingDinoBackend`. OWLv2 embeds each
+The same contract as :class:`~vlpipe.agents.grounding.dino.GroundingDinoBackend`. OWLv2 embeds each
 phrase as its own text query, so no prompt packing is needed: the phrase lists of a batch of
 images are padded to the longest one and go through the model in one forward pass per
 ``batch_size`` images, never one pass per phrase.
@@ -15,10 +15,10 @@ import numpy as np
 import supervision as sv
 import torch
 
-from ..io import as_rgb_image
-from .backends import GROUNDING_BACKENDS
-from .detections import empty_detections
-from .hub import from_pretrained, resolve_dtype
+from ...io import as_rgb_image
+from ..backends import GROUNDING_BACKENDS
+from ..detections import empty_detections
+from ..hub import from_pretrained, resolve_dtype
 
 __all__ = ["Owlv2Backend", "load_owlv2", "load_owlv2_backend"]
 
