@@ -33,7 +33,8 @@ import supervision as sv
 import torch
 
 from vlpipe.agents.mllm.layouts import fit_image, token_grid
-from vlpipe.agents.mllm.model import Generation, ObjectList
+from vlpipe.agents.mllm.model import Generation
+from vlpipe.agents.mllm.nodes import ObjectList
 from vlpipe.agents.sam.points import pool_to_grid
 from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
 from vlpipe.agents.sam.backends import SamBackend

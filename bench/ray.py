@@ -110,8 +110,8 @@ def main() -> None:
 
     import torch
 
-    import vlpipe.agents.mllm.model  # noqa: F401  (Python imports: paid once per process, not timed)
-    import vlpipe.agents.sam.backends  # noqa: F401
+    import vlpipe.agents.mllm.nodes  # noqa: F401  (Python imports: paid once per process, not timed)
+    import vlpipe.agents.sam.nodes  # noqa: F401
 
     default_threads = torch.get_num_threads()
     for threads in args.local_threads:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oracle_world import OracleWorld  # noqa: E402
 from train_tiny import view_names  # noqa: E402
 
-from vlpipe.agents.mllm.model import AttentionMapNode, ObjectListNode  # noqa: E402
+from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.sam.points import instance_prompts, points_to_image  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.batch import run  # noqa: E402

@@ -8,8 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vlpipe.agents.grounding.dino import Crop
-from vlpipe.agents.mllm.model import AnswerNode, option_probs, option_token_ids
+from vlpipe.agents.grounding.crops import Crop
+from vlpipe.agents.mllm.model import option_probs, option_token_ids
+from vlpipe.agents.mllm.nodes import AnswerNode
 from vlpipe.agents.mllm.need_tool import OPTIONS, Calibrator, NeedToolNode, question_cues
 from vlpipe.agents.ocr.backends import TextLine
 from vlpipe.agents.mllm.phrases import parse_phrases

@@ -19,7 +19,8 @@ finally:
     while BENCH in sys.path:
         sys.path.remove(BENCH)
 
-from vlpipe.agents.mllm.model import Mllm, ObjectListNode  # noqa: E402
+from vlpipe.agents.mllm.model import Mllm  # noqa: E402
+from vlpipe.agents.mllm.nodes import ObjectListNode  # noqa: E402
 from vlpipe.agents.tiles.grid import Tile  # noqa: E402
 from vlpipe.agents.views import View  # noqa: E402
 from vlpipe.pipeline.models import ModelPool  # noqa: E402

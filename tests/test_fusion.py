@@ -11,8 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from vlpipe.agents.grounding.fusion import FuseNode, ObjectNamesNode, fuse
-from vlpipe.agents.mllm.model import Generation, ObjectList
-from vlpipe.agents.sam.backends import SamBoxNode, load_hf_sam
+from vlpipe.agents.mllm.model import Generation
+from vlpipe.agents.mllm.nodes import ObjectList
+from vlpipe.agents.sam.backends import load_hf_sam
+from vlpipe.agents.sam.nodes import SamBoxNode
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline

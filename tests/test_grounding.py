@@ -11,7 +11,8 @@ import supervision as sv
 from PIL import Image
 
 from vlpipe.agents.backends import GROUNDING_BACKENDS
-from vlpipe.agents.grounding.dino import GroundingDinoBackend, crop_boxes, fair_order, load_grounding_dino
+from vlpipe.agents.grounding.crops import crop_boxes, fair_order
+from vlpipe.agents.grounding.dino import GroundingDinoBackend, load_grounding_dino
 from vlpipe.tiny.grounding import build_tiny_grounding_dino
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"

@@ -8,8 +8,8 @@ import torch
 
 from vlpipe.agents.mllm.attention import attention_flow, object_map
 from vlpipe.agents.mllm.layouts import _center_crop_region
-from vlpipe.agents.mllm.model import (AttentionMapNode, Generation, Mllm, ObjectListNode, _strip_special,
-                               token_spans)
+from vlpipe.agents.mllm.model import Generation, Mllm, _strip_special, token_spans
+from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode
 from vlpipe.agents.tiles.node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline

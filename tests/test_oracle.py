@@ -19,7 +19,7 @@ FAMILIES, family_processor, oracle_pipeline = (
     oracle_world.FAMILIES, oracle_world.family_processor, oracle_world.oracle_pipeline)
 
 from vlpipe.agents.mllm.layouts import fit_image, token_grid  # noqa: E402
-from vlpipe.agents.sam.backends import SamNode  # noqa: E402
+from vlpipe.agents.sam.nodes import SamNode  # noqa: E402
 from vlpipe.agents.tiles.grid import Tile, split_tiles  # noqa: E402
 from vlpipe.agents.merge.node import MergeNode  # noqa: E402
 from vlpipe.agents.views import ObjectMap, View  # noqa: E402

@@ -347,7 +347,7 @@ def test_prefetch_keeps_order_reraises_and_stops_its_thread_when_abandoned():
 
 
 def test_misspelt_node_params_are_reported_together_before_any_model_loads(tmp_path):
-    from vlpipe.agents.sam.backends import SamNode
+    from vlpipe.agents.sam.nodes import SamNode
     from vlpipe.agents.tiles.node import TilesNode
     from vlpipe.pipeline import resolve_pipeline
     from vlpipe.pipeline.node import known_params

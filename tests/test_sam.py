@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlpipe.agents.backends import SAM_BACKENDS
-from vlpipe.agents.sam.backends import SamNode, mask_coverage
+from vlpipe.agents.sam.nodes import SamNode, mask_coverage
 from vlpipe.agents.tiles.grid import Tile
 from vlpipe.agents.views import ObjectMap, View
 from vlpipe.io import load_image

@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vlpipe.agents.grounding.sam3 import Sam3ConceptBackend, load_sam3, load_sam3_tracker
+from vlpipe.agents.grounding.sam3 import Sam3ConceptBackend, load_sam3
+from vlpipe.agents.sam.sam3 import load_sam3_tracker
 from vlpipe.cli import app
 from vlpipe.io import load_image
 

@@ -127,7 +127,7 @@ def test_ask_with_a_served_mllm_runs_the_tools_and_sends_crops(serve, tiny_model
 
 
 def test_detect_nodes_refuse_an_endpoint():
-    from vlpipe.agents.mllm.model import AttentionMapNode, ObjectListNode
+    from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode
 
     for cls in (ObjectListNode, AttentionMapNode):
         with pytest.raises(ValueError, match="needs local weights"):

@@ -75,9 +75,11 @@ class BackendRegistry:
                         options=taken)
 
 
-SAM_BACKENDS = BackendRegistry("sam", "SAM", ("vlpipe.agents.sam.backends", "vlpipe.agents.grounding.sam3"))
+SAM_BACKENDS = BackendRegistry("sam", "SAM", ("vlpipe.agents.sam.backends", "vlpipe.agents.sam.sam3"))
 GROUNDING_BACKENDS = BackendRegistry(
     "grounding", "grounding",
-    ("vlpipe.agents.grounding.dino", "vlpipe.agents.grounding.owlv2", "vlpipe.agents.grounding.sam3"))
+    ("vlpipe.agents.grounding.dino", "vlpipe.agents.grounding.owlv2",
+     "vlpipe.agents.grounding.sam3"))
 OCR_BACKENDS = BackendRegistry("ocr", "OCR", ("vlpipe.agents.ocr.backends",))
-MLLM_BACKENDS = BackendRegistry("mllm", "MLLM", ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served"))
+MLLM_BACKENDS = BackendRegistry("mllm", "MLLM",
+                                ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served"))

@@ -2,7 +2,7 @@
 fused with the attention branch (the ``detect-fused`` recipe).
 
 ``object_names`` turns the MLLM's object lists into grounding phrases; grounding gives boxes,
-SAM segments them (:class:`~vlpipe.agents.sam.backends.SamBoxNode`); ``fuse`` joins both branches: an
+SAM segments them (:class:`~vlpipe.agents.sam.nodes.SamBoxNode`); ``fuse`` joins both branches: an
 object both branches found (same name, box IoU above ``agreement``) is more likely real, so
 both detections get the noisy-OR of their scores, 1 - (1 - a)(1 - g); each keeps its branch in
 ``data["branch"]`` and the merge that follows keeps the better one.

@@ -6,7 +6,7 @@ import re
 
 from ...pipeline import Node
 from ..backends import GROUNDING_BACKENDS
-from .dino import crop_boxes
+from .crops import crop_boxes
 from ..hub import check_dtype, resolve_device
 
 

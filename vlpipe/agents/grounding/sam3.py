@@ -1,12 +1,9 @@
-"""SAM 3 (transformers, ``facebook/sam3``) as a backend of two node kinds.
+"""SAM 3 (transformers, ``facebook/sam3``) as a grounding backend (``backend: sam3``).
 
-- ``sam`` (``backend: sam3``): the point-prompted tracker ``Sam3TrackerModel``. It keeps SAM 2's
-  prompt encoder, mask decoder and API on SAM 3's ViT, so :class:`~vlpipe.agents.sam.backends.HfSam2`
-  drives it unchanged.
-- ``grounding`` (``backend: sam3``): promptable concept segmentation with ``Sam3Model``: a noun
-  phrase in, every instance of it out (boxes, masks, scores). :class:`Sam3ConceptBackend`
-  encodes each image once and runs every phrase of every image in batched forward passes over
-  those image features, never one image encoding per phrase.
+Promptable concept segmentation with ``Sam3Model``: a noun phrase in, every instance of it out
+(boxes, masks, scores). :class:`Sam3ConceptBackend` encodes each image once and runs every
+phrase of every image in batched forward passes over those image features, never one image
+encoding per phrase. SAM 3's point-prompted tracker is a SAM backend: :mod:`vlpipe.agents.sam.sam3`.
 """
 
 from __future__ import annotations
@@ -19,27 +16,13 @@ import supervision as sv
 import torch
 
 from ...io import as_rgb_image
-from ..backends import GROUNDING_BACKENDS, SAM_BACKENDS
+from ..backends import GROUNDING_BACKENDS
 from ..detections import concat, empty_detections
 from ..hub import from_pretrained, resolve_dtype
-from ..sam.backends import HfSam2
 
-__all__ = ["Sam3ConceptBackend", "load_sam3", "load_sam3_concept", "load_sam3_tracker"]
+__all__ = ["Sam3ConceptBackend", "load_sam3", "load_sam3_concept"]
 
 TEXT_TOKENS = 32  # Sam3Processor pads every phrase to 32 tokens (SAM 3's CLIP text length)
-
-
-@SAM_BACKENDS.register("sam3")
-def load_sam3_tracker(weights: str, device: str, dtype: str) -> HfSam2:
-    """``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (e.g. ``facebook/sam3``) behind the SAM 2
-    interface (:class:`~vlpipe.agents.sam.backends.HfSam2`: fixed square input, multi-level embedding,
-    logits clamped to ±32)."""
-    from transformers import Sam3TrackerModel, Sam3TrackerProcessor
-
-    processor = from_pretrained(Sam3TrackerProcessor, weights, "SAM 3 tracker")
-    net = from_pretrained(Sam3TrackerModel, weights, "SAM 3 tracker",
-                          dtype=resolve_dtype(dtype, device))
-    return HfSam2(processor, net.to(device).eval())
 
 
 def load_sam3(model: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:

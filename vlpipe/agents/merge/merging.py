@@ -46,7 +46,7 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
     box touching the tile's inner border (a tile edge inside the image). It is a fragment when at
     least ``containment`` of its box lies inside a larger (by over 10% in area) detection of the
     same normalized name: a view that saw more of the object. Needs ``data["view_box"]`` (N, 4),
-    each detection's view in full-image pixels (:class:`~vlpipe.agents.sam.backends.SamNode` sets it);
+    each detection's view in full-image pixels (:class:`~vlpipe.agents.sam.nodes.SamNode` sets it);
     without it nothing is a fragment.
     """
     n = len(dets)

@@ -24,7 +24,7 @@ import torch
 
 from ...prompts import load_prompt
 from ..backends import OCR_BACKENDS
-from .model import _MllmNode
+from .nodes import MllmNode
 
 OPTIONS = ("none", "objects", "text", "both")
 TEXT_CUES = re.compile(r"\b(written|write|say|says|read|text|sign|word|words|letter|letters|"
@@ -104,7 +104,7 @@ class Calibrator:
             raise ValueError(f"cannot read calibrator '{path}': {exc}") from None
 
 
-class NeedToolNode(_MllmNode):
+class NeedToolNode(MllmNode):
     """image + question -> decision {choice, probs, policy}, objects (bool), text (bool)."""
 
     servable = True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lemminflect
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 TAG_FILES = ("ram_tag_list.txt", "tag2text_tag_list.txt")
 TAG_CLASSES = "tag_classes.tsv"
 

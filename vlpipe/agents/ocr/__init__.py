@@ -1,1 +1,1 @@
-"""ocr"""
+"""OCR: backends (:mod:`.backends`) and the node (:mod:`.node`)."""

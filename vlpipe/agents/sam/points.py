@@ -313,7 +313,7 @@ def instance_prompts(
     """One prompt per instance of an object, by :class:`InstanceSearch`: ``segment`` (a
     PointPrompt -> (h, w) cell coverage of its mask) explains each prompt away; without it the
     prompt's positive area stands for its mask (a map alone cannot split touching instances;
-    :class:`~vlpipe.agents.sam.backends.SamNode` explains away SAM's masks). Arguments as in
+    :class:`~vlpipe.agents.sam.nodes.SamNode` explains away SAM's masks). Arguments as in
     :class:`InstanceSearch`.
 
     Returns:
