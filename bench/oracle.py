@@ -4,7 +4,7 @@
                            [--recipe detect|detect-fused] [--tiles 2x2] [--questions K]
                            [--scenes N] [--seed S] [--kinds default,crowded] [--json]
 
-Runs the detect recipe with the oracle experts of ``oracle_world.py`` (ground-truth names,
+Runs the detect recipe with the oracle experts of ``vlpipe/testing/oracle.py`` (ground-truth names,
 ground-truth attention maps through the family's real layout, a SAM that returns the true
 instance under the point and honours negative points) over a COCO/LVIS dataset through the
 production batch runner, writes ``results.json`` and prints ``vlpipe eval``'s figures. Without
@@ -25,18 +25,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from oracle_world import FAMILIES, oracle_pipeline, oracle_spec  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import supervision as sv  # noqa: E402
 
+from vlpipe.agents.mllm.families import FAMILIES  # noqa: E402
 from vlpipe.batch import run  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import SCENE_KINDS, make_scenes  # noqa: E402
+from vlpipe.testing.oracle import oracle_pipeline, oracle_spec  # noqa: E402
 
 OLD_MERGE = {"method": "nmm", "metric": "ios", "threshold": 0.5, "drop_fragments": False}
 NEW_MERGE_NO_FRAGMENTS = {"method": "nms", "metric": "iou", "threshold": 0.5,

@@ -6,7 +6,7 @@
 On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; the model was
 trained on scenes of another random stream, ``bench/train_tiny.py``), the detect recipe runs
 with the trained MLLM — its own answers, its own attention maps through the production
-``mllm_objects`` / ``attention_maps`` nodes — and the oracle SAM of ``oracle_world.py`` (the
+``mllm_objects`` / ``attention_maps`` nodes — and the oracle SAM of :mod:`vlpipe.testing.oracle` (the
 true instance under the positive point), through the production batch runner, results and
 ``vlpipe eval``. It prints
 
@@ -40,7 +40,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oracle_world import OracleWorld  # noqa: E402
 from train_tiny import view_names  # noqa: E402
 
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
@@ -50,6 +49,7 @@ from vlpipe.batch import run  # noqa: E402
 from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
 from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
+from vlpipe.testing.oracle import OracleWorld  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_llava_shapes"
 # VL-SAM's ablation on CODA (paper, Table 3): AP after each step; "flow" there is without

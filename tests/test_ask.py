@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from vlpipe.agents.grounding.crops import Crop
 from vlpipe.agents.mllm.model import option_probs, option_token_ids
+from vlpipe.agents.mllm.families import FAMILIES
 from vlpipe.agents.mllm.nodes import AnswerNode
 from vlpipe.agents.mllm.need_tool import OPTIONS, Calibrator, NeedToolNode, question_cues
 from vlpipe.agents.ocr.backends import TextLine
@@ -68,20 +69,30 @@ def test_mllm_policy_reads_option_probabilities(tiny_models, sign, pool):
     assert decision["choice"] == max(probs, key=probs.get)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+# The units of a family's boxes, as the answer prompt states them, and the whole image's box, for
+# en.jpg (709 x 132). Pixels: the tiny Qwen processor's smart resize (factor 16, at most 96² px):
+# beta = sqrt(709·132 / 9216) = 3.187, w = floor(709 / 3.187 / 16)·16 = 208,
+# h = floor(132 / 3.187 / 16)·16 = 32.
+BOX_TEXT = {"thousandths": ("in thousandths of its width and height", "[0, 0, 1000, 1000]"),
+            "pixels": ("in pixels of the image resized to 208x32", "[0, 0, 208, 32]")}
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES.values() if f.boxes in BOX_TEXT])
 def test_ask_end_to_end_with_qwen_families(tiny_models, sign, pool, family):
     pipe = Pipeline.load(tiny_models / "ask.yaml", pool, mllm=str(tiny_models / family),
                          policy="always", box_threshold=0.0)
     result = pipe.run(image=sign, question="What is written here?")
     assert result.error is None and result.skipped == []
     assert isinstance(result.outputs["answer"], str)
-    # both Qwen families read boxes in thousandths of the image, and the prompt says so
+    # the Qwen families read boxes in thousandths of the image or pixels of their resized
+    # input, and the prompt says so
     answer = pipe.graph.nodes["answer"]
     h, w = sign.shape[:2]
     line = TextLine("STOP", 0.9, [[0, 0], [w, 0], [w, h], [0, h]])
     _, prompt = answer.prompt_for({"image": sign, "question": "Where?", "crops": [],
                                    "lines": [line], "detections": None})
-    assert answer.mllm.family == family and "thousandths" in prompt and "[0, 0, 1000, 1000]" in prompt
+    units, whole = BOX_TEXT[FAMILIES[family].boxes]
+    assert answer.mllm.family == family and units in prompt and whole in prompt
 
 
 def synthetic(n, seed):
@@ -266,6 +277,9 @@ def test_logits_that_favour_a_capitalized_variant_decide_none(make, favourite, o
 @pytest.mark.parametrize("family, car, dog, stop", [
     ("llava", "[0.10, 0.10, 0.30, 0.50]", "[0.50, 0.00, 1.00, 1.00]", "[0.00, 0.50, 0.20, 1.00]"),
     ("qwen2_vl", "[100, 100, 300, 500]", "[500, 0, 1000, 1000]", "[0, 500, 200, 1000]"),
+    # the tiny processor resizes 200 x 100 to 128 x 64 (smart resize: beta = sqrt(20000 / 9216)
+    # = 1.473, floor(200 / 1.473 / 16)·16 = 128, floor(100 / 1.473 / 16)·16 = 64): x 0.64, y 0.64
+    ("qwen2_5_vl", "[13, 6, 38, 32]", "[64, 0, 128, 64]", "[0, 32, 26, 64]"),
 ])
 def test_answer_prompt_labels_crops_and_text_with_boxes(tiny_models, pool, family, car, dog, stop):
     node = AnswerNode("answer", model=str(tiny_models / family), device="cpu", dtype="float32",
@@ -279,8 +293,9 @@ def test_answer_prompt_labels_crops_and_text_with_boxes(tiny_models, pool, famil
     images, prompt = node.prompt_for({"image": image, "question": "What does the sign say?",
                                       "crops": crops, "lines": [sign]})
     assert len(images) == 3 and images[1] is crops[0].image  # max_crops=2: the cat is left out
-    unit = ("in thousandths of its width and height (0 to 1000)" if family == "qwen2_vl"
-            else "as fractions of its width and height")
+    unit = {"llava": "as fractions of its width and height",
+            "qwen2_vl": "in thousandths of its width and height (0 to 1000)",
+            "qwen2_5_vl": "in pixels of the image resized to 128x64"}[family]
     assert (f"The first image is 200x100 pixels; boxes are [x0, y0, x1, y1] {unit}.\n"
             f'Image 2 is a zoomed-in crop of "the red car" at {car}.\n'
             f'Image 3 is a zoomed-in crop of "the dog" at {dog}.\n'

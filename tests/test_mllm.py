@@ -8,14 +8,15 @@ import torch
 
 from vlpipe.agents.mllm.attention import attention_flow, object_map
 from vlpipe.agents.mllm.layouts import _center_crop_region
+from vlpipe.agents.mllm.families import FAMILIES
 from vlpipe.agents.mllm.model import Generation, Mllm, _strip_special, token_spans
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode
 from vlpipe.agents.tiles.node import TilesNode
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen3_vl"]
-GRIDS = {"llava": (8, 8), "llava_next": (6, 8), "qwen2_vl": (4, 7), "qwen3_vl": (4, 7)}  # dog.jpg, 534 x 800
+GRIDS = {"llava": (8, 8), "llava_next": (6, 8), "qwen2_vl": (4, 7), "qwen2_5_vl": (4, 7),
+         "qwen3_vl": (4, 7)}  # dog.jpg, 534 x 800
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def image(shared_images):
     return load_image(shared_images / "dog.jpg")
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def mllm(request, tiny_models):
     return request.param, Mllm.load(str(tiny_models / request.param), "cpu", "float32")
 
@@ -111,7 +112,7 @@ def test_center_crop_region_by_hand():
     assert _center_crop_region((600, 400), 200) == (0.0, 100.0, 400.0, 500.0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_one_map_per_parsed_object_end_to_end(tiny_models, image, family):
     pipe = Pipeline.load(tiny_models / "detect.yaml", mllm=str(tiny_models / family),
                          tiles="1x1", questions=2)

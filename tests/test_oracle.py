@@ -1,4 +1,4 @@
-"""The detect recipe in the oracle world (bench/oracle_world.py): view coverage, instances,
+"""The detect recipe in the oracle world (vlpipe/testing/oracle.py): view coverage, instances,
 refinement rounds under the merge, and the defaults' AP on crowded synthetic scenes."""
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ import torch
 
 from conftest import import_bench
 
-oracle, oracle_world = import_bench("oracle", "oracle_world")
+(oracle,) = import_bench("oracle")
 run_oracle = oracle.run_oracle
-FAMILIES, family_processor, oracle_pipeline = (
-    oracle_world.FAMILIES, oracle_world.family_processor, oracle_world.oracle_pipeline)
 
-from vlpipe.agents.mllm.layouts import fit_image, token_grid  # noqa: E402
+from vlpipe.agents.mllm.families import FAMILIES, fit_image, token_grid  # noqa: E402
 from vlpipe.agents.sam.nodes import SamNode  # noqa: E402
 from vlpipe.agents.tiles.grid import Tile, split_tiles  # noqa: E402
 from vlpipe.agents.merge.node import MergeNode  # noqa: E402
 from vlpipe.agents.views import ObjectMap, View  # noqa: E402
 from vlpipe.results import encode_mask  # noqa: E402
 from vlpipe.synthetic import CATEGORIES, draw_shape, make_scenes  # noqa: E402
+from vlpipe.testing.oracle import (OracleSam, OracleWorld, family_processor,  # noqa: E402
+                                   oracle_pipeline)
 
 # (width, height): a 7:1 panorama, 16:9, 4:1, tall, square
 ASPECTS = [(1920, 270), (1920, 1080), (1280, 320), (480, 800), (640, 640)]
@@ -45,7 +45,7 @@ def seen(family: str, fit: str, w: int, h: int) -> np.ndarray:
     return covered
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("w,h", ASPECTS)
 def test_views_cover_the_whole_image(family, w, h):
     assert seen(family, "pad", w, h).all()
@@ -77,7 +77,7 @@ class DiscSam:
 
 
 @pytest.mark.parametrize("fit", ["pad", "native"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("w,h", ASPECTS)
 def test_every_point_sent_to_sam_lies_inside_the_view(family, fit, w, h):
     # maps that peak and dip where a padded grid leaves the view: the padding holds the
@@ -176,12 +176,12 @@ def test_round_3_on_a_small_object_stays_on_it(tmp_path):
 
     gt = write_dataset(tmp_path, 960, 540, [("disc", 300, 270, 80), ("disc", 700, 205, 10)])
     image = load_image(tmp_path / "scene.png")
-    world = oracle_world.OracleWorld.open(gt)
+    world = OracleWorld.open(gt)
     h, w = image.shape[:2]
     view = View(image, Tile(0, 0, w, h), (h, w))
     world.register([view])
     pooled, region = world.maps(view, "llava", "pad")
-    sam = oracle_world.OracleSam(world)
+    sam = OracleSam(world)
     sam.use(image)
     dets = SamNode("sam", model="-", rounds=3, device="cpu").segment_view(
         sam, view, [ObjectMap("disc", 0, 0, pooled["disc"], region)])

@@ -4,11 +4,11 @@ flows as running every question whole, on the tiny model of each family."""
 import pytest
 import torch
 
+from vlpipe.agents.mllm.families import FAMILIES
 from vlpipe.agents.mllm.model import Mllm, shared_prefix_length
 from vlpipe.io import load_image
 from vlpipe.prompts import load_questions
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen3_vl"]
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def image(shared_images):
     return load_image(shared_images / "dog.jpg")
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def mllm(request, tiny_models):
     return Mllm.load(str(tiny_models / request.param), "cpu", "float32")
 

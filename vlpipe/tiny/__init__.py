@@ -35,19 +35,16 @@ def build_all(out: str | Path) -> list[Path]:
     """Every tiny model under ``out`` plus ``out/<recipe>.yaml`` for each built-in recipe."""
     import yaml
 
+    from ..agents.mllm.families import FAMILIES
     from ..pipeline import recipe_names, resolve_pipeline
     from .clip import build_tiny_clip_text
     from .grounding import build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_sam3
-    from .mllm import build_llava, build_llava_next, build_qwen2_vl, build_qwen3_vl
     from .sam import build_hf_sam, build_hf_sam2, build_official_sam, build_tiny_sam3_tracker
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {
-        "llava": build_llava(out / "llava"),
-        "llava_next": build_llava_next(out / "llava_next"),
-        "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
-        "qwen3_vl": build_qwen3_vl(out / "qwen3_vl"),
+    models = {name: family.build_tiny(out / name) for name, family in FAMILIES.items()}
+    models |= {
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),
         "sam_official": build_official_sam(out / "sam_official"),

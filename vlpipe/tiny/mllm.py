@@ -1,4 +1,6 @@
-"""Tiny MLLMs: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen3-VL over a word-level tokenizer."""
+"""Tiny MLLMs over a word-level tokenizer, one builder per family of
+:data:`vlpipe.agents.mllm.families.FAMILIES` (each family names its builder): LLaVA-1.5,
+LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL."""
 
 from __future__ import annotations
 
@@ -164,6 +166,25 @@ def build_qwen2_vl(out: Path) -> Path:
         **tokens)
     model = Qwen2VLForConditionalGeneration(cfg).eval()
     return _save_qwen(model, tok, Qwen2VLProcessor, Qwen2VLVideoProcessor(), out)
+
+
+def build_qwen2_5_vl(out: Path) -> Path:
+    """Tiny Qwen2.5-VL: patch 8, 2x2 merge, windowed vision attention (32 px windows) with full
+    attention in its last block."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLVideoProcessor)
+
+    tok, text, tokens = _qwen_parts()
+    cfg = Qwen2_5_VLConfig(
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "window_size": 32, "fullatt_block_indexes": [1], "out_hidden_size": 64,
+                       "in_channels": 3},
+        text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                 "mrope_section": [2, 3, 3]}},
+        **tokens)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    return _save_qwen(model, tok, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor(), out)
 
 
 def build_qwen3_vl(out: Path) -> Path:

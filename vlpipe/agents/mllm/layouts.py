@@ -1,16 +1,17 @@
-"""Where an MLLM's image tokens sit and which part of the image each one sees, per family.
+"""Where an MLLM's image tokens sit and which part of the image each one sees, per family
+(each family's :class:`~.families.Family` names its layout here).
 
 Two small steps per family:
 
-* :func:`fit_image` prepares an image for the processor. LLaVA-1.5 was trained on images padded
-  to a square with the mean colour ("pad" aspect ratio), but the llava-hf processor resizes the
-  short side and centre-crops, so whatever lies outside the central square is never seen (on a
+* :func:`~.families.fit_image` prepares an image for the processor. LLaVA-1.5 was trained on
+  images padded to a square with the mean colour ("pad" aspect ratio), but the llava-hf
+  processor resizes the short side and centre-crops, so whatever lies outside the central square is never seen (on a
   1920x270 panorama the crop covers 14% of the image). With ``fit="pad"`` (the default) such a
   processor gets the padded square, as the original model did, and the tokens cover the whole
   image; ``fit="native"`` leaves the processor's own behaviour.
 * a layout function maps the image's placeholder tokens to a row-major grid and the grid to the
-  region of the (fitted) image it covers; :func:`token_grid` shifts that region back to the
-  original image.
+  region of the (fitted) image it covers; :func:`~.families.token_grid` shifts that region back
+  to the original image.
 """
 
 from __future__ import annotations
@@ -95,51 +96,14 @@ def qwen2_vl_layout(processor, inputs, index, hw):
     return torch.arange(gh * gw), (gh, gw), (0.0, 0.0, float(hw[1]), float(hw[0]))
 
 
-LAYOUTS: dict[str, Layout] = {
-    "llava": llava_layout,
-    "llava_next": llava_next_layout,
-    "qwen2_vl": qwen2_vl_layout,
-    "qwen2_5_vl": qwen2_vl_layout,
-    "qwen3_vl": qwen2_vl_layout,
-}
-
-# The thinnest image (long / short side) each family's processor takes (Qwen's smart_resize
-# refuses more); :meth:`vlpipe.agents.mllm.model.Mllm.encode` stretches a thinner one to it. The
-# layouts of these families cover the whole image, so the maps need no mapping back.
-MAX_ASPECT = {"qwen2_vl": 200, "qwen2_5_vl": 200, "qwen3_vl": 200}
-
-# Families whose processor may centre-crop a single view; "pad" fits their images to a square.
-_PADDED_FAMILIES = {"llava"}
-
-
-def fit_image(family: str, processor, image: np.ndarray, fit: str = "pad"
-              ) -> tuple[np.ndarray, tuple[int, int]]:
-    """(H, W, 3) uint8 -> (the image the processor gets, (x, y) offset of the original in it).
-
-    With ``fit="pad"``, a LLaVA-1.5 processor that centre-crops without padding gets the image
-    centred in a square filled with the processor's mean colour (LLaVA-1.5's ``expand2square``),
-    so its crop is the whole image. Other families, and ``fit="native"``, get the image as is.
-    """
-    if fit not in FITS:
-        raise ValueError(f"unknown image fit {fit!r} (known: {', '.join(FITS)})")
-    ip = processor.image_processor
-    if (fit == "native" or family not in _PADDED_FAMILIES or getattr(ip, "do_pad", False)
-            or not getattr(ip, "do_center_crop", False)):
-        return image, (0, 0)
+def square_pad(image: np.ndarray, mean: list[float]) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 -> (the image centred in a square filled with ``mean`` (3 values in
+    0..1, the processor's mean colour), (x, y) offset of the image in it), as LLaVA-1.5's
+    ``expand2square``; a square image is returned as is."""
     side, left, top = _square_pad(image.shape[:2])
     if (left, top) == (0, 0):
         return image, (0, 0)
-    mean = np.round(np.asarray(ip.image_mean, np.float64) * 255).astype(np.uint8)
     out = np.empty((side, side, 3), np.uint8)
-    out[:] = mean
+    out[:] = np.round(np.asarray(mean, np.float64) * 255).astype(np.uint8)
     out[top:top + image.shape[0], left:left + image.shape[1]] = image
     return out, (left, top)
-
-
-def token_grid(family: str, processor, inputs: dict, index: int, fitted_hw: tuple[int, int],
-               offset: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int], Region]:
-    """The family's layout for image ``index`` of ``inputs`` (processed from a fitted image of
-    size ``fitted_hw``), with the region moved back into the original image's pixels."""
-    order, grid, (x0, y0, x1, y1) = LAYOUTS[family](processor, inputs, index, fitted_hw)
-    dx, dy = offset
-    return order, grid, (x0 - dx, y0 - dy, x1 - dx, y1 - dy)

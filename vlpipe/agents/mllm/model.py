@@ -29,7 +29,8 @@ from ..backends import MLLM_BACKENDS
 from ..hub import from_pretrained, resolve_device, resolve_dtype
 from ..thin import stretch_thin
 from .attention import AttentionFlow
-from .layouts import LAYOUTS, MAX_ASPECT, fit_image, token_grid
+from .box_text import BoxText, box_convention
+from .families import fit_image, get_family, token_grid
 
 
 @dataclass
@@ -48,11 +49,7 @@ class Mllm:
     def __init__(self, processor, model) -> None:
         self.processor = processor
         self.model = model
-        family = model.config.model_type
-        if family not in LAYOUTS:
-            raise ValueError(f"no image-token layout for model type {family!r} "
-                             f"(supported: {', '.join(LAYOUTS)})")
-        self.family = family
+        self.family = get_family(model.config.model_type).name
         self.image_token_id = model.config.image_token_id
         self.tokenizer = processor.tokenizer
 
@@ -79,15 +76,9 @@ class Mllm:
 
     def encode(self, images: list, prompts: list[str], fit: str = "pad") -> dict:
         """Processor call: one prompt per entry; ``images[i]`` is prompt i's image or images,
-        each fitted first (:func:`~vlpipe.agents.mllm.layouts.fit_image`) and, when thinner than the
-        family takes (:data:`~vlpipe.agents.mllm.layouts.MAX_ASPECT`), stretched."""
-        limit = MAX_ASPECT.get(self.family, float("inf"))
-
-        def prepared(image):
-            return stretch_thin(self.fit(image, fit)[0], limit)
-
-        fitted = [[prepared(im) for im in entry] if isinstance(entry, list) else prepared(entry)
-                  for entry in images]
+        each prepared (:meth:`prepare`)."""
+        fitted = [[self.prepare(im, fit) for im in entry] if isinstance(entry, list)
+                  else self.prepare(entry, fit) for entry in images]
         self.tokenizer.padding_side = "left"
         inputs = self.processor(images=fitted, text=prompts, return_tensors="pt", padding=True,
                                 input_data_format="channels_last")  # not a guess: a 3-row image is no CHW
@@ -96,6 +87,20 @@ class Mllm:
     def fit(self, image: np.ndarray, fit: str = "pad") -> tuple[np.ndarray, tuple[int, int]]:
         """(fitted image, (x, y) offset of ``image`` in it) for this model's processor."""
         return fit_image(self.family, self.processor, image, fit)
+
+    def prepare(self, image: np.ndarray, fit: str = "pad") -> np.ndarray:
+        """The image the processor gets: fitted (:func:`~.families.fit_image`) and, when thinner
+        than the family takes (:attr:`~.families.Family.max_aspect`), stretched."""
+        return stretch_thin(self.fit(image, fit)[0], get_family(self.family).max_aspect)
+
+    def box_convention(self, image: np.ndarray) -> tuple[str, BoxText]:
+        """(the sentence stating ``image``'s size and the box units, pixel xyxy -> text) in the
+        units the family was trained on (:mod:`.box_text`)."""
+        family = get_family(self.family)
+        input_hw = None
+        if family.input_hw is not None:
+            input_hw = family.input_hw(self.processor, self.prepare(image).shape[:2])
+        return box_convention(family.boxes, image.shape[:2], input_hw)
 
     @torch.inference_mode()
     def generate(self, images: list, prompts: list[str], max_new_tokens: int | None = None,

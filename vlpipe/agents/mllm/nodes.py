@@ -25,7 +25,6 @@ from ..names.parse import category_terms, parse_object_names
 from ..ocr.backends import lines_prompt
 from ..views import ObjectMap
 from .attention import READOUTS, object_map, query_positions
-from .box_text import box_convention
 from .layouts import FITS
 from .model import Generation, Mllm, token_spans
 from .phrases import parse_phrases
@@ -224,7 +223,7 @@ class AnswerNode(MllmNode):
         lines = item["lines"] or []
         evidence = ""
         if crops or lines:
-            convention, box = box_convention(self.mllm.family, item["image"].shape[:2])
+            convention, box = self.mllm.box_convention(item["image"])
             evidence = convention + "\n" + "".join(
                 f'Image {k} is a zoomed-in crop of "{c.name}" at {box(c.box)}.\n'
                 for k, c in enumerate(crops, start=2)) + lines_prompt(lines, item["image"].shape[:2], box)

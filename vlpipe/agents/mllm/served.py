@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..backends import MLLM_BACKENDS
+from .box_text import BoxText, box_convention
 from .model import Generation
 
 API_KEY_VARIABLES = ("VLPIPE_API_KEY", "OPENAI_API_KEY")
@@ -88,6 +89,11 @@ class ServedMllm:
         return self.client.chat.completions.create(
             model=self.model, messages=[{"role": "user", "content": content}], temperature=0,
             **kw).choices[0]
+
+    def box_convention(self, image: np.ndarray) -> tuple[str, BoxText]:
+        """Boxes as fractions of the image's width and height (a served model's family is
+        unknown; fractions need no knowledge of its resize)."""
+        return box_convention("fractions", image.shape[:2])
 
     def generate(self, images: list, prompts: list[str], max_new_tokens: int | None = None,
                  fit: str = "pad") -> list[Generation]:

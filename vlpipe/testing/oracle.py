@@ -1,13 +1,13 @@
 """Oracle experts for the detect recipe: a world in which detect can be right.
 
-Used only by ``bench/oracle.py`` and the tests, never by a recipe. Given a COCO/LVIS dataset:
+Used only by ``bench/oracle.py``, ``bench/synthetic.py`` and the tests, never by a recipe. Given a COCO/LVIS dataset:
 
 * ``oracle_objects`` names, for every view and question, the categories with ground-truth pixels
   in the part of the view the MLLM would see;
 * ``oracle_maps`` makes each name's attention map by pooling its ground-truth masks onto the
-  vision grid, through the same layout code as the real family (processors built from the real
-  models' configs, no weights: LLaVA-1.5 336 px CLIP, LLaVA-NeXT any-res, Qwen2-VL and Qwen3-VL
-  smart resize);
+  vision grid, through the same layout code as the real family (the processor of each family of
+  :data:`~vlpipe.agents.mllm.families.FAMILIES` built from the released model's config, no
+  weights);
 * the ``oracle`` SAM backend returns the true instance under the first positive point (nothing
   when the point is on background, when any point lies outside the image, or when a negative
   point lies on that instance), or for a box prompt the instance whose box overlaps it most,
@@ -32,45 +32,24 @@ import numpy as np
 import supervision as sv
 import torch
 
-from vlpipe.agents.mllm.layouts import fit_image, token_grid
-from vlpipe.agents.mllm.model import Generation
-from vlpipe.agents.mllm.nodes import ObjectList
-from vlpipe.agents.sam.points import pool_to_grid
-from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
-from vlpipe.agents.sam.backends import SamBackend
-from vlpipe.agents.views import ObjectMap, View
-from vlpipe.agents.tiles.grid import Tile
-from vlpipe.io import load_image
-from vlpipe.pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
-from vlpipe.pipeline.spec import NodeSpec
-from vlpipe.results import decode_mask
-from vlpipe.runner import list_inputs
-
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen3_vl")
-
+from ..agents.mllm.families import fit_image, get_family, token_grid
+from ..agents.mllm.model import Generation
+from ..agents.mllm.nodes import ObjectList
+from ..agents.sam.points import pool_to_grid
+from ..agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
+from ..agents.sam.backends import SamBackend
+from ..agents.views import ObjectMap, View
+from ..agents.tiles.grid import Tile
+from ..io import load_image
+from ..pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
+from ..pipeline.spec import NodeSpec
+from ..results import decode_mask
+from ..runner import list_inputs
 
 @lru_cache(maxsize=None)
 def family_processor(family: str) -> SimpleNamespace:
-    """The image side of each family's real processor, built from its released config."""
-    from transformers import CLIPImageProcessor, LlavaNextImageProcessor, Qwen2VLImageProcessor
-
-    if family == "llava":  # llava-hf/llava-1.5-7b-hf
-        ip = CLIPImageProcessor(size={"shortest_edge": 336},
-                                crop_size={"height": 336, "width": 336})
-    elif family == "llava_next":  # llava-hf/llava-v1.6-mistral-7b-hf
-        ip = LlavaNextImageProcessor(
-            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-            image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
-    elif family == "qwen2_vl":  # Qwen/Qwen2-VL-7B-Instruct
-        ip = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, patch_size=14,
-                                   merge_size=2, temporal_patch_size=2)
-    elif family == "qwen3_vl":  # Qwen/Qwen3-VL-8B-Instruct: patch 16, 256² to 4096² pixels
-        ip = Qwen2VLImageProcessor(min_pixels=65536, max_pixels=16777216, patch_size=16,
-                                   merge_size=2, temporal_patch_size=2)
-    else:
-        raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    return SimpleNamespace(image_processor=ip, patch_size=ip.patch_size if family.startswith("qwen")
-                           else 14)
+    """The image side of the family's released processor (:attr:`Family.released`), built once."""
+    return get_family(family).released()
 
 
 def _key(pixels: np.ndarray) -> str:

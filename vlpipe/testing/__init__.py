@@ -1,0 +1,1 @@
+"""Helpers for tests and benches, never used by a recipe: the oracle world (:mod:`.oracle`)."""
