@@ -17,6 +17,8 @@ import numpy as np
 import supervision as sv
 from pycocotools import mask as mask_utils
 
+from .agents.detections import CLASS_NAME
+
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """(H, W) bool -> COCO compressed RLE with ``counts`` as str."""
@@ -32,7 +34,7 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
 
 
 def detections_to_json(dets: sv.Detections) -> list[dict[str, Any]]:
-    names = dets.data.get("class_name", np.array([""] * len(dets)))
+    names = dets.data.get(CLASS_NAME, np.array([""] * len(dets)))
     scores = dets.confidence if dets.confidence is not None else np.ones(len(dets))
     out = []
     for k in range(len(dets)):
@@ -74,7 +76,7 @@ def coco_results(records: list[dict[str, Any]], category_ids: dict[str, list[tup
 def annotate(image: np.ndarray, dets: sv.Detections) -> np.ndarray:
     """(H, W, 3) RGB image with masks, boxes and names drawn (supervision annotators)."""
     scene = image.copy()
-    labels = [f"{n} {s:.2f}" for n, s in zip(dets.data.get("class_name", []),
+    labels = [f"{n} {s:.2f}" for n, s in zip(dets.data.get(CLASS_NAME, []),
                                               dets.confidence if dets.confidence is not None
                                               else np.ones(len(dets)))]
     colored = sv.Detections(xyxy=dets.xyxy, mask=dets.mask, confidence=dets.confidence,

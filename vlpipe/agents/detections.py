@@ -12,14 +12,25 @@ from collections.abc import Sequence
 import numpy as np
 import supervision as sv
 
-__all__ = ["concat", "empty_detections"]
+from supervision.config import CLASS_NAME_DATA_FIELD
+
+__all__ = ["BRANCH", "CLASS_NAME", "QUESTION", "ROUND", "TEXT_LABEL", "VIEW_BOX", "concat",
+           "empty_detections"]
+
+# The keys of ``Detections.data`` the experts fill, each an (N,) or (N, 4) array:
+CLASS_NAME = CLASS_NAME_DATA_FIELD  # (N,) str: the name or phrase each detection was found for
+TEXT_LABEL = "text_label"  # (N,) str: a grounding model's own label of the phrase
+VIEW_BOX = "view_box"  # (N, 4) x0, y0, x1, y1 of its view (full image or tile), full-image pixels
+ROUND = "round"  # (N,) int: the SAM refinement round that gave it (0 = the first)
+QUESTION = "question"  # (N,) int: the index of the question whose answer named it
+BRANCH = "branch"  # (N,) str: detect-fused's branch, "attention" or "grounding"
 
 
 def empty_detections() -> sv.Detections:
     """No detections, with the fields of a result (``sv.Detections.empty()`` has no class_name)."""
     return sv.Detections(xyxy=np.zeros((0, 4), np.float32), confidence=np.zeros((0,), np.float32),
                          class_id=np.zeros((0,), int),
-                         data={"class_name": np.zeros((0,), dtype=str)})
+                         data={CLASS_NAME: np.zeros((0,), dtype=str)})
 
 
 def concat(parts: Sequence[sv.Detections]) -> sv.Detections:

@@ -37,6 +37,7 @@ from ..agents.mllm.model import Generation
 from ..agents.mllm.nodes import ObjectList
 from ..agents.sam.points import pool_to_grid
 from ..agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
+from ..agents.detections import CLASS_NAME
 from ..agents.sam.backends import SamBackend
 from ..agents.views import ObjectMap, View
 from ..agents.tiles.grid import Tile
@@ -238,7 +239,7 @@ class OracleGrounding:
                    & (xyxy[:, 3] - xyxy[:, 1] >= self.min_size))
             out.append(sv.Detections(xyxy=xyxy[big], confidence=np.full(int(big.sum()), 0.5,
                                                                           np.float32),
-                                     data={"class_name": np.array([n for n, _ in found])[big]
+                                     data={CLASS_NAME: np.array([n for n, _ in found])[big]
                                            if found else np.array([], dtype=str)}))
         return out
 

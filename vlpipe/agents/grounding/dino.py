@@ -16,7 +16,7 @@ import torch
 
 from ...io import as_rgb_image
 from ..backends import GROUNDING_BACKENDS
-from ..detections import concat, empty_detections
+from ..detections import CLASS_NAME, TEXT_LABEL, concat, empty_detections
 from ..hub import from_pretrained, resolve_dtype
 from ..thin import stretch_thin
 
@@ -225,7 +225,7 @@ class GroundingDinoBackend:
             xyxy=res["boxes"].float().cpu().numpy().reshape(-1, 4).astype(np.float32),
             confidence=res["scores"].float().cpu().numpy().astype(np.float32),
             class_id=class_id,
-            data={"class_name": names, "text_label": np.array(list(res["text_labels"]), dtype=str)},
+            data={CLASS_NAME: names, TEXT_LABEL: np.array(list(res["text_labels"]), dtype=str)},
         )
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import supervision as sv
 
 from ...pipeline import Node
-from ..detections import empty_detections
+from ..detections import BRANCH, CLASS_NAME, VIEW_BOX, empty_detections
 from ..names.parse import normalize_name
 
-BRANCH_FIELDS = ("class_name", "view_box")
+BRANCH_FIELDS = (CLASS_NAME, VIEW_BOX)
 
 
 class ObjectNamesNode(Node):
@@ -74,8 +74,8 @@ def fuse(attention: sv.Detections, grounded: sv.Detections, agreement: float = 0
     a, g = (_scores(d) for d in (attention, grounded))
     if len(attention) and len(grounded):
         iou = sv.box_iou_batch(attention.xyxy, grounded.xyxy)  # (A, G)
-        same = (np.array([normalize_name(n) for n in attention.data["class_name"]])[:, None]
-                == np.array([normalize_name(n) for n in grounded.data["class_name"]])[None])
+        same = (np.array([normalize_name(n) for n in attention.data[CLASS_NAME]])[:, None]
+                == np.array([normalize_name(n) for n in grounded.data[CLASS_NAME]])[None])
         iou = np.where(same, iou, 0.0)
         best_g, best_a = iou.argmax(1), iou.argmax(0)
         both_a = iou.max(1) >= agreement
@@ -96,5 +96,5 @@ def _tagged(dets: sv.Detections, branch: str) -> sv.Detections:
     """``dets`` with only the shared data fields, plus ``branch``."""
     out = sv.Detections(xyxy=dets.xyxy, mask=dets.mask, confidence=_scores(dets),
                         data={k: dets.data[k] for k in BRANCH_FIELDS})
-    out.data["branch"] = np.full(len(dets), branch)
+    out.data[BRANCH] = np.full(len(dets), branch)
     return out

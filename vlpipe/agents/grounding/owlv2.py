@@ -17,7 +17,7 @@ import torch
 
 from ...io import as_rgb_image
 from ..backends import GROUNDING_BACKENDS
-from ..detections import empty_detections
+from ..detections import CLASS_NAME, TEXT_LABEL, empty_detections
 from ..hub import from_pretrained, resolve_dtype
 
 __all__ = ["Owlv2Backend", "load_owlv2", "load_owlv2_backend"]
@@ -111,5 +111,5 @@ def _detections(xyxy: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
         xyxy=np.clip(xyxy[order].numpy(), 0, [w, h, w, h]).astype(np.float32),
         confidence=scores[order].numpy().astype(np.float32),
         class_id=class_id,
-        data={"class_name": names, "text_label": names.copy()},
+        data={CLASS_NAME: names, TEXT_LABEL: names.copy()},
     )

@@ -17,7 +17,7 @@ import torch
 
 from ...io import as_rgb_image
 from ..backends import GROUNDING_BACKENDS
-from ..detections import concat, empty_detections
+from ..detections import CLASS_NAME, TEXT_LABEL, concat, empty_detections
 from ..hub import from_pretrained, resolve_dtype
 
 __all__ = ["Sam3ConceptBackend", "load_sam3", "load_sam3_concept"]
@@ -124,7 +124,7 @@ class Sam3ConceptBackend:
         return sv.Detections(
             xyxy=xyxy, mask=sv.CompactMask.from_dense(masks, sv.mask_to_xyxy(masks), (h, w)),
             confidence=scores[keep].cpu().numpy().astype(np.float32),
-            class_id=np.full(n, phrase_index), data={"class_name": names, "text_label": names.copy()})
+            class_id=np.full(n, phrase_index), data={CLASS_NAME: names, TEXT_LABEL: names.copy()})
 
 
 def _by_confidence(parts: list[sv.Detections]) -> sv.Detections:

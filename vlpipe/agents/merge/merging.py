@@ -19,9 +19,10 @@ from typing import Literal
 import numpy as np
 import supervision as sv
 
+from ..detections import CLASS_NAME, VIEW_BOX
+from ..names.parse import normalize_name
 from .box_pairs import contained_in_larger
 from .greedy_overlap import descending_order, greedy_owner
-from ..names.parse import normalize_name
 
 __all__ = ["merge_detections", "tile_fragments"]
 
@@ -29,7 +30,7 @@ __all__ = ["merge_detections", "tile_fragments"]
 def _class_codes(dets: sv.Detections) -> np.ndarray:
     """(N,) int codes of the class name as :func:`~.names.normalize_name` keys it (as the fusion
     pairs names); falls back to class_id, then one class."""
-    names = dets.data.get("class_name")
+    names = dets.data.get(CLASS_NAME)
     if names is not None:
         distinct, code = np.unique(np.asarray(names), return_inverse=True)
         norm = np.array([normalize_name(str(n)) for n in distinct], dtype=object)
@@ -50,7 +51,7 @@ def tile_fragments(dets: sv.Detections, *, containment: float = 0.8) -> np.ndarr
     without it nothing is a fragment.
     """
     n = len(dets)
-    view = dets.data.get("view_box")
+    view = dets.data.get(VIEW_BOX)
     if view is None or n == 0:
         return np.zeros(n, dtype=bool)
     view = np.asarray(view, dtype=np.float64).reshape(n, 4)

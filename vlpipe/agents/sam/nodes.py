@@ -28,7 +28,7 @@ import torch
 
 from ...pipeline import Node
 from ..backends import SAM_BACKENDS
-from ..detections import concat, empty_detections
+from ..detections import CLASS_NAME, QUESTION, ROUND, VIEW_BOX, concat, empty_detections
 from ..hub import resolve_device
 from ..tiles.grid import to_full_image
 from ..views import ObjectMap, View
@@ -113,9 +113,9 @@ class SamBoxNode(_SamModelNode):
                 masks = BoxMasks.from_dense(masks)
             confidence = np.ones(k) if dets.confidence is None else dets.confidence
             segmented = _mask_detections(masks, confidence * np.clip(iou, 0.0, 1.0),
-                                         {"class_name": np.asarray(dets.data["class_name"])})
+                                         {CLASS_NAME: np.asarray(dets.data[CLASS_NAME])})
             h, w = image.shape[:2]
-            segmented.data["view_box"] = np.tile(np.array([0, 0, w, h]), (len(segmented), 1))
+            segmented.data[VIEW_BOX] = np.tile(np.array([0, 0, w, h]), (len(segmented), 1))
             out.append({"detections": segmented})
         return out
 
@@ -189,7 +189,7 @@ class SamNode(_SamModelNode):
             rounds.append(_detections(masks, score, [maps[k] for k in targets], r))
         dets = to_full_image(concat(rounds), view.tile, view.full_hw)
         t = view.tile
-        dets.data["view_box"] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
+        dets.data[VIEW_BOX] = np.tile(np.array([t.x0, t.y0, t.x1, t.y1]), (len(dets), 1))
         return dets
 
     def _explain_away(self, sam: SamBackend, maps: list[ObjectMap], valid: list[np.ndarray]):
@@ -248,8 +248,8 @@ def _detections(masks: BoxMasks, score: np.ndarray, maps: list[ObjectMap], rnd: 
     """K masks of one round -> Detections of the non-empty ones (every view, question and round
     is kept for the merge)."""
     return _mask_detections(masks, score, {
-        "class_name": np.array([m.name for m in maps]), "round": np.full(len(maps), rnd),
-        "question": np.array([m.question for m in maps])})
+        CLASS_NAME: np.array([m.name for m in maps]), ROUND: np.full(len(maps), rnd),
+        QUESTION: np.array([m.question for m in maps])})
 
 
 def _mask_detections(masks: BoxMasks, score: np.ndarray, data: dict) -> sv.Detections:
