@@ -17,6 +17,7 @@ from conftest import import_bench
 run_oracle = oracle.run_oracle
 
 from vlpipe.agents.mllm.families import FAMILIES, fit_image, token_grid  # noqa: E402
+from vlpipe.agents.sam.masks import BoxMasks  # noqa: E402
 from vlpipe.agents.sam.nodes import SamNode  # noqa: E402
 from vlpipe.agents.tiles.grid import Tile, split_tiles  # noqa: E402
 from vlpipe.agents.merge.node import MergeNode  # noqa: E402
@@ -73,7 +74,8 @@ class DiscSam:
             self.points += [tuple(p) for p in pts[labs >= 0]]
             x, y = pts[labs == 1][0]
             masks[k] = (xs - x) ** 2 + (ys - y) ** 2 <= 30 ** 2
-        return masks, np.ones(len(points), np.float32), torch.zeros(len(points), 1, 4, 4)
+        return BoxMasks.from_dense(masks), np.ones(len(points), np.float32), torch.zeros(
+            len(points), 1, 4, 4)
 
 
 @pytest.mark.parametrize("fit", ["pad", "native"])
@@ -203,8 +205,8 @@ class ScriptedSam:
     def predict(self, points, labels, mask_logits):
         k = self.calls
         self.calls += 1
-        return (self.masks[k][None].repeat(len(points), 0), np.full(len(points), self.ious[k]),
-                torch.zeros(len(points), 1, 4, 4))
+        return (BoxMasks.from_dense(self.masks[k][None].repeat(len(points), 0)),
+                np.full(len(points), self.ious[k]), torch.zeros(len(points), 1, 4, 4))
 
 
 def test_a_refined_mask_is_the_best_round_never_the_union_of_rounds():

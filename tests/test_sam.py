@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vlpipe.agents.backends import SAM_BACKENDS
+from vlpipe.agents.sam.masks import BoxMasks
 from vlpipe.agents.sam.nodes import SamNode, mask_coverage
 from vlpipe.agents.tiles.grid import Tile
 from vlpipe.agents.views import ObjectMap, View
@@ -38,6 +39,7 @@ def test_masks_have_the_image_size_and_low_res_logits_feed_back(sam, image):
     points = np.array([[[50, 40], [300, 200]], [[200, 100], [0, 0]]], np.float32)
     labels = np.array([[1, 0], [1, -1]])
     masks, iou, low = sam.predict(points, labels, None)
+    assert isinstance(masks, BoxMasks)  # every backend: one mask type
     assert masks.to_dense().shape == (2, h, w) and masks.to_dense().dtype == bool
     assert iou.shape == (2,) and low.shape == (2, 1, 64, 64)
     masks2, _, _ = sam.predict(points, labels, low)

@@ -39,6 +39,7 @@ from ..agents.sam.points import pool_to_grid
 from ..agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
 from ..agents.detections import CLASS_NAME
 from ..agents.sam.backends import SamBackend
+from ..agents.sam.masks import BoxMasks
 from ..agents.views import ObjectMap, View
 from ..agents.tiles.grid import Tile
 from ..io import load_image
@@ -210,7 +211,8 @@ class OracleSam(SamBackend):
                 hit = None
             if hit is not None and not hit[cells[labs == 0, 1], cells[labs == 0, 0]].any():
                 masks[k] = hit
-        return masks, np.ones(len(points), np.float32), torch.zeros(len(points), 1, 8, 8)
+        return BoxMasks.from_dense(masks), np.ones(len(points), np.float32), torch.zeros(
+            len(points), 1, 8, 8)
 
     def _best_in_box(self, box) -> np.ndarray | None:
         """The instance whose box overlaps ``box`` (x0, y0, x1, y1) most (IoU), if any."""

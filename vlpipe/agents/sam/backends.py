@@ -40,12 +40,13 @@ class SamBackend(ABC):
     @abstractmethod
     def predict(self, points: np.ndarray, labels: np.ndarray, mask_logits: torch.Tensor | None,
                 boxes: np.ndarray | None = None
-                ) -> tuple[BoxMasks | np.ndarray, np.ndarray, torch.Tensor]:
+                ) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
         """points (K, P, 2) float (x, y) image pixels, labels (K, P) 1/0 (-1 = padding; P may be
         0 with boxes), mask_logits (K, 1, m, m) low-res logits of a previous round or None,
         boxes (K, 4) xyxy image pixels or None.
-        Returns the K masks of the image (``BoxMasks``, or (K, H, W) bool), predicted IoU (K,),
-        low-res logits (K, 1, m, m). One decoder call for all K."""
+        Returns the K masks of the image as ``BoxMasks`` (always: a dense (K, H, W) bool stack
+        goes through :meth:`BoxMasks.from_dense`), predicted IoU (K,), low-res logits
+        (K, 1, m, m). One decoder call for all K."""
 
     def resize_steps(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """How the low-res logits reach the image: (row steps, column steps) of

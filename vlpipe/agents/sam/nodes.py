@@ -109,8 +109,6 @@ class SamBoxNode(_SamModelNode):
             k = len(dets)
             masks, iou, _ = sam.predict(np.zeros((k, 0, 2), np.float32), np.zeros((k, 0), np.int64),
                                         None, boxes=dets.xyxy)
-            if isinstance(masks, np.ndarray):
-                masks = BoxMasks.from_dense(masks)
             confidence = np.ones(k) if dets.confidence is None else dets.confidence
             segmented = _mask_detections(masks, confidence * np.clip(iou, 0.0, 1.0),
                                          {CLASS_NAME: np.asarray(dets.data[CLASS_NAME])})
@@ -233,10 +231,7 @@ class SamNode(_SamModelNode):
 
 def _decode(sam: SamBackend, prompts, logits) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
     """One decoder call for K prompts [(points, labels)] (+ K low-res logits or None)."""
-    masks, iou, logits = sam.predict(*_pad_prompts(prompts), logits)
-    if isinstance(masks, np.ndarray):
-        masks = BoxMasks.from_dense(masks)
-    return masks, iou, logits
+    return sam.predict(*_pad_prompts(prompts), logits)
 
 
 def _normalized(m: np.ndarray) -> np.ndarray:
