@@ -3,8 +3,10 @@ their backends only through the model pool, with the options in its key."""
 
 import pytest
 
-from vlpipe.agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS, BackendRegistry
+from vlpipe.agents.backends import GROUNDING_BACKENDS, MLLM_BACKENDS, SAM_BACKENDS, BackendRegistry
 from vlpipe.agents.grounding.node import GroundingNode
+from vlpipe.agents.grounding.protocols import GroundingBackend
+from vlpipe.agents.mllm.protocols import LocalMllm, MllmBackend
 from vlpipe.agents.ocr.node import OcrNode
 from vlpipe.pipeline import ModelPool
 from vlpipe.pipeline.models import ModelKey, model_nbytes
@@ -115,3 +117,17 @@ def test_an_unknown_backend_is_refused_when_the_node_is_built():
                                          r"grounding_dino, ") as exc:
         GroundingNode("ground", model="m", backend="dino")
     assert {"owlv2", "sam3"} <= set(str(exc.value).split("known: ")[1][:-1].split(", "))
+
+
+@pytest.mark.parametrize("name", GROUNDING_BACKENDS.names())
+def test_every_grounding_backend_is_a_grounding_backend(tiny_models, name):
+    backend = GROUNDING_BACKENDS.build(name, str(tiny_models / name), "cpu", "float32")
+    assert isinstance(backend, GroundingBackend)
+
+
+def test_local_and_served_mllms_are_mllm_backends(tiny_models):
+    local = MLLM_BACKENDS.build("transformers", str(tiny_models / "llava"), "cpu", "float32")
+    served = MLLM_BACKENDS.build("served", "m", "remote", None, endpoint="http://127.0.0.1:1/v1")
+    assert isinstance(local, LocalMllm) and isinstance(served, MllmBackend)
+    assert not isinstance(served, LocalMllm)  # no tokens, no attention: the ask nodes only
+    assert not isinstance(object(), MllmBackend) and not isinstance(object(), GroundingBackend)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vlpipe.agents.grounding.fusion import FuseNode, ObjectNamesNode, fuse
 from vlpipe.agents.mllm.model import Generation
-from vlpipe.agents.mllm.nodes import ObjectList
+from vlpipe.agents.views import ObjectList
 from vlpipe.agents.sam.backends import load_hf_sam
 from vlpipe.agents.sam.masks import BoxMasks
 from vlpipe.agents.sam.nodes import SamBoxNode
@@ -72,7 +72,8 @@ class BoxSam:
         masks = np.zeros((len(boxes), *self.hw), bool)
         for k, (x0, y0, x1, y1) in enumerate(np.round(boxes).astype(int)):
             masks[k, y0:y1, x0:x1] = True
-        return BoxMasks.from_dense(masks), np.full(len(boxes), 0.5), torch.zeros(len(boxes), 1, 4, 4)
+        return (BoxMasks.from_dense(masks), np.full(len(boxes), 0.5),
+                torch.zeros(len(boxes), 1, 4, 4))
 
 
 def test_sam_box_node_segments_each_box(monkeypatch):

@@ -49,7 +49,8 @@ def test_streamed_flow_equals_flow_over_eager_attentions(mllm, image):
     family, m = mllm
     prompt = m.prompt("List every object in this image, separated by commas.")
     gen = m.generate([image], [prompt], max_new_tokens=6)[0]
-    R, positions, grid, region, prompt_len = m.flow(image, prompt, gen.answer_ids)
+    one = m.flow(image, prompt, gen.answer_ids)
+    R, positions, grid, prompt_len = one.flow, one.positions, one.grid, one.prompt_length
     n = prompt_len + len(gen.answer_ids)
     assert R.shape == (n, n) and R.dtype == torch.float32
     assert len(positions) == grid[0] * grid[1]

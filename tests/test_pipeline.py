@@ -425,3 +425,15 @@ def test_missing_and_unknown_inputs_are_a_type_error():
         pipe.run(image=np.zeros((4, 6, 3), np.uint8), question="why?")
     with pytest.raises(TypeError, match=r"missing input\(s\) 'image'; unknown input\(s\) 'img'"):
         pipe.run(img=np.zeros((4, 6, 3), np.uint8))
+
+
+def test_every_port_of_the_built_in_nodes_is_catalogued():
+    """The port types of every built-in node type are in vlpipe.agents.ports, with their Python
+    type (loading every node class imports their experts' code, not their weights)."""
+    from vlpipe.agents.ports import PORT_TYPES
+    from vlpipe.pipeline import registry
+
+    declared = {t for name in registry.names() for cls in [registry.get(name)]
+                for t in [*cls.inputs.values(), *cls.outputs.values()]}
+    assert declared - set(PORT_TYPES) == set()
+    assert declared == set(PORT_TYPES) - {"number"}  # "number": examples/custom_dag.py's nodes

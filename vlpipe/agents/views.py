@@ -1,4 +1,5 @@
-"""What flows between the detect nodes: views of an image and per-object attention maps."""
+"""What flows between the detect nodes: views of an image, object lists, per-object attention
+maps (their port types: :mod:`.ports`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .mllm.model import Generation
 from .tiles.grid import Tile
 
 
@@ -40,3 +42,15 @@ class ObjectMap:
     def to_json(self) -> dict:
         return {"name": self.name, "view": self.view, "question": self.question,
                 "grid": list(self.map.shape), "region": [float(v) for v in self.region]}
+
+
+@dataclass
+class ObjectList:
+    """Objects named in one answer: the view and question it answers, the generation, and per
+    name its answer-token indices."""
+
+    view: int
+    question: int
+    generation: Generation
+    prompt: str
+    names: list[tuple[str, list[int]]]

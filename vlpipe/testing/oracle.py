@@ -1,6 +1,7 @@
 """Oracle experts for the detect recipe: a world in which detect can be right.
 
-Used only by ``bench/oracle.py``, ``bench/synthetic.py`` and the tests, never by a recipe. Given a COCO/LVIS dataset:
+Used only by ``bench/oracle.py``, ``bench/synthetic.py`` and the tests, never by a recipe. Given
+a COCO/LVIS dataset:
 
 * ``oracle_objects`` names, for every view and question, the categories with ground-truth pixels
   in the part of the view the MLLM would see;
@@ -34,13 +35,13 @@ import torch
 
 from ..agents.mllm.families import fit_image, get_family, token_grid
 from ..agents.mllm.model import Generation
-from ..agents.mllm.nodes import ObjectList
+from ..agents.ports import OBJECT_LISTS, OBJECT_MAPS, VIEWS
 from ..agents.sam.points import pool_to_grid
 from ..agents.backends import GROUNDING_BACKENDS, SAM_BACKENDS
 from ..agents.detections import CLASS_NAME
 from ..agents.sam.backends import SamBackend
 from ..agents.sam.masks import BoxMasks
-from ..agents.views import ObjectMap, View
+from ..agents.views import ObjectList, ObjectMap, View
 from ..agents.tiles.grid import Tile
 from ..io import load_image
 from ..pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
@@ -128,8 +129,8 @@ class OracleWorld:
 class OracleObjectsNode(Node):
     """views -> objects: every category seen in each view, for each of ``questions``."""
 
-    inputs = {"views": "views"}
-    outputs = {"objects": "object_lists"}
+    inputs = {"views": VIEWS}
+    outputs = {"objects": OBJECT_LISTS}
 
     def __init__(self, name: str, *, gt: str, images: str | None = None, family: str = "llava",
                  image_fit: str = "pad", questions: int = 1, **kw) -> None:
@@ -155,8 +156,8 @@ class OracleObjectsNode(Node):
 class OracleMapsNode(Node):
     """views + objects -> maps: each name's ground truth pooled onto the family's vision grid."""
 
-    inputs = {"views": "views", "objects": "object_lists"}
-    outputs = {"maps": "object_maps"}
+    inputs = {"views": VIEWS, "objects": OBJECT_LISTS}
+    outputs = {"maps": OBJECT_MAPS}
 
     def __init__(self, name: str, *, gt: str, images: str | None = None, family: str = "llava",
                  image_fit: str = "pad", **kw) -> None:

@@ -16,6 +16,7 @@ import supervision as sv
 from ...pipeline import Node
 from ..detections import BRANCH, CLASS_NAME, VIEW_BOX, empty_detections
 from ..names.parse import normalize_name
+from ..ports import DETECTIONS, OBJECT_LISTS, PHRASES
 
 BRANCH_FIELDS = (CLASS_NAME, VIEW_BOX)
 
@@ -24,8 +25,8 @@ class ObjectNamesNode(Node):
     """objects (every view and question) -> phrases: the distinct names, most often named first
     (ties: first named), at most ``max_names``."""
 
-    inputs = {"objects": "object_lists"}
-    outputs = {"phrases": "phrases"}
+    inputs = {"objects": OBJECT_LISTS}
+    outputs = {"phrases": PHRASES}
 
     def __init__(self, name: str, *, max_names: int = 32, **kw) -> None:
         super().__init__(name, **kw)
@@ -48,8 +49,8 @@ class ObjectNamesNode(Node):
 class FuseNode(Node):
     """attention + grounded detections -> one set, agreeing pairs boosted (noisy-OR)."""
 
-    inputs = {"attention": "detections", "grounded": "detections"}
-    outputs = {"detections": "detections"}
+    inputs = {"attention": DETECTIONS, "grounded": DETECTIONS}
+    outputs = {"detections": DETECTIONS}
 
     def __init__(self, name: str, *, agreement: float = 0.5, **kw) -> None:
         super().__init__(name, **kw)

@@ -6,8 +6,10 @@ import re
 
 from ...pipeline import Node
 from ..backends import GROUNDING_BACKENDS
-from .crops import crop_boxes
 from ..hub import check_dtype, resolve_device
+from ..ports import CROPS, DETECTIONS, IMAGE, PHRASES
+from .crops import crop_boxes
+from .protocols import GroundingBackend
 
 
 def split_phrases(phrases: str | list[str]) -> list[str]:
@@ -27,8 +29,8 @@ class GroundingNode(Node):
     padded to the largest and its sums rounded otherwise, so its boxes would depend on the
     batch. ``text_threshold`` is Grounding DINO's only."""
 
-    inputs = {"image": "image", "phrases": "phrases"}
-    outputs = {"detections": "detections", "crops": "crops"}
+    inputs = {"image": IMAGE, "phrases": PHRASES}
+    outputs = {"detections": DETECTIONS, "crops": CROPS}
     max_batch = 1
 
     def __init__(self, name: str, *, model: str, backend: str = "grounding_dino",
@@ -42,9 +44,9 @@ class GroundingNode(Node):
         self.max_crops = int(max_crops)
 
     @property
-    def backend(self):
+    def backend(self) -> GroundingBackend:
         """The backend from the pool (one per weights, device, dtype and the thresholds it
-        takes): ``detect(images, phrase lists) -> list of Detections``."""
+        takes)."""
         return GROUNDING_BACKENDS.load(self.pool, self.backend_name, self.model_id, self.device,
                                        self.dtype, **self.thresholds)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...pipeline import Node
+from ..ports import DETECTIONS
 from .merging import merge_detections, tile_fragments
 
 
@@ -16,8 +17,8 @@ class MergeNode(Node):
     are (no union of rounds) and keeps side-by-side instances apart, which intersection over
     the smaller box with merging (``method: nmm, metric: ios``) does not."""
 
-    inputs = {"detections": "detections"}
-    outputs = {"detections": "detections"}
+    inputs = {"detections": DETECTIONS}
+    outputs = {"detections": DETECTIONS}
 
     def __init__(self, name: str, *, method: str = "nms", metric: str = "iou",
                  threshold: float = 0.5, class_agnostic: bool = False,

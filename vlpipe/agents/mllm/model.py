@@ -18,8 +18,10 @@ and the teacher-forced passes prefill it once and reuse its KV cache (:meth:`Mll
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +43,20 @@ class Generation:
     answer_ids: torch.Tensor
     text: str
     stopped: bool
+
+
+class TokenFlow(NamedTuple):
+    """One teacher-forced pass (:meth:`Mllm.flow`): ``flow`` (N, N) float32, the VL-SAM flow R
+    over the sequence's N tokens (the last layer's S' with ``flow=False``, see
+    :class:`AttentionFlow`); ``positions`` (gh·gw,) the sequence positions of the image tokens in
+    row-major grid order; ``grid`` (gh, gw); ``region`` (x0, y0, x1, y1) the part of the image,
+    in its pixels, the grid covers; ``prompt_length`` the prompt's tokens (the answer's follow)."""
+
+    flow: torch.Tensor
+    positions: torch.Tensor
+    grid: tuple[int, int]
+    region: tuple[float, float, float, float]
+    prompt_length: int
 
 
 class Mllm:
@@ -181,11 +197,8 @@ class Mllm:
 
     def flow(self, image: np.ndarray, prompt: str, answer_ids: torch.Tensor,
              head_weighting: bool = True, regularize: bool = True, fit: str = "pad",
-             flow: bool = True):
-        """Teacher-forced pass over prompt + answer; returns (R (N, N) float32 flow (the last
-        layer's S' with ``flow=False``, see :class:`AttentionFlow`),
-        image token positions (gh·gw,), grid (gh, gw), region (x0, y0, x1, y1) in ``image``'s
-        pixels, prompt length)."""
+             flow: bool = True) -> TokenFlow:
+        """Teacher-forced pass over prompt + answer (:class:`TokenFlow`)."""
         with closing(self.flows(image, [prompt], [answer_ids], head_weighting, regularize, fit,
                                 flow, share_prefix=False)) as one:
             return next(one)
@@ -193,8 +206,8 @@ class Mllm:
     @torch.inference_mode()
     def flows(self, image: np.ndarray, prompts: list[str], answers: list[torch.Tensor],
               head_weighting: bool = True, regularize: bool = True, fit: str = "pad",
-              flow: bool = True, share_prefix: bool = True):
-        """:meth:`flow` for each prompt + answer about one image, yielded in order. With
+              flow: bool = True, share_prefix: bool = True) -> Iterator[TokenFlow]:
+        """A :class:`TokenFlow` for each prompt + answer about one image, in order. With
         ``share_prefix`` the prompts' shared prefix (system text and image tokens) runs once:
         its keys, values and per-layer queries are kept, and each sequence runs only its own
         tokens, the flow attention putting the prefix's query rows back in front
@@ -222,7 +235,8 @@ class Mllm:
                                    logits_to_keep=1)
                         cache.crop(p - len(seq))  # back to the prefix
                 positions = (seq == self.image_token_id).nonzero()[:, 0]
-                yield acc.result, positions[order.to(positions.device)], grid, region, len(prompt_row)
+                yield TokenFlow(acc.result, positions[order.to(positions.device)], grid, region,
+                                len(prompt_row))
 
     def _sequence_inputs(self, encoded: dict, seq: torch.Tensor) -> dict:
         """``encoded`` (one prompt with its image) with its tokens replaced by ``seq`` (N,): the

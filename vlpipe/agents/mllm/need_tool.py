@@ -24,6 +24,7 @@ import torch
 
 from ...prompts import load_prompt
 from ..backends import OCR_BACKENDS
+from ..ports import BOOL, DECISION, IMAGE, TEXT
 from .nodes import MllmNode
 
 OPTIONS = ("none", "objects", "text", "both")
@@ -108,8 +109,8 @@ class NeedToolNode(MllmNode):
     """image + question -> decision {choice, probs, policy}, objects (bool), text (bool)."""
 
     servable = True
-    inputs = {"image": "image", "question": "text"}
-    outputs = {"decision": "decision", "objects": "bool", "text": "bool"}
+    inputs = {"image": IMAGE, "question": TEXT}
+    outputs = {"decision": DECISION, "objects": BOOL, "text": BOOL}
     max_batch = 1
 
     def __init__(self, name: str, *, policy: str = "mllm", calibrator: str = "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 from contextlib import closing
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -23,11 +22,14 @@ from ..hub import check_dtype, resolve_device
 from ..names.gazetteer import Gazetteer
 from ..names.parse import category_terms, parse_object_names
 from ..ocr.backends import lines_prompt
-from ..views import ObjectMap
+from ..ports import (CROPS, DETECTIONS, EVIDENCE, IMAGE, OBJECT_LISTS, OBJECT_MAPS, PHRASES, TEXT,
+                     TEXT_LINES, VIEWS)
+from ..views import ObjectList, ObjectMap
 from .attention import READOUTS, object_map, query_positions
 from .layouts import FITS
-from .model import Generation, Mllm, token_spans
+from .model import token_spans
 from .phrases import parse_phrases
+from .protocols import MllmBackend
 
 
 class MllmNode(Node):
@@ -67,24 +69,14 @@ class MllmNode(Node):
         self._max_new_tokens = value
 
     @property
-    def mllm(self) -> Mllm:
+    def mllm(self) -> MllmBackend:
+        """The served model with an ``endpoint``, else the local one (a
+        :class:`~.protocols.LocalMllm`)."""
         if self.endpoint:
             return MLLM_BACKENDS.load(self.pool, "served", self.model_id, "remote", None,
                                       endpoint=self.endpoint)
         return MLLM_BACKENDS.load(self.pool, "transformers", self.model_id, self.device,
                                   self.dtype, trust_remote_code=self.trust_remote_code)
-
-
-@dataclass
-class ObjectList:
-    """Objects named in one answer: the view and question it answers, the generation, and per
-    name its answer-token indices."""
-
-    view: int
-    question: int
-    generation: Generation
-    prompt: str
-    names: list[tuple[str, list[int]]]
 
 
 class ObjectListNode(MllmNode):
@@ -95,8 +87,8 @@ class ObjectListNode(MllmNode):
     ``vocabulary``: a COCO / LVIS annotation file whose category names and synonyms join the
     tag gazetteer the names are parsed with (empty: the vendored tags only)."""
 
-    inputs = {"views": "views"}
-    outputs = {"objects": "object_lists"}
+    inputs = {"views": VIEWS}
+    outputs = {"objects": OBJECT_LISTS}
 
     def __init__(self, name: str, *, questions: int = 10, prompt: str = "list_objects",
                  max_new_tokens: int = 96, gen_batch: int = 16, vocabulary: str = "",
@@ -143,8 +135,8 @@ class AttentionMapNode(MllmNode):
     (``"preceding"``, the query that predicted the name) or both
     (:func:`~vlpipe.agents.mllm.attention.query_positions`)."""
 
-    inputs = {"views": "views", "objects": "object_lists"}
-    outputs = {"maps": "object_maps"}
+    inputs = {"views": VIEWS, "objects": OBJECT_LISTS}
+    outputs = {"maps": OBJECT_MAPS}
     max_batch = 1
 
     def __init__(self, name: str, *, head_weighting: bool = True, regularize: bool = True,
@@ -167,11 +159,11 @@ class AttentionMapNode(MllmNode):
                                    [obj.generation.answer_ids for obj in objs],
                                    self.head_weighting, self.regularize, self.image_fit, self.flow)
                 with closing(flows):  # restores the model's attention even if a map fails
-                    for obj, (R, positions, grid, region, prompt_len) in zip(objs, flows):
+                    for obj, one in zip(objs, flows):
                         for name, tokens in obj.names:
-                            m = object_map(R, query_positions(tokens, prompt_len, self.read),
-                                           positions, grid)
-                            maps.append(ObjectMap(name, obj.view, obj.question, m, region))
+                            rows = query_positions(tokens, one.prompt_length, self.read)
+                            m = object_map(one.flow, rows, one.positions, one.grid)
+                            maps.append(ObjectMap(name, obj.view, obj.question, m, one.region))
             out.append({"maps": maps})
         return out
 
@@ -182,8 +174,8 @@ class PhrasesNode(MllmNode):
     sums, and so its answer."""
 
     servable = True
-    inputs = {"image": "image", "question": "text"}
-    outputs = {"phrases": "phrases"}
+    inputs = {"image": IMAGE, "question": TEXT}
+    outputs = {"phrases": PHRASES}
     max_batch = 1
 
     def __init__(self, name: str, *, max_new_tokens: int = 48, **kw) -> None:
@@ -209,9 +201,9 @@ class AnswerNode(MllmNode):
 
     servable = True
     max_batch = 1
-    inputs = {"image": "image", "question": "text", "crops": "crops", "lines": "text_lines",
-              "detections": "detections"}
-    outputs = {"answer": "text", "evidence": "evidence"}
+    inputs = {"image": IMAGE, "question": TEXT, "crops": CROPS, "lines": TEXT_LINES,
+              "detections": DETECTIONS}
+    outputs = {"answer": TEXT, "evidence": EVIDENCE}
     optional = frozenset({"crops", "lines", "detections"})
 
     def __init__(self, name: str, *, max_crops: int = 4, max_new_tokens: int = 128, **kw) -> None:

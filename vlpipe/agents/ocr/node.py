@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ...pipeline import Node
 from ..backends import OCR_BACKENDS
+from ..ports import DETECTIONS, IMAGE, TEXT_LINES
 
 
 class OcrNode(Node):
     """image [+ detections whose boxes to read inside] -> lines (list of TextLine)."""
 
-    inputs = {"image": "image", "detections": "detections"}
-    outputs = {"lines": "text_lines"}
+    inputs = {"image": IMAGE, "detections": DETECTIONS}
+    outputs = {"lines": TEXT_LINES}
     optional = frozenset({"detections"})
 
     def __init__(self, name: str, *, backend: str = "rapidocr", **kw) -> None:

@@ -30,6 +30,7 @@ from ...pipeline import Node
 from ..backends import SAM_BACKENDS
 from ..detections import CLASS_NAME, QUESTION, ROUND, VIEW_BOX, concat, empty_detections
 from ..hub import resolve_device
+from ..ports import DETECTIONS, IMAGE, OBJECT_MAPS, VIEWS
 from ..tiles.grid import to_full_image
 from ..views import ObjectMap, View
 from .backends import SamBackend
@@ -93,8 +94,8 @@ class SamBoxNode(_SamModelNode):
     box's confidence × SAM's predicted IoU (clipped to [0, 1]); the box becomes the mask's
     extent (``data["view_box"]``: the whole image)."""
 
-    inputs = {"image": "image", "detections": "detections"}
-    outputs = {"detections": "detections"}
+    inputs = {"image": IMAGE, "detections": DETECTIONS}
+    outputs = {"detections": DETECTIONS}
     max_batch = 1
 
     def run(self, batch):
@@ -128,8 +129,8 @@ class SamNode(_SamModelNode):
     forward; it bounds the encoder's transient memory (SAM ViT-H's global-attention layers hold
     (16, 4096, 4096) float32 scores per view, 1 GiB)."""
 
-    inputs = {"views": "views", "maps": "object_maps"}
-    outputs = {"detections": "detections"}
+    inputs = {"views": VIEWS, "maps": OBJECT_MAPS}
+    outputs = {"detections": DETECTIONS}
     max_batch = 1
 
     def __init__(self, name: str, *, rounds: int = 3, threshold: float = 0.5,

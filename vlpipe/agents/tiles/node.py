@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...pipeline import Node
 from .grid import parse_grid, split_tiles
+from ..ports import IMAGE, VIEWS
 from ..views import View
 
 
@@ -13,8 +14,8 @@ class TilesNode(Node):
     Each view is then run by the detect branch like an image of its own, so the MLLM and SAM
     nodes batch views across images."""
 
-    inputs = {"image": "image"}
-    outputs = {"views": "views"}
+    inputs = {"image": IMAGE}
+    outputs = {"views": VIEWS}
 
     def __init__(self, name: str, *, tiles: str = "2x2", overlap: float = 0.0,
                  min_size: int = 64, **kw) -> None:
