@@ -1,6 +1,6 @@
 """Detect in the oracle world: is the pipeline right when its experts are right?
 
-    python bench/oracle.py [--gt GT.json --images DIR] [--family llava|llava_next|qwen2_vl|qwen3_vl]
+    python bench/oracle.py [--gt GT.json --images DIR] [--family FAMILY]  # any registered family
                            [--recipe detect|detect-fused] [--tiles 2x2] [--questions K]
                            [--scenes N] [--seed S] [--kinds default,crowded] [--json]
 

@@ -21,7 +21,7 @@ def split_phrases(phrases: str | list[str]) -> list[str]:
 
 class GroundingNode(Node):
     """image + phrases -> detections (named by phrase) and labelled crops, shared fairly between
-    phrases (:func:`~.grounding.fair_order`).
+    phrases (:func:`~.crops.fair_order`).
 
     ``backend``: ``grounding_dino`` (default), ``owlv2`` or ``sam3`` (every instance of each
     phrase, with masks). An image's phrases go through the model in batched forward passes,

@@ -28,7 +28,7 @@ __all__ = ["merge_detections", "tile_fragments"]
 
 
 def _class_codes(dets: sv.Detections) -> np.ndarray:
-    """(N,) int codes of the class name as :func:`~.names.normalize_name` keys it (as the fusion
+    """(N,) int codes of the class name as :func:`~vlpipe.agents.names.parse.normalize_name` keys it (as the fusion
     pairs names); falls back to class_id, then one class."""
     names = dets.data.get(CLASS_NAME)
     if names is not None:

@@ -1,4 +1,4 @@
-"""The merge as a node: detections of every view -> one deduplicated set (:mod:`.merge`)."""
+"""The merge as a node: detections of every view -> one deduplicated set (:mod:`.merging`)."""
 
 from __future__ import annotations
 

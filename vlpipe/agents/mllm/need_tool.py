@@ -5,7 +5,7 @@ Policies behind one node:
 - ``mllm``: the MLLM's own judgment, its next-token probabilities over the options
   (none / objects / text / both) for the ``need_tool`` prompt, every casing and leading-space
   variant of an option ("None", " none", "NONE") read as one (log-sum-exp, see
-  :func:`.mllm.option_probs`);
+  :func:`.model.option_probs`);
 - ``calibrated``: a small logistic model (:class:`Calibrator`, fitted by ``vlpipe calibrate``)
   over features = the MLLM's option probabilities, the OCR detector's text-area fraction and
   question cues;

@@ -1,6 +1,6 @@
 """Open-ended object names mapped to a dataset's categories (COCO, LVIS, ...).
 
-``VocabularyMapper``: exact match of the normalized name (:func:`~.names.normalize_name`) or of
+``VocabularyMapper``: exact match of the normalized name (:func:`~.parse.normalize_name`) or of
 a synonym first, then of the name less its first words (a "luggage cart" is a "cart"),
 text-embedding similarity otherwise (:func:`clip_text_encoder`).
 """
