@@ -1,8 +1,9 @@
 """The MLLM backend (local weights): generation, VL-SAM attention flows, option probabilities.
 
-Any Hugging Face image-text-to-text model loads through ``AutoModelForImageTextToText``. What
-differs between families is where the image tokens sit and which part of the image they see;
-:mod:`vlpipe.agents.mllm.layouts` holds one small function per family for that.
+Any Hugging Face image-text-to-text model of a registered family loads through
+``AutoModelForImageTextToText``. What differs between families (where the image tokens sit and
+which part of the image they see, how images are fitted, the units of boxes) is in the family's
+record, :mod:`vlpipe.agents.mllm.families`.
 
 Generation runs with the model's default (fast) attention. Attention maps come from one
 teacher-forced forward pass over prompt + answer whose language-model attention layers run
