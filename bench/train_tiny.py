@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlpipe.agents.mllm.layouts import fit_image
+from vlpipe.agents.mllm.families import fit_image
 from vlpipe.agents.tiles.grid import split_tiles
 from vlpipe.prompts import load_questions
 from vlpipe.synthetic import CATEGORIES, SIZES, render_scene

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vlpipe.agents.gazetteer import vendored_tags
+from vlpipe.agents.names.gazetteer import vendored_tags
 
 
 #: WordNet's lexicographer files by number (lexnames(5WN)).
