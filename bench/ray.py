@@ -80,9 +80,7 @@ def main() -> None:
 
     import yaml
 
-    from vlpipe.batch import RunOptions, run
-    from vlpipe.ray_runner import RayEngine, import_ray
-    from vlpipe.runner import list_inputs
+    from vlpipe.batch import RayEngine, RunOptions, import_ray, list_inputs, run
 
     params = {}
     for item in args.sets:

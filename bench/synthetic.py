@@ -45,10 +45,9 @@ from train_tiny import view_names  # noqa: E402
 
 from vlpipe.agents.mllm import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.points import instance_prompts, points_to_image  # noqa: E402
+from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
-from vlpipe.batch import run  # noqa: E402
 from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
-from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_llava_shapes"

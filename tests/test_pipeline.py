@@ -314,38 +314,6 @@ def test_skipped_sentinel_never_leaks_into_results():
     assert result.outputs == {"y": None} and SKIPPED not in result.outputs.values()
 
 
-def test_prefetch_keeps_order_reraises_and_stops_its_thread_when_abandoned():
-    import threading
-
-    from vlpipe.pipeline import prefetch
-
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
-
-    def failing():
-        yield 1
-        raise OSError("disk gone")
-
-    it = prefetch(failing())
-    assert next(it) == 1
-    with pytest.raises(OSError, match="disk gone"):
-        next(it)
-    before = threading.active_count()
-    produced = []
-
-    def endless():
-        k = 0
-        while True:
-            produced.append(k)
-            yield k
-            k += 1
-
-    gen = prefetch(endless(), depth=2)
-    assert next(gen) == 0
-    gen.close()  # the consumer stops early: the producer thread must end, not block forever
-    assert threading.active_count() <= before
-    assert len(produced) <= 5
-
-
 def test_misspelt_node_params_are_reported_together_before_any_model_loads(tmp_path):
     from vlpipe.agents.sam import SamNode
     from vlpipe.agents.tiles_node import TilesNode
