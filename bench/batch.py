@@ -91,7 +91,7 @@ def batch_run(spec, pipe, entries, out: Path, batch_size: int):
 def compare(spec, pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 5) -> dict[str, list[float]]:
     """Wall and CPU seconds of both ways over the same images, alternating in ``chunks`` so
     that load from other processes on a shared machine hits both alike."""
-    from vlpipe.runner import list_inputs
+    from vlpipe.batch import list_inputs
 
     entries, _ = list_inputs(folder)
     times = {"loop": [0.0, 0.0], "batch": [0.0, 0.0]}
@@ -110,7 +110,7 @@ def compare(spec, pipe, folder: Path, tmp: Path, batch_size: int, chunks: int = 
 
 def rss_worker(tiny: Path, folder: Path, out: Path, first: int, total: int, batch_size: int) -> None:
     """Peak RSS after ``first`` images, then after resuming up to ``total`` (JSON on stdout)."""
-    from vlpipe.runner import list_inputs
+    from vlpipe.batch import list_inputs
 
     spec, pipe = load_pipeline(tiny)
     entries, _ = list_inputs(folder)
@@ -141,7 +141,7 @@ def main() -> None:
     import torch
 
     from vlpipe.io import load_image
-    from vlpipe.runner import read_predictions
+    from vlpipe.batch import read_predictions
     from vlpipe.tiny import build_all
 
     with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:

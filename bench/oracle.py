@@ -31,10 +31,9 @@ import numpy as np  # noqa: E402
 import supervision as sv  # noqa: E402
 
 from vlpipe.agents.mllm.families import FAMILIES  # noqa: E402
-from vlpipe.batch import run  # noqa: E402
+from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
-from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import SCENE_KINDS, make_scenes  # noqa: E402
 from vlpipe.testing.oracle import oracle_pipeline, oracle_spec  # noqa: E402
 

@@ -44,10 +44,9 @@ from train_tiny import view_names  # noqa: E402
 
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.sam.points import instance_prompts, points_to_image  # noqa: E402
+from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
-from vlpipe.batch import run  # noqa: E402
 from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
-from vlpipe.runner import list_inputs, write_results  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 from vlpipe.testing.oracle import OracleWorld  # noqa: E402
 

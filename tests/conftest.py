@@ -15,8 +15,7 @@ BENCH = str(Path(__file__).resolve().parents[1] / "bench")
 
 
 def import_bench(*names: str) -> list:
-    """The modules ``names`` of bench/, imported with bench/ on sys.path only meanwhile
-    (bench/ray.py must not shadow the ray package for the other tests)."""
+    """The modules ``names`` of bench/, imported with bench/ on sys.path only meanwhile."""
     sys.path.insert(0, BENCH)
     try:
         return [importlib.import_module(n) for n in names]

@@ -23,11 +23,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
-from vlpipe.batch import MaxFailures, RunOptions, run
+from vlpipe.batch import (PREDICTIONS, RESULTS, MaxFailures, RunOptions, list_inputs, output_name,
+                          read_predictions, run, write_results)
 from vlpipe.cli import app
 from vlpipe.pipeline import GraphError, Node, PipelineSpec, registry
-from vlpipe.runner import (PREDICTIONS, RESULTS, list_inputs, output_name, read_predictions,
-                           write_results)
 from vlpipe.tiny.mllm import OBJECT_WORDS
 
 FAST = ["--tiles", "1x1", "--questions", "1", "--set", "rounds=1"]
@@ -519,3 +518,35 @@ def test_batch_runs_need_a_detections_output(box_spec, tiny_models, tmp_path):
     with pytest.raises(GraphError, match="pipeline 'ground' takes 'image', 'phrases'"):
         run(tiny_models / "ground.yaml", {}, entries, out)  # detections, but needs phrases
     assert not out.exists()
+
+
+def test_prefetch_keeps_order_reraises_and_stops_its_thread_when_abandoned():
+    import threading
+
+    from vlpipe.batch import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    it = prefetch(failing())
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+    before = threading.active_count()
+    produced = []
+
+    def endless():
+        k = 0
+        while True:
+            produced.append(k)
+            yield k
+            k += 1
+
+    gen = prefetch(endless(), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops early: the producer thread must end, not block forever
+    assert threading.active_count() <= before
+    assert len(produced) <= 5

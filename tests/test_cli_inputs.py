@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from vlpipe.batch import PREDICTIONS, collect_inputs, lock_output, read_predictions
 from vlpipe.pipeline import GraphError, Pipeline
-from vlpipe.runner import PREDICTIONS, collect_inputs, lock_output, read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--tiles", "1x1", "--questions", "1", "--set", "rounds=1"]
@@ -242,19 +242,19 @@ def test_user_mistakes_are_one_error_line(tiny_models, two_images, tmp_path, cas
 
 def test_disk_full_is_an_error_line_and_keeps_what_was_written(tiny_models, two_images, tmp_path,
                                                               monkeypatch):
-    import vlpipe.batch
+    from vlpipe.batch import driver
     from vlpipe.cli import app
 
-    write = vlpipe.batch.append_record
+    write = driver.append_line
     written = []
 
-    def fill_up(sink, record):
+    def fill_up(sink, line):
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(sink, record)
-        written.append(record)
+        write(sink, line)
+        written.append(line)
 
-    monkeypatch.setattr(vlpipe.batch, "append_record", fill_up)
+    monkeypatch.setattr(driver, "append_line", fill_up)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["run", str(tiny_models / "detect.yaml"), str(two_images),
                                    "--out", str(out), "--batch-size", "1", *FAST])
@@ -393,15 +393,15 @@ def test_damaged_annotation_files_are_named_in_run_and_eval(tiny_models, two_ima
 
 def test_interrupted_run_says_how_to_go_on_and_the_next_run_does(tiny_models, two_images,
                                                                  tmp_path, monkeypatch):
-    import vlpipe.batch
+    from vlpipe.batch import driver
 
-    write = vlpipe.batch.append_record
+    write = driver.append_line
 
-    def interrupt_after_one(sink, record):
-        write(sink, record)
+    def interrupt_after_one(sink, line):
+        write(sink, line)
         raise KeyboardInterrupt  # Ctrl-C right after the first image was written
 
-    monkeypatch.setattr(vlpipe.batch, "append_record", interrupt_after_one)
+    monkeypatch.setattr(driver, "append_line", interrupt_after_one)
     out = tmp_path / "out"
     args = ["run", tiny_models / "detect.yaml", two_images, "--out", out, "--batch-size", "1",
             *FAST]
@@ -410,7 +410,7 @@ def test_interrupted_run_says_how_to_go_on_and_the_next_run_does(tiny_models, tw
     assert f"interrupted: the finished images are kept in '{out}'; run the same command " \
            "again" in stopped.stderr
     assert len(read_predictions(out / PREDICTIONS)) == 1
-    monkeypatch.setattr(vlpipe.batch, "append_record", write)
+    monkeypatch.setattr(driver, "append_line", write)
     resumed = cli(*args)
     assert resumed.exit_code == 0, resumed.output
     assert "done 1, skipped 1" in resumed.stderr

@@ -12,11 +12,10 @@ import pytest
 from PIL import Image
 
 from vlpipe.agents.thin import is_thin, pad_thin, stretch_thin
-from vlpipe.batch import RunOptions, run
+from vlpipe.batch import PREDICTIONS, RunOptions, collect_inputs, read_predictions, run
 from vlpipe.io import load_image
 from vlpipe.pipeline import Pipeline
 from vlpipe.results import decode_mask
-from vlpipe.runner import PREDICTIONS, collect_inputs, read_predictions
 
 SIZES = {"1x1": (1, 1), "1x4000": (1, 4000), "4000x1": (4000, 1), "2x2": (2, 2),
          "3x5": (3, 5), "8x4000": (8, 4000), "4000x8": (4000, 8)}

@@ -237,7 +237,7 @@ def test_a_refined_mask_is_the_best_round_never_the_union_of_rounds():
 @pytest.mark.parametrize("kind", ["default", "crowded"])
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_defaults_reach_the_target_ap_on_synthetic_scenes(tmp_path, family, kind):
-    gt = make_scenes(tmp_path / "scenes", n_images=20, seed=0, kind=kind)  # the README's figures
+    gt = make_scenes(tmp_path / "scenes", n_images=20, seed=0, kind=kind)  # the figures in docs/checks.md
     metrics = run_oracle(gt, None, tmp_path / "run", family=family)
     print(family, kind, json.dumps(metrics))
     assert metrics["bbox"]["AP"] >= 0.9 and metrics["bbox"]["AR"] >= 0.9

@@ -314,36 +314,49 @@ def test_skipped_sentinel_never_leaks_into_results():
     assert result.outputs == {"y": None} and SKIPPED not in result.outputs.values()
 
 
-def test_prefetch_keeps_order_reraises_and_stops_its_thread_when_abandoned():
-    import threading
+SHARED = textwrap.dedent("""
+    name: shared
+    params: {factor: 3}
+    inputs: {x: number}
+    models:
+      scaler: {factor: "${factor}"}
+    nodes:
+      a: {type: toy_scale, uses: scaler, in: {x: input.x}, params: {tag: "a"}}
+      b: {type: toy_scale, uses: scaler, in: {x: a.y}, params: {tag: "b"}}
+    outputs: {y: b.y}
+""")
 
-    from vlpipe.pipeline import prefetch
 
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+def test_a_model_declared_once_gives_its_params_to_every_node_that_uses_it(tmp_path):
+    registry.register("toy_scale", Scale)
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED)
+    pipe = Pipeline.load(path, factor=5)
+    a, b = pipe.graph.nodes["a"], pipe.graph.nodes["b"]
+    assert (a.factor, a.tag, b.factor, b.tag) == (5, "a", 5, "b")
+    assert pipe.run(x=2).outputs == {"y": 50}  # 2 * 5 * 5
 
-    def failing():
-        yield 1
-        raise OSError("disk gone")
 
-    it = prefetch(failing())
-    assert next(it) == 1
-    with pytest.raises(OSError, match="disk gone"):
-        next(it)
-    before = threading.active_count()
-    produced = []
+def test_an_unknown_model_or_a_model_param_set_again_is_refused(tmp_path):
+    registry.register("toy_scale", Scale)
+    path = tmp_path / "typo.yaml"
+    path.write_text(SHARED.replace("uses: scaler, in: {x: a.y}", "uses: scalar, in: {x: a.y}"))
+    with pytest.raises(GraphError, match=r"node 'b': unknown model 'scalar' \(models: scaler\)"):
+        Pipeline.load(path)
+    path.write_text(SHARED.replace('params: {tag: "a"}', 'params: {tag: "a", factor: 4}'))
+    with pytest.raises(GraphError, match="node 'a': factor set both here and by its model "
+                                         "'scaler'; declare it once"):
+        Pipeline.load(path)
 
-    def endless():
-        k = 0
-        while True:
-            produced.append(k)
-            yield k
-            k += 1
 
-    gen = prefetch(endless(), depth=2)
-    assert next(gen) == 0
-    gen.close()  # the consumer stops early: the producer thread must end, not block forever
-    assert threading.active_count() <= before
-    assert len(produced) <= 5
+def test_the_mllm_nodes_of_each_recipe_share_one_declared_model():
+    from vlpipe.pipeline import resolve_pipeline
+
+    for recipe, nodes in {"ask": ["decide", "phrases", "answer"], "detect": ["objects", "maps"],
+                          "detect-fused": ["objects", "maps"]}.items():
+        spec = PipelineSpec.load(resolve_pipeline(recipe))
+        assert {spec.nodes[n].uses for n in nodes} == {"mllm"}, recipe
+        assert all("model" not in spec.nodes[n].params for n in nodes), recipe
 
 
 def test_misspelt_node_params_are_reported_together_before_any_model_loads(tmp_path):

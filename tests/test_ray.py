@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlpipe.batch import RunOptions, run
-from vlpipe.runner import PREDICTIONS, list_inputs
+from vlpipe.batch import PREDICTIONS, RunOptions, list_inputs, run
 
 PARAMS = {"tiles": "1x1", "questions": 1, "rounds": 1}
 
@@ -74,7 +73,7 @@ def _assert_same(ours: list[dict], ref: list[dict]) -> None:
 
 
 def ray_options(**engine) -> RunOptions:
-    from vlpipe.ray_runner import RayEngine
+    from vlpipe.batch import RayEngine
 
     return RunOptions(engine=RayEngine(**engine))
 
@@ -124,12 +123,12 @@ def test_interrupted_run_resumes_through_cli(ray_local, tiny_models, folder, loc
 def crash_once(monkeypatch, tmp_path) -> Path:
     """A marker file; the first Ray actor to find it removes it and dies hard (the actor class
     is swapped for a subclass defined here, which Ray pickles by value)."""
-    from vlpipe import ray_runner
+    from vlpipe.batch import ray_engine
 
     marker = tmp_path / "crash-once"
     marker.touch()
 
-    class CrashingWorker(ray_runner.PipelineWorker):
+    class CrashingWorker(ray_engine.PipelineWorker):
         def __call__(self, batch):
             try:
                 os.remove(marker)
@@ -137,7 +136,7 @@ def crash_once(monkeypatch, tmp_path) -> Path:
                 return super().__call__(batch)
             os._exit(1)
 
-    monkeypatch.setattr(ray_runner, "PipelineWorker", CrashingWorker)
+    monkeypatch.setattr(ray_engine, "PipelineWorker", CrashingWorker)
     return marker
 
 
@@ -153,7 +152,7 @@ def test_dead_worker_is_replaced_and_its_images_retried(ray_local, tiny_models, 
 
 
 def test_retries_are_bounded(ray_local, tiny_models, folder, tmp_path, crash_once):
-    from vlpipe.ray_runner import RayRunError
+    from vlpipe.batch import RayRunError
 
     entries, _ = list_inputs(folder)
     with pytest.raises(RayRunError, match="run again to resume"):
@@ -166,7 +165,7 @@ def test_without_ray_says_how_to_install(monkeypatch, tiny_models, folder, tmp_p
     from typer.testing import CliRunner
 
     from vlpipe.cli import app
-    from vlpipe.ray_runner import RayNotInstalled, import_ray
+    from vlpipe.batch import RayNotInstalled, import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)

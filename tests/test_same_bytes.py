@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlpipe import batch
-from vlpipe.batch import LocalEngine, RunOptions, run
+from vlpipe.batch import PREDICTIONS, LocalEngine, RunOptions, list_inputs, local_engine, run
 from vlpipe.pipeline import ModelPool
-from vlpipe.runner import PREDICTIONS, list_inputs
 
 PARAMS: dict = {}  # the tiny recipe: full image + 2x2 tiles, 2 questions, 3 SAM rounds
 LOAD_SECONDS = 600  # the load processes end by themselves even if the test is killed
@@ -66,7 +64,7 @@ def _lines(out: Path) -> dict[str, str]:
 
 
 def _irregular_chunks(sizes):
-    """A stand-in for ``vlpipe.batch._chunks`` that cuts batches of ``sizes`` in turn."""
+    """A stand-in for ``vlpipe.batch.local_engine._chunks`` that cuts batches of ``sizes`` in turn."""
     def chunks(items, size):
         items, k = list(items), 0
         for n in sizes * len(items):
@@ -91,13 +89,13 @@ def test_same_bytes_whatever_batch_engine_or_load(tiny_models, folder, busy_core
     assert torch.get_num_threads() == threads, "the run left torch's thread count changed"
     run(spec, PARAMS, entries, tmp_path / "b8", RunOptions(batch_size=8, pool=pool))
     with monkeypatch.context() as patch:
-        patch.setattr(batch, "_chunks", _irregular_chunks([2, 1, 4]))
+        patch.setattr(local_engine, "_chunks", _irregular_chunks([2, 1, 4]))
         run(spec, PARAMS, entries[::-1], tmp_path / "irregular",
             RunOptions(batch_size=3, pool=pool, engine=LocalEngine(prefetch_depth=1)))
     outs = ["b1", "b8", "irregular"]
 
     ray = pytest.importorskip("ray")
-    from vlpipe.ray_runner import RayEngine
+    from vlpipe.batch import RayEngine
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:

@@ -141,7 +141,7 @@ def _check_options(engine: str, trace: Path | None, num_gpus: float,
 def _output_folder(out: Path):
     """Hold ``out``'s lock for the block (one run per output folder); an ``error:`` line when
     it is not a writable folder or another run holds it."""
-    from .runner import OutputError, lock_output
+    from .batch import OutputError, lock_output
 
     try:
         with lock_output(out):
@@ -212,8 +212,8 @@ def _tools_ran(pipe, result) -> list[str]:
 
 def _save_pictures(out: Path, path: Path, image, outputs: dict, save_vis: bool,
                    save_attention: bool) -> None:
+    from .batch import save_pictures
     from .io import printable_name
-    from .runner import save_pictures
 
     try:
         written = save_pictures(out, printable_name(path.name), image, outputs, save_vis,
@@ -227,8 +227,7 @@ def _save_pictures(out: Path, path: Path, image, outputs: dict, save_vis: bool,
 def _run_options(engine: str, address: str | None, workers: int, num_gpus_per_worker: float,
                  **options):
     """The batch run's options with the chosen engine."""
-    from .batch import LocalEngine, RunOptions
-    from .ray_runner import RayEngine
+    from .batch import LocalEngine, RayEngine, RunOptions
 
     if engine == "ray":
         return RunOptions(**options, engine=RayEngine(address=address, workers=workers,
@@ -241,10 +240,9 @@ def _run_many(pipeline: str, params: dict, source: Path, images: Path | None, ou
     """A folder or annotation file through :func:`vlpipe.batch.run`; returns the node trace
     (None on Ray). The inputs are checked before the pipeline is built, the pipeline before
     anything is written."""
+    from .batch import (PREDICTIONS, OutputError, PredictionsError, RayNotInstalled,
+                        RayRunError, collect_inputs, write_results)
     from .pipeline import GraphError, SetupError
-    from .ray_runner import RayNotInstalled, RayRunError
-    from .runner import (PREDICTIONS, OutputError, PredictionsError, collect_inputs,
-                         write_results)
 
     try:
         inputs = collect_inputs(source, images, out)
@@ -312,9 +310,8 @@ def _with_progress(pipeline: str, params: dict, entries: list, out: Path, option
 
 
 def _report_summary(summary, out: Path, options) -> None:
+    from .batch import PREDICTIONS, RayEngine
     from .io import NOT_FOUND
-    from .ray_runner import RayEngine
-    from .runner import PREDICTIONS
 
     ray = options.engine
     engine = f" on Ray, {ray.workers} worker(s)" if isinstance(ray, RayEngine) else ""
@@ -433,8 +430,8 @@ def eval_cmd(
                            "category over the dataset (as VL-SAM and GenerateU report).")] = False,
 ):
     """Score results against ground truth (LVIS-style AP for LVIS files, COCO AP/AR otherwise)."""
+    from .batch import RESULTS
     from .eval import ResultsError, evaluate
-    from .runner import RESULTS
 
     path = out / RESULTS if out.is_dir() else out
     if not path.is_file():
@@ -462,7 +459,7 @@ def eval_cmd(
 def _eval_notes(out: Path, results: list) -> None:
     """Warn (stderr) when the scores cannot be what the user meant: no detections at all, or
     images of the run that failed (they count as images without detections)."""
-    from .runner import PREDICTIONS, PredictionsError, read_predictions
+    from .batch import PREDICTIONS, PredictionsError, read_predictions
 
     if not results:
         typer.echo("note: the results hold no detections: every AP is 0", err=True)

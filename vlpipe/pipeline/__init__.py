@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .executor import SKIPPED, Executor, Result, SetupError, Trace, prefetch
+from .executor import SKIPPED, Executor, Result, SetupError, Trace
 from .graph import Graph, GraphError
 from .models import ModelPool
 from .node import FunctionNode, Node
@@ -17,7 +17,7 @@ from .spec import PipelineSpec
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 __all__ = ["SKIPPED", "Executor", "FunctionNode", "Graph", "GraphError", "ModelPool", "Node",
-           "Pipeline", "PipelineSpec", "Result", "SetupError", "Trace", "prefetch", "recipe_names",
+           "Pipeline", "PipelineSpec", "Result", "SetupError", "Trace", "recipe_names",
            "resolve_pipeline"]
 
 

@@ -11,10 +11,8 @@ record it.
 from __future__ import annotations
 
 import json
-import queue
 import resource
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -275,41 +273,3 @@ def _holds(cond: PortRef, value: Any) -> bool:
 
 def _unskip(value: Any) -> Any:
     return None if value is SKIPPED else value
-
-
-def prefetch(items: Iterable[Any], depth: int = 4) -> Iterator[Any]:
-    """Iterate ``items`` on a background thread, keeping up to ``depth`` ready (e.g. decoded
-    images) while the caller works. Exceptions raised by the iterator are re-raised here; when
-    the caller stops early (break, exception, close), the thread stops too."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def worker():
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            put(exc)
-        put(done)
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()

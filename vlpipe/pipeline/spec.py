@@ -5,16 +5,21 @@ A pipeline file::
     name: detect
     params: {questions: 10, device: auto}      # defaults, overridable from the CLI / Python
     inputs: {image: image}
+    models:                                    # optional: each model declared once
+      mllm: {model: llava-hf/llava-1.5-7b-hf, device: "${device}"}
     nodes:
       objects:
         type: mllm_objects                     # a registry name, never a Python path
+        uses: mllm                             # the params of model 'mllm', then its own
         in: {views: tiles.views}
-        params: {model: llava-hf/llava-1.5-7b-hf, questions: "${questions}"}
+        params: {questions: "${questions}"}
         when: decide.objects                   # optional condition
     outputs: {detections: merge.detections}
 
 ``"${name}"`` as a whole value takes the param's value with its type; inside a longer string it
-is interpolated. Files are read with ``yaml.safe_load``.
+is interpolated. A node that ``uses`` a model takes that model's params and may not set them
+again (nodes of one model cannot drift apart, so they share one loaded copy); a node without
+``uses`` sets its model params itself. Files are read with ``yaml.safe_load``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class NodeSpec(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict, alias="in")
     params: dict[str, Any] = Field(default_factory=dict)
     when: str | None = None
+    uses: str | None = None
 
 
 class PipelineSpec(BaseModel):
@@ -47,6 +53,7 @@ class PipelineSpec(BaseModel):
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str]
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
     outputs: dict[str, str]
 
@@ -78,13 +85,14 @@ class PipelineSpec(BaseModel):
         params = {**self.params, **overrides}
         problems, nodes = [], {}
         for name, spec in self.nodes.items():
-            found = [f"node {name!r}: {e}" for e in _unknown_vars(spec.params, params)]
+            node_params, found = self.node_params(name, spec)
+            found += [f"node {name!r}: {e}" for e in _unknown_vars(node_params, params)]
             if not registry.has(spec.type):
                 found.append(f"node {name!r}: unknown node type {spec.type!r} (known: "
                              f"{', '.join(registry.names())})")
             if not found:
                 try:
-                    nodes[name] = registry.get(spec.type)(name, **_substitute(spec.params, params))
+                    nodes[name] = registry.get(spec.type)(name, **_substitute(node_params, params))
                 except (TypeError, ValueError) as exc:  # the node's own check of its params
                     found.append(f"node {name!r} ({spec.type}): bad params: {exc}")
             problems += found
@@ -97,6 +105,21 @@ class PipelineSpec(BaseModel):
             graph.output(key, ref)
         graph.validate()
         return graph
+
+    def node_params(self, name: str, node: NodeSpec) -> tuple[dict[str, Any], list[str]]:
+        """Node ``name``'s params before substitution: those of the model it ``uses``, then its
+        own; and the problems (an unknown model, a param set both by the node and its model)."""
+        if node.uses is None:
+            return node.params, []
+        if node.uses not in self.models:
+            return node.params, [f"node {name!r}: unknown model {node.uses!r} (models: "
+                                 f"{', '.join(self.models) or 'none declared'})"]
+        model = self.models[node.uses]
+        repeated = [key for key in node.params if key in model]
+        if repeated:
+            return node.params, [f"node {name!r}: {', '.join(repeated)} set both here and by "
+                                 f"its model {node.uses!r}; declare it once, in the model"]
+        return {**model, **node.params}, []
 
 
 def _unknown_vars(value: Any, params: dict[str, Any]) -> list[str]:

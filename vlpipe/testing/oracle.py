@@ -47,7 +47,7 @@ from ..io import load_image
 from ..pipeline import Node, Pipeline, PipelineSpec, registry, resolve_pipeline
 from ..pipeline.spec import NodeSpec
 from ..results import decode_mask
-from ..runner import list_inputs
+from ..batch import list_inputs
 
 @lru_cache(maxsize=None)
 def family_processor(family: str) -> SimpleNamespace:

@@ -26,6 +26,7 @@ import numpy as np
 import supervision as sv
 import torch
 
+from ...maps import min_max
 from ...pipeline import Node
 from ..backends import SAM_BACKENDS
 from ..detections import CLASS_NAME, QUESTION, ROUND, VIEW_BOX, concat, empty_detections
@@ -173,7 +174,7 @@ class SamNode(_SamModelNode):
             return empty_detections()
         h, w = view.image.shape[:2]
         valid = [inside_cells(tuple(m.map.shape), m.region, (h, w)) for m in maps]
-        heat = [_normalized(resize_map(m.map, m.region, (h, w))) for m in maps]
+        heat = [min_max(resize_map(m.map, m.region, (h, w))) for m in maps]
         targets, prompts, (masks, iou, logits) = self._explain_away(sam, maps, valid)
         rounds = []
         for r in range(self.rounds):
@@ -233,11 +234,6 @@ class SamNode(_SamModelNode):
 def _decode(sam: SamBackend, prompts, logits) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
     """One decoder call for K prompts [(points, labels)] (+ K low-res logits or None)."""
     return sam.predict(*_pad_prompts(prompts), logits)
-
-
-def _normalized(m: np.ndarray) -> np.ndarray:
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.ones_like(m)
 
 
 def _detections(masks: BoxMasks, score: np.ndarray, maps: list[ObjectMap], rnd: int):

@@ -1,13 +1,13 @@
 """The Ray engine of :func:`vlpipe.batch.run` (``vlpipe run PIPELINE INPUT --out DIR --engine ray``).
 
 :func:`~vlpipe.batch.run` holds the output folder's lock and picks the pending images; here they
-become a Ray Dataset: a map stage decodes them (:func:`vlpipe.batch.load_entry`), and a pool of
+become a Ray Dataset: a map stage decodes them (:func:`~vlpipe.batch.load_entry`), and a pool of
 long-lived actors runs the pipeline on them, each actor building it once from the validated spec
 it receives (its own :class:`~vlpipe.pipeline.ModelPool`, so each model is loaded once per
-actor, on the actor's GPU or on CPU). Each actor sends back finished JSON lines; the driver
-appends them to ``predictions.jsonl`` as the local engine does (one ``write`` per line, flushed
-and fsynced), so a killed run resumes without loss or duplicates, and a Ray run and a local run
-can resume each other.
+actor, on the actor's GPU or on CPU). Each item carries its file and image id from the start,
+and each actor sends back finished JSON lines; the driver appends them to ``predictions.jsonl``
+unchanged, as the local engine does (one ``write`` per line, flushed and fsynced), so a killed
+run resumes without loss or duplicates, and a Ray run and a local run can resume each other.
 
 A bad image is recorded as a failure (``error`` set), as in the local engine. An actor that dies
 (killed, out of memory, a crash in native code) is restarted by Ray and its batch retried, at
@@ -19,7 +19,6 @@ Ray is an optional extra: ``pip install 'vlpipe[ray]'``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -30,9 +29,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .batch import Job, Loaded, MaxFailures, Summary, batch_pipeline, batch_records, load_entry
-from .pipeline import PipelineSpec
-from .runner import PREDICTIONS, Entry
+from ..pipeline import PipelineSpec
+from .engine import Job, batch_pipeline
+from .inputs import Entry
+from .predictions import PREDICTIONS
+from .records import Line, Loaded, batch_lines, load_entry
+from .summary import MaxFailures, Summary
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'vlpipe[ray]'"
 
@@ -75,18 +77,26 @@ class RaySummary(Summary):
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
 
 
+def _item(idx: int, entry: Entry) -> dict[str, Any]:
+    """A pending entry as a Ray Data row: its index in the run, file, path (bytes: any file
+    name) and image id (``has_image_id`` False for none: a column of one type)."""
+    return {"idx": idx, "file": entry.file, "path": os.fsencode(entry.path),
+            "image_id": entry.image_id or 0, "has_image_id": entry.image_id is not None}
+
+
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     """Ray Data map: a pending entry -> its decoded RGB image, or the load error."""
     loaded = load_entry(Entry(row["file"], Path(os.fsdecode(row["path"]))))
-    return {"idx": row["idx"], "file": row["file"],
+    return {"idx": row["idx"], "file": row["file"], "image_id": row["image_id"],
+            "has_image_id": row["has_image_id"],
             "image": _EMPTY if loaded.image is None else loaded.image,
             "error": loaded.error or ""}
 
 
 class PipelineWorker:
     """A long-lived Ray Data actor: builds the pipeline once from the validated spec, then maps
-    batches of decoded images to JSON lines (``record``, with ``image_id`` filled in by the
-    driver). Its process computes with the run's ``threads`` torch CPU threads, as the local
+    batches of decoded images to finished JSON lines (``text``, with the ``error`` the run's
+    summary counts; ``failed`` False for none). Its process computes with the run's ``threads`` torch CPU threads, as the local
     engine does (Ray would give it one per CPU it reserves), so both write the same bytes."""
 
     def __init__(self, spec: PipelineSpec, params: dict[str, Any], out_dir: str,
@@ -104,15 +114,19 @@ class PipelineWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        idx, files, images, errors = batch["idx"], batch["file"], batch["image"], batch["error"]
-        loaded = [Loaded(str(files[k]), None, images[k] if not errors[k] else None,
-                         str(errors[k]) or None) for k in range(len(idx))]
-        records = [json.dumps(record, ensure_ascii=False) for record in batch_records(
-            self.pipeline, loaded, self.out, self.save_vis, self.save_attention)]
+        idx, errors = batch["idx"], batch["error"]
+        loaded = [Loaded(str(batch["file"][k]),
+                         int(batch["image_id"][k]) if batch["has_image_id"][k] else None,
+                         batch["image"][k] if not errors[k] else None, str(errors[k]) or None)
+                  for k in range(len(idx))]
+        lines = batch_lines(self.pipeline, loaded, self.out, self.save_vis, self.save_attention)
         first = self.batches == 0
         self.batches += 1
         n = len(idx)
-        return {"idx": np.asarray(idx), "record": np.array(records, dtype=object),
+        return {"idx": np.asarray(idx), "file": np.array([x.file for x in lines], dtype=object),
+                "text": np.array([x.text for x in lines], dtype=object),
+                "error": np.array([x.error or "" for x in lines], dtype=object),
+                "failed": np.array([x.error is not None for x in lines]),
                 "pid": np.full(n, self.pid), "init_s": np.full(n, self.init_seconds),
                 "first_batch_s": np.full(n, time.perf_counter() - start if first else -1.0)}
 
@@ -147,7 +161,7 @@ class RayEngine:
         import_ray()
 
     def execute(self, job: Job, todo: list[Entry], summary: RaySummary,
-                write: Callable[[dict[str, Any]], None]) -> None:
+                write: Callable[[Line], None]) -> None:
         """:meth:`_execute`, starting (and afterwards stopping) Ray unless it is initialised;
         nothing without images to run."""
         if not todo:
@@ -164,14 +178,13 @@ class RayEngine:
                 ray.shutdown()
 
     def _execute(self, ray, job: Job, todo: list[Entry], summary: RaySummary,
-                 write: Callable[[dict[str, Any]], None]) -> None:
+                 write: Callable[[Line], None]) -> None:
         from ray.data import ActorPoolStrategy, DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        items = [{"idx": i, "file": e.file, "path": os.fsencode(e.path)}  # bytes: any file name
-                 for i, e in enumerate(todo)]
+        items = [_item(i, entry) for i, entry in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
         num_cpus = self.num_cpus_per_worker
         ds = ds.map(_decode, num_cpus=min(1.0, num_cpus) if num_cpus else 1.0)
@@ -195,10 +208,9 @@ class RayEngine:
                 if i in seen:  # a retried batch whose first try did finish: keep the first
                     continue
                 seen.add(i)
-                record = json.loads(row["record"])
-                record["image_id"] = todo[i].image_id
                 _time_start_up(summary, row, time.perf_counter() - start)
-                write(record)
+                write(Line(str(row["file"]), str(row["error"]) if row["failed"] else None,
+                           str(row["text"])))
         except (MaxFailures, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - Ray wraps worker deaths in several types

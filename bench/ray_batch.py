@@ -1,7 +1,7 @@
 """The Ray engine against the local runner on the same folder (tiny detect pipeline, CPU).
 
-    python bench/ray.py [--images 128] [--size 96] [--models DIR] [--cpus 2] [--batch-size 4]
-                        [--local-threads 1 0] [--set key=value ...]
+    python bench/ray_batch.py [--images 128] [--size 96] [--models DIR] [--cpus 2] [--batch-size 4]
+                              [--local-threads 1 0] [--set key=value ...]
 
 Writes ``--images`` random ``--size`` px images to a temporary folder, builds the tiny models (or
 uses ``--models DIR`` from ``vlpipe models tiny DIR``), then runs the detect pipeline over the
@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# This file is named ray.py: keep its folder off sys.path so ``import ray`` finds Ray.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -80,9 +77,7 @@ def main() -> None:
 
     import yaml
 
-    from vlpipe.batch import RunOptions, run
-    from vlpipe.ray_runner import RayEngine, import_ray
-    from vlpipe.runner import list_inputs
+    from vlpipe.batch import RayEngine, RunOptions, import_ray, list_inputs, run
 
     params = {}
     for item in args.sets:
