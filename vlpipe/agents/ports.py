@@ -1,8 +1,9 @@
 """What flows between the nodes: every port type the built-in nodes declare, and the Python type
 of its values, in one place.
 
-A node declares its ports with these names (``inputs = {"image": IMAGE}``); the engine matches
-them as plain strings (:func:`vlpipe.pipeline.node.types_match`) and never imports this module.
+A node declares its ports with these names (``inputs = {"image": IMAGE}``; a node of your own
+may add types of its own, as examples/custom_dag.py's ``"number"``); the engine matches them as
+plain strings (:func:`vlpipe.pipeline.node.types_match`) and never imports this module.
 The keys of a ``Detections``' ``data`` are in :mod:`.detections`.
 """
 
@@ -18,7 +19,6 @@ from .views import ObjectList, ObjectMap, View
 IMAGE = "image"
 TEXT = "text"
 BOOL = "bool"
-NUMBER = "number"
 VIEWS = "views"
 OBJECT_LISTS = "object_lists"
 OBJECT_MAPS = "object_maps"
@@ -34,7 +34,6 @@ PORT_TYPES: dict[str, object] = {
     IMAGE: np.ndarray,  # (H, W, 3) uint8 RGB (vlpipe.io.load_image)
     TEXT: str,
     BOOL: bool,
-    NUMBER: float,
     VIEWS: list[View],  # the full image, then its tiles
     OBJECT_LISTS: list[ObjectList],  # one per view and question
     OBJECT_MAPS: list[ObjectMap],  # one per object name and answer
