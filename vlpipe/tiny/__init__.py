@@ -24,6 +24,10 @@ def tiny_params(models: dict[str, Path]) -> dict[str, dict]:
                          "grounding": str(models["grounding_dino"]), "box_threshold": 0.0,
                          "questions": 2, "tiles": "2x2", "rounds": 3, "max_new_tokens": 12,
                          "device": "cpu"},
+        "detect-branches": {"mllm": str(models["llava"]), "locator": str(models["qwen2_5_vl"]),
+                            "sam": str(models["sam_hf"]), "grounding": str(models["grounding_dino"]),
+                            "box_threshold": 0.0, "questions": 1, "tiles": "1x1", "rounds": 2,
+                            "max_new_tokens": 12, "locate_max_new_tokens": 16, "device": "cpu"},
         "ask": {"mllm": str(models["llava"]), "grounding": str(models["grounding_dino"]),
                 "max_new_tokens": 12, "device": "cpu"},
         "ground": {"grounding": str(models["grounding_dino"]), "device": "cpu"},
@@ -38,7 +42,8 @@ def build_all(out: str | Path) -> list[Path]:
     from ..pipeline import recipe_names, resolve_pipeline
     from .clip import build_tiny_clip_text
     from .grounding import build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_sam3
-    from .mllm import build_llava, build_llava_next, build_qwen2_vl, build_qwen3_vl
+    from .mllm import (build_llava, build_llava_next, build_qwen2_5_vl, build_qwen2_vl,
+                       build_qwen3_vl)
     from .sam import build_hf_sam, build_hf_sam2, build_official_sam, build_tiny_sam3_tracker
 
     out = Path(out)
@@ -47,6 +52,7 @@ def build_all(out: str | Path) -> list[Path]:
         "llava": build_llava(out / "llava"),
         "llava_next": build_llava_next(out / "llava_next"),
         "qwen2_vl": build_qwen2_vl(out / "qwen2_vl"),
+        "qwen2_5_vl": build_qwen2_5_vl(out / "qwen2_5_vl"),
         "qwen3_vl": build_qwen3_vl(out / "qwen3_vl"),
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),

@@ -1,4 +1,4 @@
-"""Tiny MLLMs: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen3-VL over a word-level tokenizer."""
+"""Tiny MLLMs: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL over a word-level tokenizer."""
 
 from __future__ import annotations
 
@@ -183,3 +183,21 @@ def build_qwen3_vl(out: Path) -> Path:
         **tokens)
     model = Qwen3VLForConditionalGeneration(cfg).eval()
     return _save_qwen(model, tok, Qwen3VLProcessor, Qwen3VLVideoProcessor(), out)
+
+
+def build_qwen2_5_vl(out: Path) -> Path:
+    """Tiny Qwen2.5-VL (the locator of ``detect-branches``): patch 8, 2x2 merge, window
+    attention of 16 pixels with one full-attention block."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLVideoProcessor)
+
+    tok, text, tokens = _qwen_parts()
+    cfg = Qwen2_5_VLConfig(
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "patch_size": 8, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "window_size": 32, "fullatt_block_indexes": [1]},
+        text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                 "mrope_section": [2, 3, 3]}},
+        **tokens)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    return _save_qwen(model, tok, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor(), out)
