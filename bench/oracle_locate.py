@@ -7,8 +7,9 @@ boxes would, with its failures, drawn from a generator seeded by ``seed`` and th
 
 * misses, likelier for small objects (``MISS[kind][size]``, COCO size ranges);
 * jitter: a box's edges move by a normal draw of ``BOX_JITTER`` times its width or height; a
-  point lies at the mask's centroid moved by ``POINT_JITTER`` times the box size (it may fall
-  off a thin or concave object, and then SAM gets background);
+  point is the object's pixel nearest its centroid (on a ring, not in its hole) moved by
+  ``POINT_JITTER`` times the box size (it may fall off a thin object, and then SAM gets
+  background or a neighbour);
 * boxes only: two touching instances of one name boxed as one (``MERGE_TOUCHING``), as
   grounding MLLMs do in crowds;
 * a hallucinated box or point at a random place for a name, with probability ``FALSE_ALARM``.
@@ -161,8 +162,9 @@ class OraclePointsNode(_OracleLocate):
                 for m in self.found(image, phrase, rng):
                     rows, cols = np.nonzero(m)
                     size = [cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
-                    centre = [cols.mean() + 0.5, rows.mean() + 0.5]
-                    xy.append(centre + rng.normal(0, POINT_JITTER, 2) * size)
+                    k = np.argmin((cols - cols.mean()) ** 2 + (rows - rows.mean()) ** 2)
+                    on = [cols[k] + 0.5, rows[k] + 0.5]  # the object's pixel nearest its centroid
+                    xy.append(on + rng.normal(0, POINT_JITTER, 2) * size)
                 if rng.random() < FALSE_ALARM:
                     xy.append([rng.uniform(0, w), rng.uniform(0, h)])
                 xy = np.clip(np.asarray(xy, np.float32).reshape(-1, 2), 0, [w - 1, h - 1])
