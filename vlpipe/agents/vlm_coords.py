@@ -130,9 +130,13 @@ def qwen_json_boxes(text: str, family: str, image_wh, input_wh=None) -> sv.Detec
 
 
 def qwen_json_points(text: str, family: str, image_wh, input_wh=None) -> sv.KeyPoints:
-    """Qwen2.5-VL / Qwen3-VL ``point_2d`` JSON -> points of the original image."""
+    """Qwen2.5-VL / Qwen3-VL ``point_2d`` JSON -> points of the original image; without JSON
+    points, Molmo-style ``<points x1="" y1="" ...>`` tags in the family's units (a Qwen3-VL
+    answer in tests/data/answers/locations.jsonl)."""
     sx, sy = scale_to_image(family, image_wh, input_wh)
     xy, labels = _labelled(json_objects(text), "point_2d", 2)
+    if not len(xy):  # Qwen3-VL has been seen answering in Molmo's tags, in its own units
+        return molmo_points(text, family, image_wh, input_wh)
     return _points(xy * [sx, sy], labels)
 
 
@@ -162,8 +166,9 @@ _LOC = re.compile(r"<loc_(\d+)>")
 
 
 def florence2_boxes(text: str, family: str, image_wh, input_wh=None) -> sv.Detections:
-    """Florence-2 ``<OD>`` / ``<CAPTION_TO_PHRASE_GROUNDING>`` text (``</s>``, ``<s>``, ``<pad>``
-    may remain) -> boxes; each label's locations are read four at a time (a trailing partial
+    """Florence-2 box tasks' text (``<OD>``, ``<CAPTION_TO_PHRASE_GROUNDING>``,
+    ``<OPEN_VOCABULARY_DETECTION>``, ``<REGION_PROPOSAL>``; not the polygon tasks; ``</s>``,
+    ``<s>``, ``<pad>`` may remain) -> boxes; each label's locations are read four at a time (a trailing partial
     box is dropped), every bin mapped to its centre, then through ``sv.Detections.from_vlm``."""
     sx, sy = scale_to_image(family, image_wh, input_wh)
     clean = re.sub(r"</?s>|<pad>", "", text)
