@@ -78,6 +78,8 @@ def load_oracle_crowd_grounding(weights: str, device: str, dtype: str) -> Oracle
 
 
 class _OracleLocate(Node):
+    """image + phrases -> the locator's answer for every phrase (:meth:`answer`), gathered."""
+
     inputs = {"image": "image", "phrases": "phrases"}
     kind = ""
 
@@ -86,6 +88,16 @@ class _OracleLocate(Node):
         super().__init__(name, **kw)
         self.world = OracleWorld.open(gt, images)
         self.seed = int(seed)
+
+    def run(self, batch):
+        out = []
+        for item in batch:
+            image = item["image"]
+            rng = _rng(self.seed, image)
+            parts = [self.answer(image, phrase, rng) for phrase in item["phrases"]]
+            (port,) = self.outputs
+            out.append({port: self.gather(parts, image.shape[:2])})
+        return out
 
     def found(self, image: np.ndarray, phrase: str, rng: np.random.Generator
               ) -> list[np.ndarray]:
@@ -100,30 +112,25 @@ class OracleBoxesNode(_OracleLocate):
     outputs = {"detections": "detections"}
     kind = "boxes"
 
-    def run(self, batch):
-        out = []
-        for item in batch:
-            image, rng = item["image"], _rng(self.seed, item["image"])
-            h, w = image.shape[:2]
-            xyxy, names = [], []
-            for phrase in item["phrases"]:
-                boxes = [sv.mask_to_xyxy(m[None])[0] + [0, 0, 1, 1]
-                         for m in self.found(image, phrase, rng)]
-                boxes = _merge_touching(boxes, rng)
-                if rng.random() < FALSE_ALARM:
-                    x, y = rng.uniform(0, w - 16), rng.uniform(0, h - 16)
-                    boxes.append(np.array([x, y, x + 16 + rng.uniform(0, 48),
-                                           y + 16 + rng.uniform(0, 48)]))
-                for b in boxes:
-                    size = np.tile(b[2:] - b[:2], 2)
-                    xyxy.append(np.clip(b + rng.normal(0, BOX_JITTER, 4) * size, 0, [w, h, w, h]))
-                    names.append(phrase)
-            dets = sv.Detections(xyxy=np.asarray(xyxy, np.float32).reshape(-1, 4),
-                                 confidence=np.ones(len(xyxy), np.float32),
-                                 data={"class_name": np.array(names, dtype=str),
-                                       "view_box": np.tile([0, 0, w, h], (len(xyxy), 1))})
-            out.append({"detections": dets})
-        return out
+    def answer(self, image, phrase: str, rng) -> tuple[str, np.ndarray]:
+        """(phrase, (K, 4) boxes in image pixels)."""
+        h, w = image.shape[:2]
+        boxes = [sv.mask_to_xyxy(m[None])[0] + [0, 0, 1, 1] for m in self.found(image, phrase, rng)]
+        boxes = _merge_touching(boxes, rng)
+        if rng.random() < FALSE_ALARM:
+            x, y = rng.uniform(0, w - 16), rng.uniform(0, h - 16)
+            boxes.append(np.array([x, y, x + 16 + rng.uniform(0, 48), y + 16 + rng.uniform(0, 48)]))
+        jittered = [np.clip(b + rng.normal(0, BOX_JITTER, 4) * np.tile(b[2:] - b[:2], 2), 0,
+                            [w, h, w, h]) for b in boxes]
+        return phrase, np.asarray(jittered, np.float32).reshape(-1, 4)
+
+    @staticmethod
+    def gather(parts, hw) -> sv.Detections:
+        xyxy = np.concatenate([b for _, b in parts] or [np.zeros((0, 4), np.float32)])
+        names = [p for p, b in parts for _ in b]
+        return sv.Detections(xyxy=xyxy, confidence=np.ones(len(xyxy), np.float32),
+                             data={"class_name": np.array(names, dtype=str),
+                                   "view_box": np.tile([0, 0, hw[1], hw[0]], (len(xyxy), 1))})
 
 
 def _merge_touching(boxes: list[np.ndarray], rng) -> list[np.ndarray]:
@@ -151,26 +158,23 @@ class OraclePointsNode(_OracleLocate):
     outputs = {"points": "points"}
     kind = "points"
 
-    def run(self, batch):
-        out = []
-        for item in batch:
-            image, rng = item["image"], _rng(self.seed, item["image"])
-            h, w = image.shape[:2]
-            parts = []
-            for phrase in item["phrases"]:
-                xy = []
-                for m in self.found(image, phrase, rng):
-                    rows, cols = np.nonzero(m)
-                    size = [cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
-                    k = np.argmin((cols - cols.mean()) ** 2 + (rows - rows.mean()) ** 2)
-                    on = [cols[k] + 0.5, rows[k] + 0.5]  # the object's pixel nearest its centroid
-                    xy.append(on + rng.normal(0, POINT_JITTER, 2) * size)
-                if rng.random() < FALSE_ALARM:
-                    xy.append([rng.uniform(0, w), rng.uniform(0, h)])
-                xy = np.clip(np.asarray(xy, np.float32).reshape(-1, 2), 0, [w - 1, h - 1])
-                parts.append(sv.KeyPoints(xy=xy[:, None], data={"class_name": np.full(len(xy), phrase)}))
-            out.append({"points": merge_points(parts)})
-        return out
+    def answer(self, image, phrase: str, rng) -> sv.KeyPoints:
+        h, w = image.shape[:2]
+        xy = []
+        for m in self.found(image, phrase, rng):
+            rows, cols = np.nonzero(m)
+            size = [cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+            k = np.argmin((cols - cols.mean()) ** 2 + (rows - rows.mean()) ** 2)
+            on = [cols[k] + 0.5, rows[k] + 0.5]  # the object's pixel nearest its centroid
+            xy.append(on + rng.normal(0, POINT_JITTER, 2) * size)
+        if rng.random() < FALSE_ALARM:
+            xy.append([rng.uniform(0, w), rng.uniform(0, h)])
+        xy = np.clip(np.asarray(xy, np.float32).reshape(-1, 2), 0, [w - 1, h - 1])
+        return sv.KeyPoints(xy=xy[:, None], data={"class_name": np.full(len(xy), phrase)})
+
+    @staticmethod
+    def gather(parts, hw) -> sv.KeyPoints:
+        return merge_points(parts)
 
 
 registry.register("oracle_boxes", OracleBoxesNode)

@@ -80,24 +80,31 @@ def branches_spec(tiny_models) -> PipelineSpec:
     return spec
 
 
-def test_locator_boxes_map_back_through_the_resized_input(branches_spec, monkeypatch):
-    """Tiny Qwen2.5-VL resizes 200 x 100 to 128 x 64 (smart_resize: factor 16, at most 96² px:
-    beta = sqrt(20000 / 9216) = 1.473, floor(100 / 1.473 / 16) * 16 = 64, floor(200 / 1.473 / 16)
-    * 16 = 128); its box [32, 16, 96, 48] there is [50, 25, 150, 75] in the image."""
+@pytest.mark.parametrize("family, expected", [
+    # tiny Qwen2.5-VL resizes 200 x 100 to 128 x 64 (smart_resize: factor 16, at most 96² px:
+    # beta = sqrt(20000 / 9216) = 1.473, floor(100 / 1.473 / 16) * 16 = 64, floor(200 / 1.473 /
+    # 16) * 16 = 128): its [32, 16, 96, 48] there is [50, 25, 150, 75] in the image
+    ("qwen2_5_vl", [50, 25, 150, 75]),
+    # Qwen3-VL: thousandths of 200 x 100
+    ("qwen3_vl", [6.4, 1.6, 19.2, 4.8]),
+])
+def test_locator_boxes_map_back_in_the_family_convention(branches_spec, tiny_models, monkeypatch,
+                                                         family, expected):
     answer = '```json\n[{"bbox_2d": [32, 16, 96, 48], "label": "red cup"}]\n```'
 
     def generate(self, images, prompts, *args, **kw):
         return [Generation(np.zeros(0, int), answer, True) for _ in prompts]
 
     monkeypatch.setattr(Mllm, "generate", generate)
-    image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
-    pipe = Pipeline.from_spec(branches_spec, ModelPool(), branches="boxes")
     monkeypatch.setattr("vlpipe.agents.fusion.ObjectNamesNode.run",
                         lambda self, batch: [{"phrases": ["cup"]} for _ in batch])
+    image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    pipe = Pipeline.from_spec(branches_spec, ModelPool(), branches="boxes",
+                              locator=str(tiny_models / family))
     result = pipe.run(image=image)
     assert result.error is None, result.error
     located = result.outputs["located"]
-    np.testing.assert_allclose(located.xyxy, [[50, 25, 150, 75]], atol=1e-4)
+    np.testing.assert_allclose(located.xyxy, [expected], atol=1e-4)
     assert list(located.data["class_name"]) == ["cup"]  # the name asked for, not the label
     assert set(result.outputs["fused"].data["branch"]) <= {"boxes"}
 
