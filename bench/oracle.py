@@ -14,7 +14,7 @@ reports each kind on its own: ``default`` (spaced rows, border and small objects
 ``crowded`` (touching rows, occlusion). Then an ablation table: each fix of the oracle-world
 issue turned off on its own, and all of them together (the old defaults); for detect-fused,
 which branch found each ground-truth instance. detect-branches (the MLLM's own points and boxes
-from the oracle locator of ``oracle_locate.py``, with misses and jitter) replaces the ablation
+from the oracle locator of ``vlpipe/testing/locate.py``, with misses and jitter) replaces the ablation
 table by each branch alone against the fused branches, and counts per size which branches found
 each instance.
 With ``--json`` the last line is ``{KIND: {"bbox": {"AP", "AR"}, "segm": {...}, "images": N,
@@ -42,7 +42,7 @@ from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import Pipeline  # noqa: E402
 from vlpipe.synthetic import SCENE_KINDS, make_scenes  # noqa: E402
 from vlpipe.testing.locate import branches_spec  # noqa: E402
-from vlpipe.testing.oracle import oracle_pipeline, oracle_spec  # noqa: E402
+from vlpipe.testing.oracle import oracle_spec  # noqa: E402
 
 OLD_MERGE = {"method": "nmm", "metric": "ios", "threshold": 0.5, "drop_fragments": False}
 NEW_MERGE_NO_FRAGMENTS = {"method": "nms", "metric": "iou", "threshold": 0.5,

@@ -96,7 +96,7 @@ def test_locator_boxes_map_back_in_the_family_convention(branches_spec, tiny_mod
         return [Generation(np.zeros(0, int), answer, True) for _ in prompts]
 
     monkeypatch.setattr(Mllm, "generate", generate)
-    monkeypatch.setattr("vlpipe.agents.fusion.ObjectNamesNode.run",
+    monkeypatch.setattr("vlpipe.agents.grounding.fusion.ObjectNamesNode.run",
                         lambda self, batch: [{"phrases": ["cup"]} for _ in batch])
     image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
     pipe = Pipeline.from_spec(branches_spec, ModelPool(), branches="boxes",

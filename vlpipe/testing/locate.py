@@ -29,7 +29,9 @@ import supervision as sv
 
 from .oracle import OracleGrounding, OracleWorld, _key, oracle_spec
 from ..agents.backends import GROUNDING_BACKENDS
+from ..agents.detections import CLASS_NAME, VIEW_BOX
 from ..agents.mllm.locate import merge_points
+from ..agents.ports import DETECTIONS, IMAGE, PHRASES, POINTS
 from ..pipeline import Node, registry
 from ..pipeline.spec import NodeSpec
 
@@ -62,13 +64,13 @@ class OracleCrowdGrounding(OracleGrounding):
         out = []
         for image, dets in zip(images, super().detect(images, phrases)):
             rng, xyxy, names = _rng(self.seed, image), [], []
-            for name in dict.fromkeys(dets.data["class_name"]):
-                boxes = _merge_touching(list(dets.xyxy[dets.data["class_name"] == name]), rng)
+            for name in dict.fromkeys(dets.data[CLASS_NAME]):
+                boxes = _merge_touching(list(dets.xyxy[dets.data[CLASS_NAME] == name]), rng)
                 xyxy += boxes
                 names += [name] * len(boxes)
             out.append(sv.Detections(xyxy=np.asarray(xyxy, np.float32).reshape(-1, 4),
                                      confidence=np.full(len(xyxy), 0.5, np.float32),
-                                     data={"class_name": np.array(names, dtype=str)}))
+                                     data={CLASS_NAME: np.array(names, dtype=str)}))
         return out
 
 
@@ -80,7 +82,7 @@ def load_oracle_crowd_grounding(weights: str, device: str, dtype: str) -> Oracle
 class _OracleLocate(Node):
     """image + phrases -> the locator's answer for every phrase (:meth:`answer`), gathered."""
 
-    inputs = {"image": "image", "phrases": "phrases"}
+    inputs = {"image": IMAGE, "phrases": PHRASES}
     kind = ""
 
     def __init__(self, name: str, *, gt: str, images: str | None = None, seed: int = 0,
@@ -109,7 +111,7 @@ class _OracleLocate(Node):
 class OracleBoxesNode(_OracleLocate):
     """image + phrases -> detections: jittered (sometimes merged) boxes, confidence 1."""
 
-    outputs = {"detections": "detections"}
+    outputs = {"detections": DETECTIONS}
     kind = "boxes"
 
     def answer(self, image, phrase: str, rng) -> tuple[str, np.ndarray]:
@@ -129,8 +131,8 @@ class OracleBoxesNode(_OracleLocate):
         xyxy = np.concatenate([b for _, b in parts] or [np.zeros((0, 4), np.float32)])
         names = [p for p, b in parts for _ in b]
         return sv.Detections(xyxy=xyxy, confidence=np.ones(len(xyxy), np.float32),
-                             data={"class_name": np.array(names, dtype=str),
-                                   "view_box": np.tile([0, 0, hw[1], hw[0]], (len(xyxy), 1))})
+                             data={CLASS_NAME: np.array(names, dtype=str),
+                                   VIEW_BOX: np.tile([0, 0, hw[1], hw[0]], (len(xyxy), 1))})
 
 
 def _merge_touching(boxes: list[np.ndarray], rng) -> list[np.ndarray]:
@@ -155,7 +157,7 @@ def _merge_touching(boxes: list[np.ndarray], rng) -> list[np.ndarray]:
 class OraclePointsNode(_OracleLocate):
     """image + phrases -> points: one jittered point per instance found."""
 
-    outputs = {"points": "points"}
+    outputs = {"points": POINTS}
     kind = "points"
 
     def answer(self, image, phrase: str, rng) -> sv.KeyPoints:
@@ -170,7 +172,7 @@ class OraclePointsNode(_OracleLocate):
         if rng.random() < FALSE_ALARM:
             xy.append([rng.uniform(0, w), rng.uniform(0, h)])
         xy = np.clip(np.asarray(xy, np.float32).reshape(-1, 2), 0, [w - 1, h - 1])
-        return sv.KeyPoints(xy=xy[:, None], data={"class_name": np.full(len(xy), phrase)})
+        return sv.KeyPoints(xy=xy[:, None], data={CLASS_NAME: np.full(len(xy), phrase)})
 
     @staticmethod
     def gather(parts, hw) -> sv.KeyPoints:

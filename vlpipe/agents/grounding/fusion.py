@@ -6,7 +6,7 @@
 SAM segments them (:class:`~vlpipe.agents.sam.SamBoxNode`); ``fuse`` joins any number of
 branches: an object several branches found (same name, box IoU above ``agreement``) is more
 likely real and ranks first (:func:`fuse`); each detection keeps its branch in
-``data["branch"]`` and the merge that follows keeps the best one.
+``data[BRANCH]`` and the merge that follows keeps the best one.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ class FuseNode(Node):
     (:func:`fuse`). Each input is optional: a branch that is not bound, or skipped (its
     ``when`` is off), takes no part."""
 
-    inputs = {"attention": "detections", "points": "detections", "boxes": "detections",
-              "grounded": "detections"}
+    inputs = {"attention": DETECTIONS, "points": DETECTIONS, "boxes": DETECTIONS,
+              "grounded": DETECTIONS}
     optional = frozenset(inputs)
-    outputs = {"detections": "detections"}
-    #: input port -> the branch name its detections carry in ``data["branch"]``.
+    outputs = {"detections": DETECTIONS}
+    #: input port -> the branch name its detections carry in ``data[BRANCH]``.
     BRANCHES = {"attention": "attention", "points": "points", "boxes": "boxes",
                 "grounded": "grounding"}
 
@@ -75,8 +75,8 @@ class FuseNode(Node):
 
 
 def fuse(branches: Mapping[str, sv.Detections], agreement: float = 0.5) -> sv.Detections:
-    """Every branch's detections in one ``sv.Detections`` (``data``: class_name, view_box,
-    branch), scored so that detections on which more branches agree rank first.
+    """Every branch's detections in one ``sv.Detections`` (``data``: :data:`CLASS_NAME`,
+    :data:`VIEW_BOX`, :data:`BRANCH`), scored so that detections on which more branches agree rank first.
 
     With N branches, detection i of branch b with score s_i:
 
@@ -94,7 +94,7 @@ def fuse(branches: Mapping[str, sv.Detections], agreement: float = 0.5) -> sv.De
         return empty_detections()
     out = sv.Detections.merge(parts)
     names = np.array([normalize_name(str(n)) for n in out.data[CLASS_NAME]])
-    branch = out.data["branch"]
+    branch = out.data[BRANCH]
     calibrated = np.zeros(len(out), np.float64)
     for b in np.unique(branch):
         s = out.confidence[branch == b].astype(np.float64)
