@@ -77,10 +77,33 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 
+#: Locator-only families: MLLMs whose answers hold positions (``detect-branches``' points and
+#: boxes, parsed by :mod:`.vlm_coords`) but whose image tokens vlpipe does not place (no
+#: layout: no attention maps), -> the units of those positions. A registered family's units
+#: are its :attr:`Family.boxes`; a name is in one place or the other, never both.
+#: ``location_bins``: Florence-2's ``<loc_N>``, bins 0..999 of the width / height;
+#: ``percent``: Molmo's points, 0..100; ``thousandths``: Molmo 2's points, 0..1000.
+LOCATOR_UNITS: dict[str, str] = {
+    "florence2": "location_bins",
+    "molmo": "percent",
+    "molmo2": "thousandths",
+}
+
+
+def answer_units(name: str) -> str:
+    """The units positions are in, in answers of family ``name`` (registered or locator-only);
+    a ValueError listing the known families otherwise."""
+    if name in FAMILIES:
+        return FAMILIES[name].boxes
+    if name in LOCATOR_UNITS:
+        return LOCATOR_UNITS[name]
+    raise ValueError(f"no coordinate convention for family {name!r} "
+                     f"(known: {', '.join([*FAMILIES, *LOCATOR_UNITS])})")
+
 
 def register_family(family: Family) -> Family:
     """Make ``family`` known to the MLLM backend, the tiny models, the oracle and the tests."""
-    if family.name in FAMILIES:
+    if family.name in FAMILIES or family.name in LOCATOR_UNITS:
         raise ValueError(f"MLLM family {family.name!r} is registered already")
     FAMILIES[family.name] = family
     return family

@@ -18,10 +18,11 @@ import torch
 
 from ...pipeline import Node
 from ...prompts import load_prompt
-from ..detections import concat
-from .nodes import MllmNode
+from ..detections import CLASS_NAME, VIEW_BOX, concat
+from ..ports import BOOL, DETECTIONS, IMAGE, OBJECT_MAPS, PHRASES, POINTS, VIEWS
 from ..views import ObjectMap
-from .vlm_coords import COORDINATES, parse_answer
+from .nodes import MllmNode
+from .vlm_coords import parse_answer
 
 BRANCHES = ("attention", "points", "boxes", "grounding")
 
@@ -29,8 +30,8 @@ BRANCHES = ("attention", "points", "boxes", "grounding")
 class BranchSwitchNode(Node):
     """image -> one bool per branch: whether ``branches`` (comma-separated) names it."""
 
-    inputs = {"image": "image"}
-    outputs = {b: "bool" for b in BRANCHES}
+    inputs = {"image": IMAGE}
+    outputs = {b: BOOL for b in BRANCHES}
 
     def __init__(self, name: str, *, branches: str = ",".join(BRANCHES), **kw) -> None:
         super().__init__(name, **kw)
@@ -50,7 +51,7 @@ class _LocateNode(MllmNode):
     the image's prefix), parsed as ``kind`` in the family's convention."""
 
     max_batch = 1
-    inputs = {"image": "image", "phrases": "phrases"}
+    inputs = {"image": IMAGE, "phrases": PHRASES}
     kind = ""
 
     def __init__(self, name: str, *, prompt: str = "", max_new_tokens: int = 256, **kw) -> None:
@@ -67,16 +68,12 @@ class _LocateNode(MllmNode):
         gens = mllm.generate([image] * len(prompts), prompts, self.max_new_tokens,
                              self.image_fit)
         h, w = image.shape[:2]
-        input_wh = None
-        if COORDINATES.get(mllm.family) == "resized_pixels":
-            t, gh, gw = (int(v) for v in mllm.encode([image], prompts[:1],
-                                                     self.image_fit)["image_grid_thw"][0])
-            patch = mllm.processor.image_processor.patch_size
-            input_wh = (gw * patch, gh * patch)
+        input_hw = mllm.input_hw(image, self.image_fit)
+        input_wh = None if input_hw is None else input_hw[::-1]
         out = []
         for phrase, gen in zip(phrases, gens):
             parsed = parse_answer(gen.text, mllm.family, self.kind, (w, h), input_wh)
-            parsed.data["class_name"] = np.full(len(parsed), phrase)  # the name asked for
+            parsed.data[CLASS_NAME] = np.full(len(parsed), phrase)  # the name asked for
             out.append(parsed)
         return out
 
@@ -85,7 +82,7 @@ class LocateBoxesNode(_LocateNode):
     """image + phrases -> detections: every box the MLLM gives for each phrase, named by the
     phrase, confidence 1, ``view_box`` the whole image."""
 
-    outputs = {"detections": "detections"}
+    outputs = {"detections": DETECTIONS}
     kind = "boxes"
 
     def run(self, batch):
@@ -93,7 +90,7 @@ class LocateBoxesNode(_LocateNode):
         for item in batch:
             dets = concat(self.answers(item["image"], item["phrases"]))
             h, w = item["image"].shape[:2]
-            dets.data["view_box"] = np.tile(np.array([0, 0, w, h]), (len(dets), 1))
+            dets.data[VIEW_BOX] = np.tile(np.array([0, 0, w, h]), (len(dets), 1))
             out.append({"detections": dets})
         return out
 
@@ -101,7 +98,7 @@ class LocateBoxesNode(_LocateNode):
 class LocatePointsNode(_LocateNode):
     """image + phrases -> points: ``sv.KeyPoints`` (N, 1, 2) full-image pixels, named."""
 
-    outputs = {"points": "points"}
+    outputs = {"points": POINTS}
     kind = "points"
 
     def run(self, batch):
@@ -112,9 +109,9 @@ class LocatePointsNode(_LocateNode):
 def merge_points(parts: list[sv.KeyPoints]) -> sv.KeyPoints:
     """The points of every part, in order (an empty set when there are none)."""
     xy = [p.xy.reshape(-1, 1, 2) for p in parts]
-    names = [np.asarray(p.data["class_name"]).reshape(-1) for p in parts]
+    names = [np.asarray(p.data[CLASS_NAME]).reshape(-1) for p in parts]
     return sv.KeyPoints(xy=np.concatenate(xy or [np.zeros((0, 1, 2))]).astype(np.float32),
-                        data={"class_name": np.concatenate(names or [np.zeros(0, str)])})
+                        data={CLASS_NAME: np.concatenate(names or [np.zeros(0, str)])})
 
 
 class PointMapsNode(Node):
@@ -123,8 +120,8 @@ class PointMapsNode(Node):
     the larger value where two overlap). The ``sam`` node reads them as it reads attention maps:
     each peak prompts SAM, its mask is explained away, the rounds refine it."""
 
-    inputs = {"views": "views", "points": "points"}
-    outputs = {"maps": "object_maps"}
+    inputs = {"views": VIEWS, "points": POINTS}
+    outputs = {"maps": OBJECT_MAPS}
 
     def __init__(self, name: str, *, cell: int = 8, sigma: float = 1.0, **kw) -> None:
         super().__init__(name, **kw)
@@ -136,7 +133,7 @@ class PointMapsNode(Node):
         out = []
         for item in batch:
             points = item["points"]
-            names = np.asarray(points.data.get("class_name", np.zeros(0, str))).reshape(-1)
+            names = np.asarray(points.data.get(CLASS_NAME, np.zeros(0, str))).reshape(-1)
             xy = points.xy.reshape(-1, 2)
             maps = []
             for v, view in enumerate(item["views"]):

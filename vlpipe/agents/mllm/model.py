@@ -113,11 +113,16 @@ class Mllm:
     def box_convention(self, image: np.ndarray) -> tuple[str, BoxText]:
         """(the sentence stating ``image``'s size and the box units, pixel xyxy -> text) in the
         units the family was trained on (:mod:`.box_text`)."""
+        return box_convention(get_family(self.family).boxes, image.shape[:2],
+                              self.input_hw(image))
+
+    def input_hw(self, image: np.ndarray, fit: str = "pad") -> tuple[int, int] | None:
+        """(h, w) the processor resizes ``image`` to, for a family that needs it (boxes in pixels
+        of that input: :attr:`~.families.Family.input_hw`); None for the others."""
         family = get_family(self.family)
-        input_hw = None
-        if family.input_hw is not None:
-            input_hw = family.input_hw(self.processor, self.prepare(image).shape[:2])
-        return box_convention(family.boxes, image.shape[:2], input_hw)
+        if family.input_hw is None:
+            return None
+        return family.input_hw(self.processor, self.prepare(image, fit).shape[:2])
 
     @torch.inference_mode()
     def generate(self, images: list, prompts: list[str], max_new_tokens: int | None = None,

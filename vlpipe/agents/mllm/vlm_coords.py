@@ -1,18 +1,21 @@
 """Boxes and points in MLLM answers -> pixels of the original image, per family's convention.
 
-Each family writes positions in its own units (:data:`COORDINATES`, one line per family, to move
-into a family registry later):
+Each family writes positions in its own units, read from one place: a registered family's
+:attr:`~.families.Family.boxes` (the units it was trained on, the same the answer prompt writes
+boxes in), else the locator-only table :data:`~.families.LOCATOR_UNITS`
+(:func:`~.families.answer_units`):
 
-* ``resized_pixels`` — Qwen2.5-VL: absolute pixels of the image *as its processor resized it*
-  (``image_grid_thw · patch_size``), JSON ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` and
-  ``{"point_2d": [x, y], "label": ...}``;
+* ``pixels`` — Qwen2.5-VL: absolute pixels of the image *as its processor resized it*
+  (:attr:`~.families.Family.input_hw`), JSON ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}``
+  and ``{"point_2d": [x, y], "label": ...}``;
 * ``thousandths`` — Qwen2-VL (``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``), Qwen3-VL (the same
   JSON as Qwen2.5-VL) and Molmo 2 (``<points coords="IMAGE ID X Y ID X Y ...">label</points>``,
   video answers ``"T: ID X Y; T: ..."``): 0..1000 of the width and height;
 * ``location_bins`` — Florence-2: ``label<loc_x1><loc_y1><loc_x2><loc_y2>`` (several boxes may
   follow one label), bins 0..999 whose centre is the coordinate, ``(bin + 0.5) · size / 1000``
   as transformers' ``Florence2PostProcessor.dequantize``;
-* ``percent`` — Molmo: ``<point x="" y="">`` and ``<points x1="" y1="" x2="" ...>`` in 0..100.
+* ``percent`` — Molmo: ``<point x="" y="">`` and ``<points x1="" y1="" x2="" ...>`` in 0..100;
+* ``fractions`` — LLaVA: 0..1.
 
 Boxes come back as ``sv.Detections`` (``xyxy`` float32 pixels of the original image,
 ``data["class_name"]``, confidence 1: the answer gives none); points as ``sv.KeyPoints`` with one
@@ -32,17 +35,11 @@ from collections.abc import Callable
 import numpy as np
 import supervision as sv
 
-from ..detections import empty_detections
+from ..detections import CLASS_NAME, empty_detections
+from .families import answer_units
 
-#: family (transformers ``model_type``) -> the units its answers' positions are in.
-COORDINATES = {
-    "qwen2_vl": "thousandths",
-    "qwen2_5_vl": "resized_pixels",
-    "qwen3_vl": "thousandths",
-    "molmo2": "thousandths",
-    "molmo": "percent",
-    "florence2": "location_bins",
-}
+#: units -> how many of them span the width (and the height); ``pixels`` are of the resized input.
+PER_SIDE = {"thousandths": 1000.0, "location_bins": 1000.0, "percent": 100.0, "fractions": 1.0}
 
 
 class CoordinateError(ValueError):
@@ -52,18 +49,17 @@ class CoordinateError(ValueError):
 def scale_to_image(family: str, image_wh: tuple[int, int],
                    input_wh: tuple[int, int] | None = None) -> tuple[float, float]:
     """(sx, sy): pixels of the original (W, H) image per answer unit, x and y."""
-    units = COORDINATES.get(family)
+    try:
+        units = answer_units(family)
+    except ValueError as e:
+        raise CoordinateError(str(e)) from None
     w, h = image_wh
-    if units is None:
-        raise CoordinateError(f"no coordinate convention for family {family!r} "
-                              f"(known: {', '.join(COORDINATES)})")
-    if units == "resized_pixels":
+    if units == "pixels":
         if input_wh is None:
             raise CoordinateError(f"{family} answers in pixels of its resized input: its size "
                                   "(input_wh) is needed to map them to the image")
         return w / input_wh[0], h / input_wh[1]
-    per = {"thousandths": 1000.0, "location_bins": 1000.0, "percent": 100.0}[units]
-    return w / per, h / per
+    return w / PER_SIDE[units], h / PER_SIDE[units]
 
 
 # -- JSON answers (Qwen-VL) ------------------------------------------------------------------
@@ -182,7 +178,7 @@ def florence2_boxes(text: str, family: str, image_wh, input_wh=None) -> sv.Detec
     parsed = sv.Detections.from_vlm(sv.VLM.FLORENCE_2,
                                     {"<OD>": {"bboxes": xyxy.tolist(), "labels": labels}},
                                     resolution_wh=tuple(image_wh))
-    return _boxes(parsed.xyxy.reshape(-1, 4), list(parsed.data.get("class_name", [])))
+    return _boxes(parsed.xyxy.reshape(-1, 4), list(parsed.data.get(CLASS_NAME, [])))
 
 
 # -- Molmo points ----------------------------------------------------------------------------
@@ -236,13 +232,13 @@ def _boxes(xyxy: np.ndarray, labels: list[str]) -> sv.Detections:
     xyxy = np.sort(xyxy.reshape(-1, 2, 2), axis=1).reshape(-1, 4)  # x1 > x2 written: swapped
     return sv.Detections(xyxy=xyxy.astype(np.float32), confidence=np.ones(len(xyxy), np.float32),
                          class_id=np.zeros(len(xyxy), int),
-                         data={"class_name": np.array(labels, dtype=str)})
+                         data={CLASS_NAME: np.array(labels, dtype=str)})
 
 
 def _points(xy: np.ndarray, labels: list[str]) -> sv.KeyPoints:
     return sv.KeyPoints(xy=xy.astype(np.float32).reshape(-1, 1, 2),
                         keypoint_confidence=np.ones((len(xy), 1), np.float32),
-                        data={"class_name": np.array(labels, dtype=str).reshape(-1)})
+                        data={CLASS_NAME: np.array(labels, dtype=str).reshape(-1)})
 
 
 Parser = Callable[..., object]
