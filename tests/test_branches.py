@@ -109,6 +109,28 @@ def test_locator_boxes_map_back_in_the_family_convention(branches_spec, tiny_mod
     assert set(result.outputs["fused"].data["branch"]) <= {"boxes"}
 
 
+def test_florence2_locator_boxes_every_name_on_the_tiny_model(branches_spec, tiny_models,
+                                                              monkeypatch):
+    """detect-branches with --set locator=<tiny Florence-2>: its task prompts, its location
+    tokens parsed (the tiny model says only location tokens: every answer has boxes), each box
+    named by the phrase asked and inside the image; Florence-2 answers no points."""
+    monkeypatch.setattr("vlpipe.agents.grounding.fusion.ObjectNamesNode.run",
+                        lambda self, batch: [{"phrases": ["cup", "dog"]} for _ in batch])
+    image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    pipe = Pipeline.from_spec(branches_spec, ModelPool(), branches="boxes",
+                              locator=str(tiny_models / "florence2"))
+    result = pipe.run(image=image)
+    assert result.error is None, result.error
+    located = result.outputs["located"]
+    names = list(located.data["class_name"])
+    assert names.count("cup") >= 1 and names.count("dog") >= 1 and set(names) == {"cup", "dog"}
+    assert (located.xyxy >= 0).all() and (located.xyxy[:, [2, 3]] <= [200, 100]).all()
+    assert (located.xyxy[:, 2:] > located.xyxy[:, :2]).all()
+    points = Pipeline.from_spec(branches_spec, ModelPool(), branches="points",
+                                locator=str(tiny_models / "florence2")).run(image=image)
+    assert "Florence-2 answers boxes, not points" in str(points.error)
+
+
 def test_detect_branches_cli_on_a_folder(tiny_models, shared_images, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

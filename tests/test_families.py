@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vlpipe.agents.mllm.families import (FAMILIES, LOCATOR_UNITS, Family, answer_units,
-                                         register_family, token_grid)
+from vlpipe.agents.backends import MLLM_BACKENDS
+from vlpipe.agents.mllm.families import (FAMILIES, LOCATORS, Family, answer_units,
+                                         locator_backend, register_family, token_grid)
 from vlpipe.agents.mllm.layouts import llava_layout
 from vlpipe.agents.mllm.model import Mllm
 from vlpipe.agents.mllm.vlm_coords import PARSERS, PER_SIDE
@@ -93,9 +94,9 @@ def test_a_family_registers_once():
 
 def test_every_family_with_a_position_parser_has_its_units_in_one_place():
     """A family vlpipe parses positions of is registered (its boxes' units) or locator-only
-    (LOCATOR_UNITS), not both; every locator-only family has a parser."""
-    assert set(FAMILIES).isdisjoint(LOCATOR_UNITS)
-    assert set(LOCATOR_UNITS) <= set(PARSERS)
+    (LOCATORS), not both; every locator-only family has a parser."""
+    assert set(FAMILIES).isdisjoint(LOCATORS)
+    assert set(LOCATORS) <= set(PARSERS)
     units = {name: answer_units(name) for name in PARSERS}
     assert units == {"qwen2_vl": "thousandths", "qwen2_5_vl": "pixels", "qwen3_vl": "thousandths",
                      "molmo": "percent", "molmo2": "thousandths", "florence2": "location_bins"}
@@ -107,3 +108,17 @@ def test_every_family_with_a_position_parser_has_its_units_in_one_place():
 def test_a_locator_only_family_cannot_also_be_registered():
     with pytest.raises(ValueError, match="'molmo2' is registered already"):
         register_family(Family(**_part(name="molmo2")))
+
+
+@pytest.mark.parametrize("name", [n for n, loc in LOCATORS.items() if loc.backend])
+def test_a_drivable_locator_has_a_tiny_model_of_its_family_its_backend_loads(tiny_models, name):
+    locator = LOCATORS[name]
+    assert locator.tiny and locator_backend(name) == locator.backend
+    model = MLLM_BACKENDS.build(locator.backend, str(tiny_models / name), "cpu", "float32")
+    assert model.family == model.model.config.model_type == name
+
+
+def test_locators_without_a_backend_are_refused_by_name():
+    assert locator_backend("qwen2_5_vl") == "transformers"
+    with pytest.raises(ValueError, match="no backend drives 'molmo2'.*florence2"):
+        locator_backend("molmo2")

@@ -1,7 +1,7 @@
 """The MLLM's own points and boxes as localization branches (``detect-branches``).
 
 * :class:`LocateBoxesNode` asks the MLLM, per object name, for its boxes (Qwen2.5-VL / Qwen3-VL
-  JSON, Qwen2-VL box tokens) and parses them in the family's convention
+  JSON, Qwen2-VL box tokens, Florence-2's phrase grounding) and parses them in the family's convention
   (:mod:`.vlm_coords`); ``sam_boxes`` segments them as it does grounding's boxes.
 * :class:`LocatePointsNode` asks for points instead; :class:`PointMapsNode` turns each name's
   points into a map over every view that holds them, so the ``sam`` node prompts, explains
@@ -12,15 +12,20 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import supervision as sv
 import torch
 
 from ...pipeline import Node
 from ...prompts import load_prompt
+from ..backends import MLLM_BACKENDS
 from ..detections import CLASS_NAME, VIEW_BOX, concat
+from ..hub import from_pretrained
 from ..ports import BOOL, DETECTIONS, IMAGE, OBJECT_MAPS, PHRASES, POINTS, VIEWS
 from ..views import ObjectMap
+from .families import locator_backend
 from .nodes import MllmNode
 from .vlm_coords import parse_answer
 
@@ -46,6 +51,15 @@ class BranchSwitchNode(Node):
         return [{b: b in self.picked for b in BRANCHES} for _ in batch]
 
 
+@lru_cache(maxsize=64)
+def model_type(model: str, trust_remote_code: bool = False) -> str:
+    """The transformers ``model_type`` in ``model``'s config (a folder or a hub id)."""
+    from transformers import AutoConfig
+
+    kw = {"trust_remote_code": True} if trust_remote_code else {}
+    return from_pretrained(AutoConfig, model, "locator", **kw).model_type
+
+
 class _LocateNode(MllmNode):
     """image + phrases -> one generated answer per phrase (one batched call: the prompts share
     the image's prefix), parsed as ``kind`` in the family's convention."""
@@ -59,12 +73,21 @@ class _LocateNode(MllmNode):
         self.template = load_prompt(prompt or f"locate_{self.kind}")
         self.max_new_tokens = int(max_new_tokens)
 
+    @property
+    def mllm(self):
+        """The locator: a registered family's :class:`~.model.Mllm`, or the backend of a
+        locator-only family (Florence-2: :class:`~.florence2.Florence2`), by the model's
+        ``model_type``."""
+        backend = locator_backend(model_type(self.model_id, self.trust_remote_code))
+        return MLLM_BACKENDS.load(self.pool, backend, self.model_id, self.device, self.dtype,
+                                  trust_remote_code=self.trust_remote_code)
+
     def answers(self, image: np.ndarray, phrases: list[str]) -> list:
         """Per phrase, the parsed answer (``sv.Detections`` or ``sv.KeyPoints``) named by it."""
         if not phrases:
             return []
         mllm = self.mllm
-        prompts = [mllm.prompt(self.template.format(name=p)) for p in phrases]
+        prompts = [mllm.locate_prompt(self.kind, p, self.template) for p in phrases]
         gens = mllm.generate([image] * len(prompts), prompts, self.max_new_tokens,
                              self.image_fit)
         h, w = image.shape[:2]

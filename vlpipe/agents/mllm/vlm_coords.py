@@ -2,7 +2,7 @@
 
 Each family writes positions in its own units, read from one place: a registered family's
 :attr:`~.families.Family.boxes` (the units it was trained on, the same the answer prompt writes
-boxes in), else the locator-only table :data:`~.families.LOCATOR_UNITS`
+boxes in), else the locator-only records :data:`~.families.LOCATORS`
 (:func:`~.families.answer_units`):
 
 * ``pixels`` — Qwen2.5-VL: absolute pixels of the image *as its processor resized it*
@@ -157,7 +157,7 @@ def qwen2_vl_boxes(text: str, family: str, image_wh, input_wh=None) -> sv.Detect
 
 
 # -- Florence-2 location tokens --------------------------------------------------------------
-_FLORENCE = re.compile(r"(?P<label>[^<]*)(?P<locs>(?:<loc_\d+>){4,})")
+_FLORENCE = re.compile(r"(?P<label>[^<]*)(?P<locs>(?:\s*<loc_\d+>){4,})")
 _LOC = re.compile(r"<loc_(\d+)>")
 
 
