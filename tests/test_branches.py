@@ -4,6 +4,7 @@ the tiny models (one image, a folder) and in the oracle world."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -128,7 +129,34 @@ def test_florence2_locator_boxes_every_name_on_the_tiny_model(branches_spec, tin
     assert (located.xyxy[:, 2:] > located.xyxy[:, :2]).all()
     points = Pipeline.from_spec(branches_spec, ModelPool(), branches="points",
                                 locator=str(tiny_models / "florence2")).run(image=image)
-    assert "Florence-2 answers boxes, not points" in str(points.error)
+    assert "florence2 answers boxes, not points" in str(points.error)
+
+
+def test_molmo2_locator_runs_the_points_branch_on_the_tiny_model(branches_spec, tiny_models,
+                                                                monkeypatch):
+    """detect-branches with --set locator=<tiny Molmo 2>: "Point to every X" in Molmo 2's chat
+    template, its answers parsed as points (the tiny model says object words, no points: an empty
+    set, the plumbing only; the parser's real Molmo 2 answers are in test_vlm_coords)."""
+    from vlpipe.agents.mllm.locators import Molmo2
+    from vlpipe.tiny.mllm import OBJECT_WORDS
+
+    monkeypatch.setattr("vlpipe.agents.grounding.fusion.ObjectNamesNode.run",
+                        lambda self, batch: [{"phrases": ["cup"]} for _ in batch])
+    spec = copy.deepcopy(branches_spec)
+    spec.outputs["points"] = "locate_points.points"
+    image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    result = Pipeline.from_spec(spec, ModelPool(), branches="points",
+                                locator=str(tiny_models / "molmo2")).run(image=image)
+    assert result.error is None, result.error
+    assert result.outputs["points"].xy.shape[1:] == (1, 2)
+    molmo = Molmo2.load(str(tiny_models / "molmo2"), "cpu", "float32")
+    prompt = molmo.locate_prompt("points", "cup")
+    assert prompt.startswith("<|im_start|>user\n<|image|>Point to every cup in the image.")
+    (answer,) = molmo.generate([image], [prompt], 6)
+    assert len(answer.answer_ids) == 6 and not answer.stopped  # the prompt cut off, 6 new
+    assert set(answer.text.replace(",", " ").split()) <= set(OBJECT_WORDS)  # the tiny vocabulary
+    with pytest.raises(ValueError, match="molmo2 answers points, not boxes"):
+        molmo.locate_prompt("boxes", "cup")
 
 
 def test_detect_branches_cli_on_a_folder(tiny_models, shared_images, tmp_path):

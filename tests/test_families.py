@@ -120,5 +120,5 @@ def test_a_drivable_locator_has_a_tiny_model_of_its_family_its_backend_loads(tin
 
 def test_locators_without_a_backend_are_refused_by_name():
     assert locator_backend("qwen2_5_vl") == "transformers"
-    with pytest.raises(ValueError, match="no backend drives 'molmo2'.*florence2"):
-        locator_backend("molmo2")
+    with pytest.raises(ValueError, match="no backend drives 'molmo'.*florence2, molmo2"):
+        locator_backend("molmo")

@@ -83,4 +83,4 @@ GROUNDING_BACKENDS = BackendRegistry(
 OCR_BACKENDS = BackendRegistry("ocr", "OCR", ("vlpipe.agents.ocr.backends",))
 MLLM_BACKENDS = BackendRegistry("mllm", "MLLM",
                                 ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served",
-                                 "vlpipe.agents.mllm.florence2"))
+                                 "vlpipe.agents.mllm.locators"))

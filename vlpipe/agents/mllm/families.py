@@ -106,7 +106,7 @@ LOCATORS: dict[str, Locator] = {locator.name: locator for locator in (
     Locator("florence2", "location_bins", backend="florence2",
             tiny="vlpipe.tiny.locators:build_florence2"),
     Locator("molmo", "percent"),  # remote code only: no transformers class to build or drive
-    Locator("molmo2", "thousandths"),
+    Locator("molmo2", "thousandths", backend="molmo2", tiny="vlpipe.tiny.locators:build_molmo2"),
 )}
 
 

@@ -76,7 +76,7 @@ class _LocateNode(MllmNode):
     @property
     def mllm(self):
         """The locator: a registered family's :class:`~.model.Mllm`, or the backend of a
-        locator-only family (Florence-2: :class:`~.florence2.Florence2`), by the model's
+        locator-only family (:mod:`.locators`: Florence-2, Molmo 2), by the model's
         ``model_type``."""
         backend = locator_backend(model_type(self.model_id, self.trust_remote_code))
         return MLLM_BACKENDS.load(self.pool, backend, self.model_id, self.device, self.dtype,
