@@ -77,6 +77,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 
+
 @dataclass(frozen=True)
 class Locator:
     """A locator-only family: an MLLM whose answers hold positions (``detect-branches``' points

@@ -1,8 +1,8 @@
 """The MLLM's own points and boxes as localization branches (``detect-branches``).
 
 * :class:`LocateBoxesNode` asks the MLLM, per object name, for its boxes (Qwen2.5-VL / Qwen3-VL
-  JSON, Qwen2-VL box tokens, Florence-2's phrase grounding) and parses them in the family's convention
-  (:mod:`.vlm_coords`); ``sam_boxes`` segments them as it does grounding's boxes.
+  JSON, Qwen2-VL box tokens, Florence-2's phrase grounding) and parses them in the family's
+  convention (:mod:`.vlm_coords`); ``sam_boxes`` segments them as it does grounding's boxes.
 * :class:`LocatePointsNode` asks for points instead; :class:`PointMapsNode` turns each name's
   points into a map over every view that holds them, so the ``sam`` node prompts, explains
   away and refines them exactly as it does attention maps (detect's refinement path).
