@@ -1,6 +1,7 @@
 """Every registered MLLM family has all its parts (issue 26): a layout that places the tiny
 model's image tokens, box units, a tiny builder whose model is of that family, the released
-model's processor for the oracle; and a family that lacks one is refused when registered."""
+model's processor for the oracle; and a family that lacks one is refused when registered.
+Every family whose answers vlpipe parses for positions has its units in one place (issue 27)."""
 
 import importlib
 from types import SimpleNamespace
@@ -8,9 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vlpipe.agents.mllm.families import FAMILIES, Family, register_family, token_grid
+from vlpipe.agents.backends import MLLM_BACKENDS
+from vlpipe.agents.mllm.families import (FAMILIES, LOCATORS, Family, answer_units,
+                                         locator_backend, register_family, token_grid)
 from vlpipe.agents.mllm.layouts import llava_layout
 from vlpipe.agents.mllm.model import Mllm
+from vlpipe.agents.mllm.vlm_coords import PARSERS, PER_SIDE
 from vlpipe.io import load_image
 
 
@@ -86,3 +90,35 @@ def test_a_family_with_a_bad_part_is_refused(change, error):
 def test_a_family_registers_once():
     with pytest.raises(ValueError, match="'llava' is registered already"):
         register_family(FAMILIES["llava"])
+
+
+def test_every_family_with_a_position_parser_has_its_units_in_one_place():
+    """A family vlpipe parses positions of is registered (its boxes' units) or locator-only
+    (LOCATORS), not both; every locator-only family has a parser."""
+    assert set(FAMILIES).isdisjoint(LOCATORS)
+    assert set(LOCATORS) <= set(PARSERS)
+    units = {name: answer_units(name) for name in PARSERS}
+    assert units == {"qwen2_vl": "thousandths", "qwen2_5_vl": "pixels", "qwen3_vl": "thousandths",
+                     "molmo": "percent", "molmo2": "thousandths", "florence2": "location_bins"}
+    assert set(units.values()) <= {*PER_SIDE, "pixels"}
+    with pytest.raises(ValueError, match="no coordinate convention for family 'gpt'"):
+        answer_units("gpt")
+
+
+def test_a_locator_only_family_cannot_also_be_registered():
+    with pytest.raises(ValueError, match="'molmo2' is registered already"):
+        register_family(Family(**_part(name="molmo2")))
+
+
+@pytest.mark.parametrize("name", [n for n, loc in LOCATORS.items() if loc.backend])
+def test_a_drivable_locator_has_a_tiny_model_of_its_family_its_backend_loads(tiny_models, name):
+    locator = LOCATORS[name]
+    assert locator.tiny and locator_backend(name) == locator.backend
+    model = MLLM_BACKENDS.build(locator.backend, str(tiny_models / name), "cpu", "float32")
+    assert model.family == model.model.config.model_type == name
+
+
+def test_locators_without_a_backend_are_refused_by_name():
+    assert locator_backend("qwen2_5_vl") == "transformers"
+    with pytest.raises(ValueError, match="no backend drives 'molmo'.*florence2, molmo2"):
+        locator_backend("molmo")

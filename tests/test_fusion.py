@@ -29,24 +29,25 @@ def dets(boxes, scores, names, view_box=(0, 0, 100, 100), **data):
                                "view_box": np.tile(np.array(view_box), (n, 1)), **data})
 
 
-def test_fuse_boosts_agreeing_pairs_by_noisy_or():
+def test_fuse_ranks_agreeing_pairs_first():
     attention = dets([[0, 0, 10, 10], [50, 50, 60, 60]], [0.6, 0.3], ["dog", "cat"],
                      round=np.array([0, 2]))
-    grounded = dets([[1, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], [0.5, 0.9, 0.4],
+    grounded = dets([[1, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], [0.4, 0.8, 0.2],
                     ["dogs", "dog", "cat"])
-    out = fuse(attention, grounded, agreement=0.5)
+    out = fuse({"attention": attention, "grounding": grounded}, agreement=0.5)
     assert list(out.data["branch"]) == ["attention"] * 2 + ["grounding"] * 3
     assert set(out.data) == {"class_name", "view_box", "branch"}
-    # dog/dogs overlap with IoU 0.9: both become 1 - 0.4 * 0.5 = 0.8; the attention cat and
-    # the grounded dog share a box but not a name; the grounded cat is alone
-    np.testing.assert_allclose(out.confidence, [0.8, 0.3, 0.8, 0.9, 0.4], rtol=1e-6)
-    # one branch empty: the other as it is
-    alone = fuse(sv.Detections.empty(), grounded)
-    np.testing.assert_allclose(alone.confidence, [0.5, 0.9, 0.4])
-    assert len(fuse(sv.Detections.empty(), sv.Detections.empty())) == 0
+    # calibrated: attention 0.6/0.6 = 1, 0.3/0.6 = 0.5; grounding 0.5, 1, 0.25. dog/dogs overlap
+    # with IoU 0.9: both (1 + 1 - (1 - 1)(1 - 0.5)) / 2 = 1; the attention cat and the grounded
+    # dog share a box but not a name: 0.5 / 2 and 1 / 2; the grounded cat alone: 0.25 / 2
+    np.testing.assert_allclose(out.confidence, [1.0, 0.25, 1.0, 0.5, 0.125], rtol=1e-6)
+    # one branch empty: the other calibrated, over N = 2 branches
+    alone = fuse({"attention": sv.Detections.empty(), "grounding": grounded})
+    np.testing.assert_allclose(alone.confidence, [0.25, 0.5, 0.125])
+    assert len(fuse({"attention": sv.Detections.empty(), "grounding": sv.Detections.empty()})) == 0
     node = FuseNode("fuse", agreement=0.95)
     (res,) = node.run([{"attention": attention, "grounded": grounded}])
-    np.testing.assert_allclose(res["detections"].confidence, [0.6, 0.3, 0.5, 0.9, 0.4])
+    np.testing.assert_allclose(res["detections"].confidence, [0.5, 0.25, 0.25, 0.5, 0.125])
 
 
 def test_object_names_most_often_named_first():

@@ -180,3 +180,16 @@ def test_without_ray_says_how_to_install(monkeypatch, tiny_models, folder, tmp_p
                                       "--trace", str(tmp_path / "trace.json")])
     assert result.exit_code == 2 and "--trace records the local engine" in result.output
     assert not (tmp_path / "trace.json").exists()
+
+
+def test_detect_branches_on_ray_as_locally(ray_local, tiny_models, folder, tmp_path):
+    """The four-branch recipe (issue 27) on three images: the Ray engine writes what the local
+    one does."""
+    from vlpipe.pipeline import PipelineSpec
+
+    entries = [e for e in list_inputs(folder)[0] if e.path.name != "broken.jpg"][:3]
+    spec = PipelineSpec.load(tiny_models / "detect-branches.yaml")
+    run(spec, {}, entries, tmp_path / "local")
+    summary = run(spec, {}, entries, tmp_path / "ray", ray_options(workers=2))
+    assert (summary.done, summary.failed) == (3, 0)
+    _assert_same(_records(tmp_path / "ray"), _records(tmp_path / "local"))

@@ -66,6 +66,7 @@ def run(
     questions: Annotated[Optional[int], typer.Option(help="Number of 'list the objects' questions.")] = None,
     tiles: Annotated[Optional[str], typer.Option(help="Tile grid besides the full image, e.g. 2x2; 1x1 = none.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="SAM refinement rounds.")] = None,
+    branches: Annotated[Optional[str], typer.Option(help="detect-branches: which localization branches run and are fused, comma-separated (attention, points, boxes, grounding).")] = None,
     mllm: Annotated[Optional[str], typer.Option(help="MLLM: Hugging Face id or local folder.")] = None,
     sam: Annotated[Optional[str], typer.Option(help="SAM: Hugging Face id, folder or checkpoint.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = None,
@@ -89,7 +90,7 @@ def run(
     under --out, default ./vlpipe-out); a folder or annotation file (or --out) writes
     OUT/predictions.jsonl and, with image ids, OUT/results.json."""
     params = _params(sets, {"questions": questions, "tiles": tiles, "rounds": rounds,
-                            "mllm": mllm, "sam": sam, "device": device,
+                            "branches": branches, "mllm": mllm, "sam": sam, "device": device,
                             "trust_remote_code": trust_remote_code or None})
     _check_options(engine, trace, num_gpus_per_worker,
                    {"--batch-size": batch_size, "--max-failures": max_failures, "--top-k": top_k,

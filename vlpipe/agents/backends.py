@@ -82,4 +82,5 @@ GROUNDING_BACKENDS = BackendRegistry(
      "vlpipe.agents.grounding.sam3"))
 OCR_BACKENDS = BackendRegistry("ocr", "OCR", ("vlpipe.agents.ocr.backends",))
 MLLM_BACKENDS = BackendRegistry("mllm", "MLLM",
-                                ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served"))
+                                ("vlpipe.agents.mllm.model", "vlpipe.agents.mllm.served",
+                                 "vlpipe.agents.mllm.locators"))

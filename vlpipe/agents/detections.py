@@ -23,7 +23,7 @@ TEXT_LABEL = "text_label"  # (N,) str: a grounding model's own label of the phra
 VIEW_BOX = "view_box"  # (N, 4) x0, y0, x1, y1 of its view (full image or tile), full-image pixels
 ROUND = "round"  # (N,) int: the SAM refinement round that gave it (0 = the first)
 QUESTION = "question"  # (N,) int: the index of the question whose answer named it
-BRANCH = "branch"  # (N,) str: detect-fused's branch, "attention" or "grounding"
+BRANCH = "branch"  # (N,) str: the branch that found it (grounding.fusion.fuse)
 
 
 def empty_detections() -> sv.Detections:

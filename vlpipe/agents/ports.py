@@ -24,6 +24,7 @@ OBJECT_LISTS = "object_lists"
 OBJECT_MAPS = "object_maps"
 PHRASES = "phrases"
 DETECTIONS = "detections"
+POINTS = "points"
 CROPS = "crops"
 TEXT_LINES = "text_lines"
 DECISION = "decision"
@@ -39,6 +40,7 @@ PORT_TYPES: dict[str, object] = {
     OBJECT_MAPS: list[ObjectMap],  # one per object name and answer
     PHRASES: list[str],  # also "a dog. a cat." on a grounding node's input
     DETECTIONS: sv.Detections,  # xyxy in image pixels; data keys: vlpipe.agents.detections
+    POINTS: sv.KeyPoints,  # xy (N, 1, 2) image pixels, one point per object; data: CLASS_NAME
     CROPS: list[Crop],
     TEXT_LINES: list[TextLine],
     DECISION: dict,  # {"choice": none|objects|text|both, "probs": {option: p} or None, "policy"}

@@ -275,7 +275,7 @@ def oracle_spec(gt: str | Path, images: str | Path | None = None, *, family: str
               "family": family, "image_fit": image_fit}
     spec = PipelineSpec.load(resolve_pipeline(recipe))
     extra = {}
-    if recipe == "detect-fused":
+    if recipe != "detect":  # detect-fused, detect-branches: grounding too
         extra = {"grounding": world_key, "grounding_backend": "oracle"}
         spec.outputs["fused"] = "fuse.detections"
     spec.nodes["objects"] = NodeSpec(type="oracle_objects", inputs={"views": "views.views"},

@@ -1,6 +1,6 @@
 """Tiny random-weight models for tests and offline smoke runs (``vlpipe models tiny DIR``): one
-module per expert kind (:mod:`.mllm`, :mod:`.sam`, :mod:`.grounding`, :mod:`.clip`); the
-production backends hold none.
+module per expert kind (:mod:`.mllm`, :mod:`.locators`, :mod:`.sam`, :mod:`.grounding`,
+:mod:`.clip`); the production backends hold none.
 
 Every model is built from a config, saved with ``save_pretrained`` (or as a safetensors
 checkpoint for the official SAM) and loaded back by the same code path users take. Their outputs
@@ -24,6 +24,10 @@ def tiny_params(models: dict[str, Path]) -> dict[str, dict]:
                          "grounding": str(models["grounding_dino"]), "box_threshold": 0.0,
                          "questions": 2, "tiles": "2x2", "rounds": 3, "max_new_tokens": 12,
                          "device": "cpu"},
+        "detect-branches": {"mllm": str(models["llava"]), "locator": str(models["qwen2_5_vl"]),
+                            "sam": str(models["sam_hf"]), "grounding": str(models["grounding_dino"]),
+                            "box_threshold": 0.0, "questions": 1, "tiles": "1x1", "rounds": 2,
+                            "max_new_tokens": 12, "locate_max_new_tokens": 16, "device": "cpu"},
         "ask": {"mllm": str(models["llava"]), "grounding": str(models["grounding_dino"]),
                 "max_new_tokens": 12, "device": "cpu"},
         "ground": {"grounding": str(models["grounding_dino"]), "device": "cpu"},
@@ -35,7 +39,7 @@ def build_all(out: str | Path) -> list[Path]:
     """Every tiny model under ``out`` plus ``out/<recipe>.yaml`` for each built-in recipe."""
     import yaml
 
-    from ..agents.mllm.families import FAMILIES
+    from ..agents.mllm.families import FAMILIES, LOCATORS
     from ..pipeline import recipe_names, resolve_pipeline
     from .clip import build_tiny_clip_text
     from .grounding import build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_sam3
@@ -44,6 +48,7 @@ def build_all(out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = {name: family.build_tiny(out / name) for name, family in FAMILIES.items()}
+    models |= {name: loc.build_tiny(out / name) for name, loc in LOCATORS.items() if loc.tiny}
     models |= {
         "sam_hf": build_hf_sam(out / "sam_hf"),
         "sam_hf2": build_hf_sam2(out / "sam_hf2"),

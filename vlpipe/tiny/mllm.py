@@ -26,9 +26,9 @@ FILLER_WORDS = [",", ".", "and", "a", "an", "the", "there", "is", "are", "in", "
 
 
 def _word_tokenizer(special: list[str], extra_special: list[str], chat_template: str,
-                    words: list[str] | None = None):
+                    words: list[str] | None = None, named: dict[str, str] | None = None):
     """A WordLevel fast tokenizer over ``words`` (default FILLER_WORDS + OBJECT_WORDS); specials
-    first."""
+    first; ``named``: special tokens the processor reads by name ({"image_token": "<image>"})."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +40,7 @@ def _word_tokenizer(special: list[str], extra_special: list[str], chat_template:
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    bos_token="<s>", eos_token="</s>",
-                                   extra_special_tokens=None)
+                                   extra_special_tokens=named)
     fast.add_special_tokens({"additional_special_tokens": extra_special})
     fast.chat_template = chat_template
     return fast

@@ -1,14 +1,17 @@
-"""Detect's second localization branch: the MLLM's names as text prompts to a grounding expert,
-fused with the attention branch (the ``detect-fused`` recipe).
+"""Detect's localization branches fused: attention (VL-SAM), the MLLM's own points and boxes
+(:mod:`.locate`), and the MLLM's names as text prompts to a grounding expert (the
+``detect-fused`` and ``detect-branches`` recipes).
 
 ``object_names`` turns the MLLM's object lists into grounding phrases; grounding gives boxes,
-SAM segments them (:class:`~vlpipe.agents.sam.nodes.SamBoxNode`); ``fuse`` joins both branches: an
-object both branches found (same name, box IoU above ``agreement``) is more likely real, so
-both detections get the noisy-OR of their scores, 1 - (1 - a)(1 - g); each keeps its branch in
-``data["branch"]`` and the merge that follows keeps the better one.
+SAM segments them (:class:`~vlpipe.agents.sam.SamBoxNode`); ``fuse`` joins any number of
+branches: an object several branches found (same name, box IoU above ``agreement``) is more
+likely real and ranks first (:func:`fuse`); each detection keeps its branch in
+``data[BRANCH]`` and the merge that follows keeps the best one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import supervision as sv
@@ -47,10 +50,17 @@ class ObjectNamesNode(Node):
 
 
 class FuseNode(Node):
-    """attention + grounded detections -> one set, agreeing pairs boosted (noisy-OR)."""
+    """Any of the localization branches' detections -> one set, agreeing detections first
+    (:func:`fuse`). Each input is optional: a branch that is not bound, or skipped (its
+    ``when`` is off), takes no part."""
 
-    inputs = {"attention": DETECTIONS, "grounded": DETECTIONS}
+    inputs = {"attention": DETECTIONS, "points": DETECTIONS, "boxes": DETECTIONS,
+              "grounded": DETECTIONS}
+    optional = frozenset(inputs)
     outputs = {"detections": DETECTIONS}
+    #: input port -> the branch name its detections carry in ``data[BRANCH]``.
+    BRANCHES = {"attention": "attention", "points": "points", "boxes": "boxes",
+                "grounded": "grounding"}
 
     def __init__(self, name: str, *, agreement: float = 0.5, **kw) -> None:
         super().__init__(name, **kw)
@@ -59,33 +69,46 @@ class FuseNode(Node):
         self.agreement = float(agreement)
 
     def run(self, batch):
-        return [{"detections": fuse(item["attention"], item["grounded"], self.agreement)}
+        return [{"detections": fuse({b: item[port] for port, b in self.BRANCHES.items()
+                                     if item.get(port) is not None}, self.agreement)}
                 for item in batch]
 
 
-def fuse(attention: sv.Detections, grounded: sv.Detections, agreement: float = 0.5
-         ) -> sv.Detections:
-    """Both branches' detections in one ``sv.Detections`` (``data``: class_name, view_box,
-    branch). A pair of the same normalized name with box IoU >= ``agreement`` scores
-    1 - (1 - a)(1 - g) on both sides (a detection pairs with its best partner)."""
-    parts = [_tagged(d, b) for d, b in ((attention, "attention"), (grounded, "grounding"))
-             if len(d)]
+def fuse(branches: Mapping[str, sv.Detections], agreement: float = 0.5) -> sv.Detections:
+    """Every branch's detections in one ``sv.Detections`` (``data``: :data:`CLASS_NAME`,
+    :data:`VIEW_BOX`, :data:`BRANCH`), scored so that detections on which more branches agree rank first.
+
+    With N branches, detection i of branch b with score s_i:
+
+    * calibrated score  c_i = s_i / max_{j in b} s_j  (each branch's best in the image is 1:
+      the branches' raw scores are on unrelated scales);
+    * agreeing branches A_i: the other branches with a detection j of the same normalized name
+      and box IoU(i, j) >= ``agreement``; p_a = the largest c_j of such j in branch a;
+    * q_i = 1 - (1 - c_i) * prod_{a in A_i} (1 - p_a)  (noisy-OR of the agreeing evidence);
+    * score_i = (|A_i| + q_i) / N.
+
+    Since q_i <= 1, a detection found by k + 1 branches never ranks below one found by k.
+    """
+    parts = [_tagged(d, b) for b, d in branches.items() if len(d)]
     if not parts:
         return empty_detections()
-    a, g = (_scores(d) for d in (attention, grounded))
-    if len(attention) and len(grounded):
-        iou = sv.box_iou_batch(attention.xyxy, grounded.xyxy)  # (A, G)
-        same = (np.array([normalize_name(n) for n in attention.data[CLASS_NAME]])[:, None]
-                == np.array([normalize_name(n) for n in grounded.data[CLASS_NAME]])[None])
-        iou = np.where(same, iou, 0.0)
-        best_g, best_a = iou.argmax(1), iou.argmax(0)
-        both_a = iou.max(1) >= agreement
-        both_g = iou.max(0) >= agreement
-        a_new, g_new = a.copy(), g.copy()
-        a_new[both_a] = 1 - (1 - a[both_a]) * (1 - g[best_g[both_a]])
-        g_new[both_g] = 1 - (1 - g[both_g]) * (1 - a[best_a[both_g]])
-        parts[0].confidence, parts[1].confidence = a_new, g_new
-    return sv.Detections.merge(parts)
+    out = sv.Detections.merge(parts)
+    names = np.array([normalize_name(str(n)) for n in out.data[CLASS_NAME]])
+    branch = out.data[BRANCH]
+    calibrated = np.zeros(len(out), np.float64)
+    for b in np.unique(branch):
+        s = out.confidence[branch == b].astype(np.float64)
+        calibrated[branch == b] = s / s.max() if s.max() > 0 else 0.0
+    iou = sv.box_iou_batch(out.xyxy, out.xyxy)
+    linked = (iou >= agreement) & (names[:, None] == names[None]) & (branch[:, None] != branch[None])
+    score = np.empty(len(out), np.float64)
+    for i in range(len(out)):
+        partners = [calibrated[linked[i] & (branch == a)].max()
+                    for a in np.unique(branch[linked[i]])]
+        q = 1 - (1 - calibrated[i]) * np.prod([1 - p for p in partners])
+        score[i] = (len(partners) + q) / len(branches)
+    out.confidence = score.astype(np.float32)
+    return out
 
 
 def _scores(dets: sv.Detections) -> np.ndarray:

@@ -78,9 +78,65 @@ class Family:
 FAMILIES: dict[str, Family] = {}
 
 
+@dataclass(frozen=True)
+class Locator:
+    """A locator-only family: an MLLM whose answers hold positions (``detect-branches``' points
+    and boxes, parsed by :mod:`.vlm_coords`) but whose image tokens vlpipe does not place (no
+    layout: no attention maps).
+
+    ``units``: the units of those positions (``location_bins``: Florence-2's ``<loc_N>``, bins
+    0..999 of the width / height; ``percent``: Molmo's points, 0..100; ``thousandths``: Molmo
+    2's points, 0..1000); ``backend``: the MLLM backend that drives it (None: its answers parse,
+    no node runs it yet); ``tiny``: ``"module:function"`` building a tiny random-weight model
+    of it (None with no backend)."""
+
+    name: str
+    units: str
+    backend: str | None = None
+    tiny: str | None = None
+
+    def build_tiny(self, out: str | Path) -> Path:
+        """Build the locator's tiny random-weight model (processor + weights) in ``out``."""
+        module, _, function = self.tiny.partition(":")
+        return getattr(importlib.import_module(module), function)(Path(out))
+
+
+#: Locator-only families (:class:`Locator`). A registered family's units are its
+#: :attr:`Family.boxes`; a name is in one place or the other, never both.
+LOCATORS: dict[str, Locator] = {locator.name: locator for locator in (
+    Locator("florence2", "location_bins", backend="florence2",
+            tiny="vlpipe.tiny.locators:build_florence2"),
+    Locator("molmo", "percent"),  # remote code only: no transformers class to build or drive
+    Locator("molmo2", "thousandths", backend="molmo2", tiny="vlpipe.tiny.locators:build_molmo2"),
+)}
+
+
+def answer_units(name: str) -> str:
+    """The units positions are in, in answers of family ``name`` (registered or locator-only);
+    a ValueError listing the known families otherwise."""
+    if name in FAMILIES:
+        return FAMILIES[name].boxes
+    if name in LOCATORS:
+        return LOCATORS[name].units
+    raise ValueError(f"no coordinate convention for family {name!r} "
+                     f"(known: {', '.join([*FAMILIES, *LOCATORS])})")
+
+
+def locator_backend(name: str) -> str:
+    """The MLLM backend that asks a model of family ``name`` for positions: ``transformers``
+    for a registered family, the locator's own otherwise; a ValueError when none drives it."""
+    if name in FAMILIES:
+        return "transformers"
+    if name in LOCATORS and LOCATORS[name].backend:
+        return LOCATORS[name].backend
+    drivable = [*FAMILIES, *(n for n, loc in LOCATORS.items() if loc.backend)]
+    raise ValueError(f"no backend drives {name!r} models as a locator (drivable: "
+                     f"{', '.join(drivable)})")
+
+
 def register_family(family: Family) -> Family:
     """Make ``family`` known to the MLLM backend, the tiny models, the oracle and the tests."""
-    if family.name in FAMILIES:
+    if family.name in FAMILIES or family.name in LOCATORS:
         raise ValueError(f"MLLM family {family.name!r} is registered already")
     FAMILIES[family.name] = family
     return family

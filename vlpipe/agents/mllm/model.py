@@ -60,6 +60,20 @@ class TokenFlow(NamedTuple):
     prompt_length: int
 
 
+def load_image_text_model(model: str, device: str, dtype: str | None, kind: str,
+                          trust_remote_code: bool = False) -> tuple:
+    """(processor, model in eval mode on ``device``) of an image-text-to-text model (a folder or
+    a hub id); ``kind`` names it in the error when its weights are missing."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(device)
+    kw = {"trust_remote_code": True} if trust_remote_code else {}
+    processor = from_pretrained(AutoProcessor, model, kind, **kw)
+    net = from_pretrained(AutoModelForImageTextToText, model, kind,
+                          dtype=resolve_dtype(dtype, device), **kw)
+    return processor, net.to(device).eval()
+
+
 class Mllm:
     """A loaded processor + model, with the few operations the nodes need."""
 
@@ -73,14 +87,7 @@ class Mllm:
     @classmethod
     def load(cls, model: str, device: str, dtype: str | None, *,
              trust_remote_code: bool = False) -> Mllm:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        device = resolve_device(device)
-        kw = {"trust_remote_code": True} if trust_remote_code else {}
-        processor = from_pretrained(AutoProcessor, model, "MLLM", **kw)
-        net = from_pretrained(AutoModelForImageTextToText, model, "MLLM",
-                              dtype=resolve_dtype(dtype, device), **kw)
-        return cls(processor, net.to(device).eval())
+        return cls(*load_image_text_model(model, device, dtype, "MLLM", trust_remote_code))
 
     @property
     def device(self) -> torch.device:
@@ -113,11 +120,21 @@ class Mllm:
     def box_convention(self, image: np.ndarray) -> tuple[str, BoxText]:
         """(the sentence stating ``image``'s size and the box units, pixel xyxy -> text) in the
         units the family was trained on (:mod:`.box_text`)."""
+        return box_convention(get_family(self.family).boxes, image.shape[:2],
+                              self.input_hw(image))
+
+    def locate_prompt(self, kind: str, name: str, template: str) -> str:
+        """The chat prompt asking for ``kind`` (boxes, points) of ``name``: ``template`` with
+        ``{name}`` filled in (the locate nodes' prompt file)."""
+        return self.prompt(template.format(name=name))
+
+    def input_hw(self, image: np.ndarray, fit: str = "pad") -> tuple[int, int] | None:
+        """(h, w) the processor resizes ``image`` to, for a family that needs it (boxes in pixels
+        of that input: :attr:`~.families.Family.input_hw`); None for the others."""
         family = get_family(self.family)
-        input_hw = None
-        if family.input_hw is not None:
-            input_hw = family.input_hw(self.processor, self.prepare(image).shape[:2])
-        return box_convention(family.boxes, image.shape[:2], input_hw)
+        if family.input_hw is None:
+            return None
+        return family.input_hw(self.processor, self.prepare(image, fit).shape[:2])
 
     @torch.inference_mode()
     def generate(self, images: list, prompts: list[str], max_new_tokens: int | None = None,
