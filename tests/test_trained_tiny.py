@@ -17,6 +17,7 @@ from vlpipe.synthetic import make_scenes
 synthetic, train_tiny = import_bench("synthetic", "train_tiny")
 MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
 IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
+view_instances, answer = train_tiny.view_instances, train_tiny.answer
 # the recipe on 3 held-apart scenes, as bench/synthetic.py runs it (maps read from the token
 # before each name) but with 2 questions and 1 round
 SETTING = {"tiles": "2x2", "questions": 2, "rounds": 1, "read": "preceding"}
@@ -33,6 +34,28 @@ def test_view_names_orders_left_to_right_and_drops_the_unseen():
     # two instances of one name: its leftmost pixel counts; ties follow the category order
     box = np.roll(star, 290, axis=0)
     assert view_names([("star", star), ("box", box)], side) == ["box", "star"]
+
+
+def test_region_answers_in_llava_box_text():
+    h, w = 80, 96  # a wide view, padded to a 96 px square: 8 rows above it
+    disc, star, speck = (np.zeros((h, w), bool) for _ in range(3))
+    disc[10:20, 40:60] = True  # 200 px² at the model's input (the square is 96 px)
+    star[30:50, 5:15] = True  # leftmost
+    speck[0:2, 0:2] = True  # 4 px² < MIN_AREA
+    found = view_instances([("disc", disc), ("star", star), ("moon", speck)], 96, (0, 8))
+    assert found == [("star", (5 / 96, 38 / 96, 15 / 96, 58 / 96)),
+                     ("disc", (40 / 96, 18 / 96, 60 / 96, 28 / 96))]
+    assert train_tiny.box_text((0.125, 0.5, 1 / 3, 1.0)) == "[0.12, 0.50, 0.33, 1.00]"
+    names = ["star", "disc"]
+    assert answer("list", names, found, "") == "star , disc"
+    # 5/96 = 0.052, 38/96 = 0.396, 15/96 = 0.156, 58/96 = 0.604; 40/96 = 0.417, 18/96 = 0.1875,
+    # 60/96 = 0.625, 28/96 = 0.292
+    assert answer("boxes", names, found, "") == ("star [0.05, 0.40, 0.16, 0.60] , "
+                                                 "disc [0.42, 0.19, 0.62, 0.29]")
+    assert answer("where", names, found, "disc") == "[0.42, 0.19, 0.62, 0.29]"
+    assert answer("where", names, found, "moon") == "none"
+    assert answer("count", names, found + found, "star") == "2"
+    assert answer("count", names, found, "moon") == "0"
 
 
 def test_point_hit_reads_the_first_prompt_in_view_pixels():
