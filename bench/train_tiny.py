@@ -36,14 +36,19 @@ import re
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlpipe.agents.layouts import fit_image
 from vlpipe.agents.tiles import split_tiles
 from vlpipe.prompts import load_questions
 from vlpipe.synthetic import CATEGORIES, SIZES, render_scene
-from vlpipe.tiny.mllm import FILLER_WORDS, LLAVA_TEMPLATE, _word_tokenizer
+from vlpipe.tiny.mllm import (FILLER_WORDS, LLAVA_TEMPLATE, QWEN_TEMPLATE, _word_tokenizer,
+                              qwen_tokenizer)
 
 IMAGE_SIZE, PATCH = 96, 8
 MIN_AREA = 8.0  # px² in the 96 px input: smaller objects are not named
@@ -51,6 +56,7 @@ QUESTIONS = load_questions("list_objects", 10)
 WHERE, COUNT = "where is the {} ?", "how many {} are there ?"
 BOXES = "list the objects with their boxes ."
 TASKS = {"list": 0.4, "where": 0.25, "boxes": 0.2, "count": 0.15}  # the default mix
+QWEN_SIDE = 192  # Qwen2-VL twin: views up to 192² px, 12x12 merged tokens for a square
 MAX_LISTED = 6  # the boxes task asks only about views with at most this many instances
 NUMBERS = [str(k) for k in range(10)] + [f"{k:02d}" for k in range(100)]  # "0 . 12" -> 0.12
 ORDER = {c.name: k for k, c in enumerate(CATEGORIES)}
@@ -60,10 +66,12 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
-def vocabulary() -> list[str]:
+def vocabulary(family: str = "llava") -> list[str]:
     """Filler words, the chat roles, the words of every task's questions, brackets and the
-    numbers of box text, the category names."""
+    numbers of the family's box text, the category names."""
     words = [*FILLER_WORDS, "user", "assistant", "[", "]", *NUMBERS]
+    if family == "qwen2_vl":  # "(120,300),(450,780)": thousandths
+        words += ["(", ")", *(str(k) for k in range(1001))]
     for text in [*QUESTIONS, WHERE, COUNT, BOXES]:
         words += words_of(text.replace("{}", ""))
     words += [c.name for c in CATEGORIES]
@@ -99,6 +107,40 @@ def build(seed: int, patch: int = PATCH):
     return processor, LlavaForConditionalGeneration(config)
 
 
+def build_qwen2_vl(seed: int):
+    """(processor, untrained model): tiny Qwen2-VL over :func:`vocabulary`, width and depth as
+    :func:`build`'s; a vision tower of no blocks (patch embedding + 2x2 merger: local image
+    tokens, placed by the language model's M-RoPE), views up to ``QWEN_SIDE``² px -> at most
+    12x12 merged tokens."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(seed)
+    tok, ids = qwen_tokenizer(vocabulary("qwen2_vl"), ["<|box_start|>", "<|box_end|>"])
+    config = Qwen2VLConfig(
+        vision_config={"depth": 0, "embed_dim": 96, "hidden_size": 96, "num_heads": 4,
+                       "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "in_channels": 3},
+        text_config={"vocab_size": len(tok), "hidden_size": 96, "intermediate_size": 192,
+                     "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+                     "max_position_embeddings": 1024, "pad_token_id": tok.pad_token_id,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": ids["<|im_end|>"],
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                         "mrope_section": [4, 4, 4]}},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    image_processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=32 * 32, max_pixels=QWEN_SIDE ** 2)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(),
+                                 chat_template=QWEN_TEMPLATE)
+    tok.eos_token = "<|im_end|>"
+    return processor, Qwen2VLForConditionalGeneration(config)
+
+
+BUILDERS = {"llava": build, "qwen2_vl": lambda seed, patch: build_qwen2_vl(seed)}
+
+
 def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
     """Names of the categories visible in a view whose padded square has ``side`` px, ordered by
     their leftmost pixel (ties: category order); ``masks`` are (name, (h, w) bool) in the view."""
@@ -117,35 +159,66 @@ def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
 Box = tuple[float, float, float, float]
 
 
-def view_instances(masks: list[tuple[str, np.ndarray]], side: int, offset: tuple[int, int]
-                   ) -> list[tuple[str, Box]]:
+def view_instances(masks: list[tuple[str, np.ndarray]], frame: tuple[int, int],
+                   offset: tuple[int, int]) -> list[tuple[str, Box]]:
     """(name, box) of each instance of a view with at least ``MIN_AREA`` px² at the model's
-    input, left to right (ties: category order); box = x0, y0, x1, y1 of its pixels in the
-    padded square of ``side`` px (the view at ``offset`` = (x, y) in it), divided by ``side``."""
-    scale2 = (IMAGE_SIZE / side) ** 2
+    input (the long side of ``frame`` shrunk to ``IMAGE_SIZE``), left to right (ties: category
+    order); box = x0, y0, x1, y1 of its pixels in the model's frame of (w, h) px (LLaVA-1.5: the
+    padded square; the view at ``offset`` = (x, y) in it), divided by w and h."""
+    fw, fh = frame
+    scale2 = (IMAGE_SIZE / max(frame)) ** 2
     found = []
     for name, m in masks:
         if m.sum() * scale2 < MIN_AREA:
             continue
         ys, xs = np.nonzero(m)
         dx, dy = offset
-        box = ((xs.min() + dx) / side, (ys.min() + dy) / side, (xs.max() + 1 + dx) / side,
-               (ys.max() + 1 + dy) / side)
+        box = ((xs.min() + dx) / fw, (ys.min() + dy) / fh, (xs.max() + 1 + dx) / fw,
+               (ys.max() + 1 + dy) / fh)
         found.append((name, tuple(float(v) for v in box)))
     return sorted(found, key=lambda f: (f[1][0], ORDER[f[0]]))
 
 
-def box_text(box: Box) -> str:
-    """LLaVA-1.5's RefCOCO box text: "[0.12, 0.30, 0.45, 0.78]"."""
+def box_text(box: Box, family: str = "llava") -> str:
+    """The family's box text: LLaVA-1.5's RefCOCO "[0.12, 0.30, 0.45, 0.78]"; Qwen2-VL's
+    "<|box_start|>(120,300),(450,780)<|box_end|>" (thousandths)."""
+    if family == "qwen2_vl":
+        x0, y0, x1, y1 = (round(1000 * v) for v in box)
+        return f"<|box_start|>({x0},{y0}),({x1},{y1})<|box_end|>"
     return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
-def make_views(n_scenes: int, seed: int, processor
-               ) -> tuple[torch.Tensor, list[list[str]], list[list[tuple[str, Box]]]]:
-    """(V, 3, S, S) uint8 resized views (full image + 2x2 tiles of each scene, each also mirrored
-    left to right), their names (:func:`view_names`), their instances (:func:`view_instances`)."""
-    rng = np.random.default_rng(seed)
+def model_view(family: str, processor, crop: np.ndarray
+               ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(3, h, w) uint8: a view as the processor resizes it (LLaVA-1.5: padded to a square of
+    ``IMAGE_SIZE``; Qwen2-VL: resized to multiples of 16 px within ``QWEN_SIDE``² pixels); the
+    (w, h) frame boxes are relative to; the view's offset in that frame."""
     ip = processor.image_processor
+    if family == "qwen2_vl":
+        h, w = smart_resize(crop.shape[0], crop.shape[1], factor=16,
+                            min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge)
+        resized = np.asarray(Image.fromarray(crop).resize((w, h), Image.BICUBIC))
+        return resized.transpose(2, 0, 1).copy(), (crop.shape[1], crop.shape[0]), (0, 0)
+    fitted, offset = fit_image("llava", processor, crop, "pad")
+    out = ip(images=fitted, do_rescale=False, do_normalize=False, return_tensors="np")
+    pixels = np.round(out["pixel_values"][0]).clip(0, 255).astype(np.uint8)
+    return pixels, (fitted.shape[1], fitted.shape[0]), offset
+
+
+@dataclass
+class Views:
+    """Training views: each (3, h, w) uint8 as the model sees it, the names and the instances
+    seen in each."""
+
+    pixels: list[torch.Tensor]
+    names: list[list[str]]
+    instances: list[list[tuple[str, Box]]]
+
+
+def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Views:
+    """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also mirrored left to right), their names (:func:`view_names`), their
+    instances (:func:`view_instances`)."""
+    rng = np.random.default_rng(seed)
     pixels, names, instances = [], [], []
     for _ in range(n_scenes):
         w, h = SIZES[int(rng.integers(len(SIZES)))]
@@ -153,44 +226,49 @@ def make_views(n_scenes: int, seed: int, processor
         for tile in split_tiles(h, w, (2, 2), 0.0, 64):
             for flip in (False, True):
                 crop = tile.crop(image)[:, ::-1] if flip else tile.crop(image)
-                fitted, offset = fit_image("llava", processor, np.ascontiguousarray(crop), "pad")
-                out = ip(images=fitted, do_rescale=False, do_normalize=False, return_tensors="np")
-                pixels.append(np.round(out["pixel_values"][0]).clip(0, 255).astype(np.uint8))
+                view, frame, offset = model_view(family, processor, np.ascontiguousarray(crop))
+                pixels.append(torch.from_numpy(view))
                 masks = [(CATEGORIES[c].name, tile.crop(m)[:, ::-1] if flip else tile.crop(m))
                          for c, m in objects]
                 names.append(view_names(masks, max(crop.shape[:2])))
-                instances.append(view_instances(masks, fitted.shape[0], offset))
-    return torch.from_numpy(np.stack(pixels)), names, instances
+                instances.append(view_instances(masks, frame, offset))
+    return Views(pixels, names, instances)
 
 
-def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about: str) -> str:
+def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about: str,
+           family: str = "llava") -> str:
     """The answer of ``task`` for a view (``about``: the category a where / count question
-    names)."""
+    names), boxes in the ``family``'s text."""
     if task == "list":
         return " , ".join(names) if names else "none"
     if task == "boxes":
-        return " , ".join(f"{n} {box_text(b)}" for n, b in instances) if instances else "none"
+        return (" , ".join(f"{n} {box_text(b, family)}" for n, b in instances) if instances
+                else "none")
     boxes = [b for n, b in instances if n == about]
     if task == "count":
         return str(len(boxes))
-    return " , ".join(box_text(b) for b in boxes) if boxes else "none"
+    return " , ".join(box_text(b, family) for b in boxes) if boxes else "none"
 
 
 class Batches:
     """Random training batches: view pixels, a task and question, the answer as labels."""
 
-    def __init__(self, processor, pixels: torch.Tensor, names: list[list[str]],
-                 instances: list[list[tuple[str, Box]]], tasks: dict[str, float], seed: int):
-        self.processor, self.pixels, self.names, self.instances = processor, pixels, names, instances
+    def __init__(self, processor, views: Views, tasks: dict[str, float], seed: int,
+                 family: str = "llava"):
+        self.processor, self.views, self.family = processor, views, family
+        self.names, self.instances = views.names, views.instances
         self.tok = tok = processor.tokenizer
         self.tasks = list(tasks)
         self.weights = torch.tensor([tasks[t] for t in self.tasks], dtype=torch.float)
         dummy = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
 
         def prompt(q: str) -> torch.Tensor:
+            """LLaVA: the prompt's ids; Qwen2-VL: with one image token, expanded per view."""
             text = processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
                 add_generation_prompt=True)
+            if family == "qwen2_vl":
+                return torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
             return processor(images=dummy, text=text, return_tensors="pt")["input_ids"][0]
 
         self.prompts = {("list", k): prompt(q) for k, q in enumerate(QUESTIONS)}
@@ -219,8 +297,14 @@ class Batches:
                 k = present[int(torch.randint(len(present), (1,), generator=self.gen))]
             else:
                 k = int(torch.randint(len(CATEGORIES), (1,), generator=self.gen))
-        text = answer(task, self.names[v], self.instances[v], CATEGORIES[k].name)
-        return self.prompts[(task, k)], text
+        text = answer(task, self.names[v], self.instances[v], CATEGORIES[k].name, self.family)
+        ids = self.prompts[(task, k)]
+        if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
+            h, w = self.views.pixels[v].shape[1:]
+            pad = self.tok.convert_tokens_to_ids("<|image_pad|>")
+            at = int(torch.nonzero(ids == pad)[0, 0])
+            ids = torch.cat([ids[:at], torch.full(((h // 16) * (w // 16),), pad), ids[at + 1:]])
+        return ids, text
 
     def sample(self, size: int) -> dict:
         views = torch.randint(len(self.names), (size,), generator=self.gen)
@@ -234,26 +318,37 @@ class Batches:
         for k, (s, (p, _)) in enumerate(zip(seqs, picked)):
             ids[k, :len(s)], mask[k, :len(s)] = s, 1
             labels[k, len(p):len(s)] = s[len(p):]
-        pixels = self.pixels[views].float() / 255.0
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "pixel_values": (pixels - self.mean) / self.std}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.family == "qwen2_vl":
+            images = [self.views.pixels[v].permute(1, 2, 0).numpy() for v in views.tolist()]
+            out = self.processor.image_processor(images=images, do_resize=False,
+                                                 return_tensors="pt")
+            image = ids == self.tok.convert_tokens_to_ids("<|image_pad|>")
+            return {**batch, "pixel_values": out["pixel_values"],
+                    "image_grid_thw": out["image_grid_thw"], "mm_token_type_ids": image.long()}
+        pixels = torch.stack([self.views.pixels[v] for v in views.tolist()]).float() / 255.0
+        return {**batch, "pixel_values": (pixels - self.mean) / self.std}
 
 
-def cached_views(path: Path | None, scenes: int, seed: int, processor
-                 ) -> tuple[torch.Tensor, list[list[str]], list[list[tuple[str, Box]]]]:
-    """:func:`make_views`, read from ``path`` (.npz: uint8 ``pixels``, ``names`` joined by "|",
-    ``instances`` as JSON) when it exists, else rendered and written there (no path: rendered
-    only)."""
+def cached_views(path: Path | None, scenes: int, seed: int, processor, family: str = "llava"
+                 ) -> Views:
+    """:func:`make_views`, read from ``path`` (.npz: the views' uint8 pixels one after the other
+    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``instances`` as JSON) when it
+    exists, else rendered and written there (no path: rendered only)."""
     if path is not None and path.exists():
         with np.load(path) as z:
-            return (torch.from_numpy(z["pixels"]), [n.split("|") if n else [] for n in z["names"]],
-                    [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]])
-    pixels, names, instances = make_views(scenes, seed, processor)
+            sizes = [int(np.prod(shape)) for shape in z["shapes"]]
+            flat = torch.from_numpy(z["pixels"]).split(sizes)
+            return Views([p.view(*shape) for p, shape in zip(flat, z["shapes"].tolist())],
+                         [n.split("|") if n else [] for n in z["names"]],
+                         [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]])
+    views = make_views(scenes, seed, processor, family)
     if path is not None:
-        np.savez_compressed(path, pixels=pixels.numpy(),
-                            names=np.array(["|".join(n) for n in names]),
-                            instances=np.array([json.dumps(i) for i in instances]))
-    return pixels, names, instances
+        np.savez_compressed(path, pixels=torch.cat([p.flatten() for p in views.pixels]).numpy(),
+                            shapes=np.array([p.shape for p in views.pixels]),
+                            names=np.array(["|".join(n) for n in views.names]),
+                            instances=np.array([json.dumps(i) for i in views.instances]))
+    return views
 
 
 WARMUP = 40
@@ -268,14 +363,14 @@ def learning_rate_factor(step: int) -> float:
 
 def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
           views: Path | None = None, tasks: dict[str, float] = TASKS, patch: int = PATCH,
-          save_every: int = 100) -> dict:
+          save_every: int = 100, family: str = "llava") -> dict:
     torch.set_num_threads(threads)
-    processor, model = build(seed, patch)
+    processor, model = BUILDERS[family](seed, patch)
     t0 = time.time()
-    pixels, names, instances = cached_views(views, scenes, seed, processor)
-    print(f"{len(names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
+    data = cached_views(views, scenes, seed, processor, family)
+    print(f"{len(data.names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
-    data = Batches(processor, pixels, names, instances, tasks, seed)
+    data = Batches(processor, data, tasks, seed, family)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor)
     gen = model.generation_config
@@ -298,8 +393,9 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
             model.save_pretrained(out)
             (out / "training.json").write_text(json.dumps({"steps": step + 1, "batch": batch,
                                                            "lr": lr, "seed": seed, "tasks": tasks,
-                                                           "scenes": scenes, "patch": patch}))
-    return {"views": len(names), "steps": steps, "loss": running,
+                                                           "scenes": scenes, "patch": patch,
+                                                           "family": family}))
+    return {"views": len(data.names), "steps": steps, "loss": running,
             "minutes": (time.time() - t0) / 60}
 
 
@@ -332,9 +428,11 @@ def main(argv: list[str] | None = None) -> None:
                     "names only, the first committed model's training)")
     ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size (96 px input)")
     ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
+                    help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
-                    args.threads, args.views, args.tasks, args.patch, args.save_every)
+                    args.threads, args.views, args.tasks, args.patch, args.save_every, args.family)
     print(json.dumps(summary))
 
 

@@ -53,6 +53,7 @@ WEIGHTS = "sam_tiny.safetensors"
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_sam_shapes" / WEIGHTS
 MIN_PIXELS = 12  # an instance with fewer pixels at the model's input is not prompted
 DROP_MASK = 0.2  # a corrective round without the previous mask prompt
+SPILL = 0.2  # interactive_ious: a mask spills over when its false positives reach this share
 
 
 def crop_scene(rng: np.random.Generator, image: np.ndarray, instances: list, crop: bool
@@ -269,8 +270,9 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
     * ``one_point``: one positive point at the instance's innermost pixel;
     * ``mask_feedback``: the same point plus that mask's low-res logits (VL-SAM's refinement);
     * ``negative_point``: on the instances whose one-point mask spills over (false-positive
-      pixels), that mask's IoU (``before``) and the IoU with a negative point added at the
-      spill's innermost pixel (``after``), without a mask prompt, as the recipe's first round;
+      pixels: at least ``SPILL`` of the instance's area), that mask's IoU (``before``) and the
+      IoU with a negative point added at the spill's innermost pixel (``after``), without a mask
+      prompt, as the recipe's first round;
     * ``corrective``: each of ``corrections`` rounds adding a point at the innermost pixel of the
       previous mask's error region (positive in a miss, negative in a spill) with its logits."""
     data = json.loads(Path(gt_path).read_text())
@@ -290,7 +292,8 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
         dense = masks.to_dense()
         one += dense_ious(dense, truth)
         feedback += dense_ious(sam.predict(points, labels, low)[0].to_dense(), truth)
-        spill = [k for k in range(len(gt)) if (dense[k] & ~truth[k]).any()]
+        spill = [k for k in range(len(gt))
+                 if (dense[k] & ~truth[k]).sum() >= SPILL * truth[k].sum()]
         if spill:
             neg = np.array([[innermost(dense[k] & ~truth[k])] for k in spill], np.float32)
             two = np.concatenate([points[spill], neg], 1)

@@ -1,7 +1,8 @@
 """The tiny LLaVA trained on synthetic scenes (tests/data/tiny_llava_shapes, bench/train_tiny.py):
 it loads through from_pretrained, names the objects of held-apart scenes, and the attention maps
-of the names (read from the token before each name) point at them; and the bench's scoring of
-that, on hand-made cases."""
+of the names (read from the token before each name) point at them; with the trained SAM
+(tests/data/tiny_sam_shapes) the recipe finds boxes; and the bench's scoring and the region
+tasks' answers, on hand-made cases."""
 
 from __future__ import annotations
 
@@ -84,17 +85,17 @@ def test_trained_model_loads_and_names_held_apart_objects(held_apart):
     mllm = Mllm.load(str(MODEL), "cpu", "float32")
     assert sum(p.numel() for p in mllm.model.parameters()) < 1_000_000
     metrics, pointing = held_apart
-    # bench/synthetic.py, 20 scenes, 10 questions: name recall 0.403, precision 0.543; these 3
-    # scenes, 2 questions: 0.455 / 0.625 over 64 maps
-    assert pointing["maps"] >= 48
-    assert pointing["name_recall"] >= 0.35 and pointing["name_precision"] >= 0.45
-    assert 0.0 < pointing["chance"] < 0.1
+    # these 3 scenes, 2 questions: name recall __R__, precision __P__ over __M__ maps
+    # (bench/synthetic.py, 20 scenes, 10 questions: __BR__ / __BP__)
+    assert pointing["maps"] >= 30
+    assert pointing["name_recall"] >= 0.3 and pointing["name_precision"] >= 0.8
+    assert 0.0 < pointing["chance"] < 0.15
+    # with the trained SAM (official backend): box AP __AP__ here
     assert metrics["bbox"]["AP"] > 0.0
 
 
 def test_trained_model_points_above_chance(held_apart):
-    # bench/synthetic.py, the recipe on 20 scenes: 0.076 vs chance 0.027 (2,114 maps); these 3
-    # scenes: 0.109 (7 of 64 maps) vs 0.041. The bound: twice chance, which is above half the
-    # bench's figure
+    # bench/synthetic.py, the recipe on 20 scenes: __BPOINT__ vs chance __BCH__; these 3 scenes:
+    # __PT__ vs __CH__. The bound: three times chance and 0.2, under both
     _, pointing = held_apart
-    assert pointing["pointing"] >= max(2 * pointing["chance"], 0.076 / 2)
+    assert pointing["pointing"] >= max(3 * pointing["chance"], 0.2)
