@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
             sam_ious = interactive_ious(load_trained(args.sam), gt)
             neg = sam_ious["negative_point"]
             print(f"trained SAM alone, {sam_ious['instances']} instances: one point mIoU "
-                  f"{sam_ious['one_point']:.3f}, its mask fed back {sam_ious['mask_feedback']:.3f}; "
+                  f"{sam_ious['one_point']:.3f}, its mask fed back "
+                  f"{sam_ious['mask_feedback']:.3f}; "
                   f"a negative point on {neg['instances']} spilling masks {neg['before']} -> "
                   f"{neg['after']}; corrective rounds "
                   + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"]), flush=True)
@@ -242,14 +243,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"{pointing['pointing']:.3f} (chance {pointing['chance']:.3f})", flush=True)
     label, full, pointing = rows[-2]  # the recipe, read as --read says
     segmenter = "oracle SAM" if args.sam == "oracle" else "trained SAM"
-    print(f"\ntrained tiny LLaVA + {segmenter}, {args.scenes} scenes (seed {args.seed}), "
+    print(f"\ntrained tiny MLLM ({Path(args.mllm).name}) + {segmenter}, {args.scenes} scenes "
+          f"(seed {args.seed}), "
           f"tiles 2x2, {args.questions} questions, 3 rounds, read: {args.read}")
     print(f"  pointing accuracy {pointing['pointing']:.3f} vs chance {pointing['chance']:.3f} "
           f"({pointing['maps']} maps); name recall {pointing['name_recall']:.3f}, "
           f"precision {pointing['name_precision']:.3f}")
     for iou_type, values in full.items():
         print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
-    print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP | paper (CODA AP) |")
+    print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP "
+          "| paper (CODA AP) |")
     print(f"| {'-' * 26} | ----------------- | ---------- | ------ | ------- | --------------- |")
     for label, m, p in rows:
         paper = "-" if PAPER.get(label) is None else f"{PAPER[label]:.1f}"

@@ -1,6 +1,7 @@
 """Train a tiny LLaVA on synthetic scenes to list the objects it sees and where they are.
 
-    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 400]
+    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 700]
+    python bench/train_tiny.py --family qwen2_vl --out tests/data/tiny_qwen2_vl_shapes --steps N
 
 A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch
 ``--patch`` -> a 12x12 grid at 8; Llama-style language model; about 0.5 M parameters) learns,
@@ -216,7 +217,8 @@ class Views:
 
 
 def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Views:
-    """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also mirrored left to right), their names (:func:`view_names`), their
+    """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also
+    mirrored left to right), their names (:func:`view_names`), their
     instances (:func:`view_instances`)."""
     rng = np.random.default_rng(seed)
     pixels, names, instances = [], [], []
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scenes", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1)

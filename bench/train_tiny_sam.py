@@ -1,6 +1,6 @@
 """Train segment-anything's ``Sam`` (variant ``tiny``) on synthetic scenes with SAM's recipe.
 
-    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps 1500]
+    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps N]
 
 The model is :func:`vlpipe.tiny.sam.build_tiny_official_sam` (the official ``ImageEncoderViT``,
 ``PromptEncoder`` and ``MaskDecoder``; 256 px input, a 16x16 embedding, 64x64 low-res masks).
@@ -14,9 +14,9 @@ positive pixel) and feeding the previous low-res logits back as the mask prompt.
 mask is trained with focal + dice loss against the instance, and the IoU head with the mean
 squared error to the mask's true IoU. SAM weighs focal 20:1 against dice (``--focal-weight``);
 here 1:1, as from scratch 20:1 collapsed to empty masks: on two views, 80 steps at 2e-3, IoU
-0.000 with 20:1 against 0.275 with 1:1 (120 steps of a full run: 0.000). Only the single-mask output is trained: the
-``official`` backend decodes with ``multimask_output=False``. Two additions for the prompts the
-detect recipe gives: half of the first rounds also get a negative point drawn outside the
+0.000 with 20:1 against 0.275 with 1:1 (120 steps of a full run: 0.000). Only the single-mask
+output is trained: the ``official`` backend decodes with ``multimask_output=False``. Two
+additions for the prompts the detect recipe gives: half of the first rounds also get a negative point drawn outside the
 instance (the recipe's first round: positive and negative points from an attention map, no mask
 prompt), and a corrective round goes without the mask prompt with probability
 ``DROP_MASK``.
@@ -79,7 +79,8 @@ def model_input(image: np.ndarray, masks: list[np.ndarray], size: int
     padded[:h, :w] = resized
     out = np.zeros((len(masks) + 1, size, size), bool)
     for k, m in enumerate(masks):
-        out[k, :h, :w] = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5
+        resized = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        out[k, :h, :w] = resized > 0.5
     out[-1, :h, :w] = True
     return padded.transpose(2, 0, 1), out
 
@@ -139,7 +140,8 @@ def first_points(gt: torch.Tensor, gen: torch.Generator | None, valid: torch.Ten
     if gen is None or torch.rand(1, generator=gen).item() < 0.5:
         return coords, labels
     outside, _ = error_points(valid[None] & ~gt, torch.zeros_like(gt), gen)
-    return torch.cat([coords, outside[:, None]], 1), torch.cat([labels, torch.zeros_like(labels)], 1)
+    return (torch.cat([coords, outside[:, None]], 1),
+            torch.cat([labels, torch.zeros_like(labels)], 1))
 
 
 def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -225,7 +227,8 @@ def train(out: Path, steps: int, batch: int, objects: int, rounds: int, lr: floa
             for logits, iou in zip(masks, ious):
                 true_iou = mask_iou(logits.detach() > 0, gt)
                 focal = sigmoid_focal_loss(logits, target, reduction="none").flatten(1).mean(1)
-                losses.append(focal_weight * focal + dice_loss(logits, target) + (iou - true_iou) ** 2)
+                losses.append(focal_weight * focal + dice_loss(logits, target)
+                              + (iou - true_iou) ** 2)
             first_iou.append(mask_iou(masks[0].detach() > 0, gt))
         loss = torch.cat(losses).mean()
         opt.zero_grad()
@@ -279,7 +282,8 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
     one, feedback, before, after = [], [], [], []
     corrected: list[list[float]] = [[] for _ in range(corrections)]
     for image_info in data["images"]:
-        image = np.asarray(Image.open(Path(gt_path).parent / image_info["file_name"]).convert("RGB"))
+        path = Path(gt_path).parent / image_info["file_name"]
+        image = np.asarray(Image.open(path).convert("RGB"))
         gt = [decode_mask(a["segmentation"]) for a in data["annotations"]
               if a["image_id"] == image_info["id"] and a["area"] >= min_pixels]
         if not gt:
@@ -322,7 +326,7 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--batch", type=int, default=4, help="views per step")
     ap.add_argument("--objects", type=int, default=6, help="instances prompted per view")
     ap.add_argument("--rounds", type=int, default=4, help="1 point + corrective rounds")
