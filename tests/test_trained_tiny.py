@@ -17,6 +17,7 @@ from vlpipe.synthetic import make_scenes
 
 synthetic, train_tiny = import_bench("synthetic", "train_tiny")
 MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
+QWEN_MODEL = MODEL.parent / "tiny_qwen2_vl_shapes"
 IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
 view_instances, answer = train_tiny.view_instances, train_tiny.answer
 # the recipe on 3 held-apart scenes, as bench/synthetic.py runs it (maps read from the token
@@ -43,10 +44,12 @@ def test_region_answers_in_llava_box_text():
     disc[10:20, 40:60] = True  # 200 px² at the model's input (the square is 96 px)
     star[30:50, 5:15] = True  # leftmost
     speck[0:2, 0:2] = True  # 4 px² < MIN_AREA
-    found = view_instances([("disc", disc), ("star", star), ("moon", speck)], 96, (0, 8))
+    found = view_instances([("disc", disc), ("star", star), ("moon", speck)], (96, 96), (0, 8))
     assert found == [("star", (5 / 96, 38 / 96, 15 / 96, 58 / 96)),
                      ("disc", (40 / 96, 18 / 96, 60 / 96, 28 / 96))]
     assert train_tiny.box_text((0.125, 0.5, 1 / 3, 1.0)) == "[0.12, 0.50, 0.33, 1.00]"
+    assert (train_tiny.box_text((0.125, 0.5, 1 / 3, 1.0), "qwen2_vl")
+            == "<|box_start|>(125,500),(333,1000)<|box_end|>")
     names = ["star", "disc"]
     assert answer("list", names, found, "") == "star , disc"
     # 5/96 = 0.052, 38/96 = 0.396, 15/96 = 0.156, 58/96 = 0.604; 40/96 = 0.417, 18/96 = 0.1875,
@@ -73,29 +76,38 @@ def test_point_hit_reads_the_first_prompt_in_view_pixels():
     assert point_hit(m, [("disc", above), ("disc", far)], (80, 80)) == (False, 200 / 6400, 0.25)
 
 
-@pytest.fixture(scope="module")
-def held_apart(tmp_path_factory):
-    """(vlpipe eval's metrics, pointing summary) of the committed model on 3 held-apart scenes."""
-    tmp = tmp_path_factory.mktemp("trained")
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
+def held_apart(request, tmp_path_factory):
+    """(family, vlpipe eval's metrics, pointing summary) of a committed model (the tiny LLaVA or
+    its Qwen2-VL twin) with the trained SAM on 3 held-apart scenes."""
+    tmp = tmp_path_factory.mktemp(request.param)
     gt = make_scenes(tmp / "scenes", 3, seed=0)
-    return run_synthetic(gt, tmp / "run", MODEL, **SETTING)
+    model = MODEL if request.param == "llava" else QWEN_MODEL
+    return (request.param, *run_synthetic(gt, tmp / "run", model, **SETTING))
+
+
+# measured on those 3 scenes (2x2 tiles, 2 questions, 1 round, read: preceding):
+# maps, name recall, precision, pointing, chance, box AP with the trained SAM
+MEASURED = {"llava": (38, 0.398, 0.921, 0.289, 0.067, 0.020),
+            "qwen2_vl": (38, 0.352, 0.816, 0.579, 0.065, 0.022)}
 
 
 def test_trained_model_loads_and_names_held_apart_objects(held_apart):
-    mllm = Mllm.load(str(MODEL), "cpu", "float32")
+    family, metrics, pointing = held_apart
+    mllm = Mllm.load(str(MODEL if family == "llava" else QWEN_MODEL), "cpu", "float32")
+    assert mllm.family == family
     assert sum(p.numel() for p in mllm.model.parameters()) < 1_000_000
-    metrics, pointing = held_apart
-    # these 3 scenes, 2 questions: name recall __R__, precision __P__ over __M__ maps
-    # (bench/synthetic.py, 20 scenes, 10 questions: __BR__ / __BP__)
-    assert pointing["maps"] >= 30
-    assert pointing["name_recall"] >= 0.3 and pointing["name_precision"] >= 0.8
+    maps, recall, precision, *_ = MEASURED[family]
+    assert pointing["maps"] >= 0.8 * maps
+    assert pointing["name_recall"] >= 0.8 * recall
+    assert pointing["name_precision"] >= 0.8 * precision
     assert 0.0 < pointing["chance"] < 0.15
-    # with the trained SAM (official backend): box AP __AP__ here
-    assert metrics["bbox"]["AP"] > 0.0
+    assert metrics["bbox"]["AP"] > 0.0  # the trained SAM (official backend) finds boxes
 
 
 def test_trained_model_points_above_chance(held_apart):
-    # bench/synthetic.py, the recipe on 20 scenes: __BPOINT__ vs chance __BCH__; these 3 scenes:
-    # __PT__ vs __CH__. The bound: three times chance and 0.2, under both
-    _, pointing = held_apart
-    assert pointing["pointing"] >= max(3 * pointing["chance"], 0.2)
+    # bench/synthetic.py on 20 held-apart scenes: docs/trained-models.md. The bound: three
+    # times chance, and 0.8 of what these 3 scenes gave
+    family, _, pointing = held_apart
+    measured = MEASURED[family][3]
+    assert pointing["pointing"] >= max(3 * pointing["chance"], 0.8 * measured)
