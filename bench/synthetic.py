@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"trained SAM alone, {sam_ious['instances']} instances: one point mIoU "
                   f"{sam_ious['one_point']:.3f}, its mask fed back "
                   f"{sam_ious['mask_feedback']:.3f}; "
-                  f"a negative point on {neg['instances']} spilling masks {neg['before']} -> "
-                  f"{neg['after']}; corrective rounds "
+                  f"a negative point on {neg['instances']} spilling masks "
+                  + (f"{neg['before']:.3f} -> {neg['after']:.3f}" if neg["instances"] else "-")
+                  + "; corrective rounds "
                   + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"]), flush=True)
         for k, (label, settings) in enumerate(chain(args.questions, args.read)):
             metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm,
