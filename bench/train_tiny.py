@@ -24,9 +24,12 @@ attention of a name's tokens goes is left to the model.
 The language model reads local image tokens: the tower's patch embeddings (with their position
 embeddings), before any of its attention layers. With image tokens that each carry the whole
 image (a tower with global attention, the first committed model), the language model never had
-to look at an object's own patches to name it, and its attention did not point (README). CPU,
-one torch thread (``--threads``), seeded. The result loads through ``from_pretrained`` like any
-hub model (``--mllm DIR``).
+to look at an object's own patches to name it, and its attention did not point
+(docs/trained-models.md). ``--family qwen2_vl`` trains the Qwen2-VL twin the same way (a
+vision tower of no blocks; boxes in Qwen2-VL's text). CPU, one torch thread (``--threads``),
+seeded; the learning rate does not depend on ``--steps``, so a stopped run's checkpoint after
+n steps (``training.json``) is what ``--steps n`` gives. The result loads through
+``from_pretrained`` like any hub model (``--mllm DIR``).
 """
 
 from __future__ import annotations
