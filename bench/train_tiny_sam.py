@@ -16,10 +16,10 @@ squared error to the mask's true IoU. SAM weighs focal 20:1 against dice (``--fo
 here 1:1, as from scratch 20:1 collapsed to empty masks: on two views, 80 steps at 2e-3, IoU
 0.000 with 20:1 against 0.275 with 1:1 (120 steps of a full run: 0.000). Only the single-mask
 output is trained: the ``official`` backend decodes with ``multimask_output=False``. Two
-additions for the prompts the detect recipe gives: half of the first rounds also get a negative point drawn outside the
-instance (the recipe's first round: positive and negative points from an attention map, no mask
-prompt), and a corrective round goes without the mask prompt with probability
-``DROP_MASK``.
+additions for the prompts the detect recipe gives: half of the first rounds also get a
+negative point drawn outside the instance (the recipe's first round: positive and negative
+points from an attention map, no mask prompt), and a corrective round goes without the mask
+prompt with probability ``DROP_MASK``.
 
 CPU, one torch thread, seeded: the same command gives the same weights. A safetensors checkpoint
 ``sam_tiny.safetensors`` is written every ``--save-every`` steps with ``training.json`` (the
