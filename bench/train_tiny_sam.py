@@ -119,25 +119,23 @@ def error_points(pred: torch.Tensor, gt: torch.Tensor, gen: torch.Generator | No
         error = pred[i] ^ gt[i]
         region = error if error.any() else gt[i]
         if gen is None:
-            dist = cv2.distanceTransform(np.pad(region.numpy().astype(np.uint8), 1), cv2.DIST_L2, 3)
-            flat = int(np.argmax(dist[1:-1, 1:-1]))
+            x, y = (int(v) for v in innermost(region.numpy()))
         else:
             cells = torch.nonzero(region.flatten())[:, 0]
-            flat = int(cells[torch.randint(len(cells), (1,), generator=gen)])
-        y, x = divmod(flat, s)
+            y, x = divmod(int(cells[torch.randint(len(cells), (1,), generator=gen)]), s)
         points[i] = torch.tensor([x + 0.5, y + 0.5])
         labels[i] = int(gt[i, y, x])
     return points, labels
 
 
-def first_points(gt: torch.Tensor, gen: torch.Generator | None, valid: torch.Tensor
+def first_points(gt: torch.Tensor, gen: torch.Generator, valid: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, P, 2) points, (K, P) labels: a positive point per instance, uniform inside it
-    (``gen``) or its innermost pixel; with ``gen``, half the time also a negative point uniform
-    in ``valid`` (S, S) bool (the image, not its padding) outside the instance."""
+    """(K, P, 2) points, (K, P) labels: a positive point per instance, uniform inside it; half
+    the time also a negative point uniform in ``valid`` (S, S) bool (the image, not its
+    padding) outside the instance."""
     coords, labels = error_points(torch.zeros_like(gt), gt, gen)
     coords, labels = coords[:, None], labels[:, None]
-    if gen is None or torch.rand(1, generator=gen).item() < 0.5:
+    if torch.rand(1, generator=gen).item() < 0.5:
         return coords, labels
     outside, _ = error_points(valid[None] & ~gt, torch.zeros_like(gt), gen)
     return (torch.cat([coords, outside[:, None]], 1),
@@ -306,11 +304,9 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
             after += dense_ious(with_neg.to_dense(), truth[spill])
         pts, labs = points, labels
         for r in range(corrections):
-            error = dense ^ truth
-            new = np.array([[innermost(e if e.any() else t)] for e, t in zip(error, truth)],
-                           np.float32)
-            lab = np.array([[int(t[int(y), int(x)])] for t, ((x, y),) in zip(truth, new)])
-            pts, labs = np.concatenate([pts, new], 1), np.concatenate([labs, lab], 1)
+            new, lab = error_points(torch.from_numpy(dense), torch.from_numpy(truth), None)
+            pts = np.concatenate([pts, new.numpy()[:, None]], 1)
+            labs = np.concatenate([labs, lab.numpy()[:, None]], 1)
             masks, _, low = sam.predict(pts, labs, low)
             dense = masks.to_dense()
             corrected[r] += dense_ious(dense, truth)
