@@ -1,14 +1,18 @@
-"""The attention path measured: a tiny LLaVA trained on synthetic scenes, the oracle segmenter.
+"""VL-SAM's scale model measured: a tiny LLaVA and a tiny SAM, both trained on synthetic scenes.
 
-    python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes] [--scenes 20] [--seed 0]
-                              [--questions 10] [--read preceding] [--json]
+    python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes]
+                              [--sam tests/data/tiny_sam_shapes/sam_tiny.safetensors | oracle]
+                              [--scenes 20] [--seed 0] [--questions 10] [--read preceding] [--json]
 
-On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; the model was
-trained on scenes of another random stream, ``bench/train_tiny.py``), the detect recipe runs
-with the trained MLLM — its own answers, its own attention maps through the production
-``mllm_objects`` / ``attention_maps`` nodes — and the oracle SAM of :mod:`vlpipe.testing.oracle` (the
-true instance under the positive point), through the production batch runner, results and
-``vlpipe eval``. It prints
+On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; both models
+were trained on scenes of other random streams, ``bench/train_tiny.py`` and
+``bench/train_tiny_sam.py``), the detect recipe runs with the trained MLLM — its own answers,
+its own attention maps through the production ``mllm_objects`` / ``attention_maps`` nodes — and
+the trained SAM through the ``official`` backend (``variant: tiny``; ``--sam oracle``: the
+oracle SAM of :mod:`vlpipe.testing.oracle`, the true instance under the positive point), through the
+production batch runner, results and ``vlpipe eval``. First the SAM alone:
+``train_tiny_sam.interactive_ious`` (one point, its mask fed back, a negative point on a spill,
+corrective rounds). Then it prints
 
 * pointing accuracy: the share of named objects (one per map: a name in one view's answer)
   whose first positive point falls inside an instance of that name, against chance (that
@@ -24,7 +28,7 @@ true instance under the positive point), through the production batch runner, re
 
 With ``--json`` the last line is ``{"pointing", "chance", "name_recall", "name_precision",
 "bbox": {"AP", "AR"}, "segm": {...}, "ablation": [[step, box AP], ...], "table": [[step,
-pointing, chance, row offset, box AP, mask AP], ...]}``.
+pointing, chance, row offset, box AP, mask AP], ...], "sam": {...}}``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_tiny import view_names  # noqa: E402
+# (importing it registers segment-anything's variant "tiny": vlpipe.tiny.sam)
+from train_tiny_sam import MODEL as SAM_MODEL, interactive_ious, load_trained  # noqa: E402
 
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.sam.points import instance_prompts, points_to_image  # noqa: E402
@@ -168,25 +174,27 @@ registry.register("registered_mllm_objects", RegisteredObjectListNode)
 registry.register("pointing_attention_maps", PointingMapsNode)
 
 
-def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, head_weighting: bool = True,
-                   flow: bool = True, regularize: bool = True, n_negative: int = 1,
-                   rounds: int = 3, tiles: str = "2x2", questions: int = 10,
+def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, sam: str | Path = SAM_MODEL,
+                   head_weighting: bool = True, flow: bool = True, regularize: bool = True,
+                   n_negative: int = 1, rounds: int = 3, tiles: str = "2x2", questions: int = 10,
                    read: str = "name") -> tuple[PipelineSpec, dict]:
     """The detect recipe's spec, and its params, with the trained MLLM (recording pointing and
-    names under ``record``) and the oracle SAM; the keyword arguments are the ablation chain's
+    names under ``record``) and the SAM checkpoint ``sam`` (``official`` backend, variant
+    ``tiny``; "oracle": the oracle SAM); the other keyword arguments are the ablation chain's
     switches."""
     OracleWorld.open(gt)
     spec = PipelineSpec.load(resolve_pipeline("detect"))
-    objects, maps, sam = spec.nodes["objects"], spec.nodes["maps"], spec.nodes["sam"]
+    objects, maps, sam_node = spec.nodes["objects"], spec.nodes["maps"], spec.nodes["sam"]
     objects.type, maps.type = "registered_mllm_objects", "pointing_attention_maps"
     objects.params.update(gt=str(gt), record=record)
     maps.params.update(gt=str(gt), record=record, head_weighting=head_weighting, flow=flow,
                        regularize=regularize, read=read)
-    sam.params["n_negative"] = n_negative
+    sam_node.params["n_negative"] = n_negative
     spec.name = "detect-synthetic"
-    return spec, dict(mllm=str(mllm), sam=str(Path(gt).resolve()), sam_backend="oracle",
-                      tiles=tiles, questions=questions, rounds=rounds, max_new_tokens=24,
-                      device="cpu", dtype="float32")
+    segmenter = (dict(sam=str(Path(gt).resolve()), sam_backend="oracle") if str(sam) == "oracle"
+                 else dict(sam=str(sam), sam_backend="official", sam_variant="tiny"))
+    return spec, dict(mllm=str(mllm), **segmenter, tiles=tiles, questions=questions,
+                      rounds=rounds, max_new_tokens=24, device="cpu", dtype="float32")
 
 
 def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[dict, dict]:
@@ -204,6 +212,8 @@ def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[di
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mllm", default=str(MODEL), help="the trained model (bench/train_tiny.py)")
+    ap.add_argument("--sam", default=str(SAM_MODEL),
+                    help="the trained SAM checkpoint (bench/train_tiny_sam.py), or 'oracle'")
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", type=int, default=10)
@@ -212,23 +222,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    rows = []
+    rows, sam_ious = [], None
     with tempfile.TemporaryDirectory() as tmp:
         gt = make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
+        if args.sam != "oracle":
+            sam_ious = interactive_ious(load_trained(args.sam), gt)
+            neg = sam_ious["negative_point"]
+            print(f"trained SAM alone, {sam_ious['instances']} instances: one point mIoU "
+                  f"{sam_ious['one_point']:.3f}, its mask fed back "
+                  f"{sam_ious['mask_feedback']:.3f}; "
+                  f"a negative point on {neg['instances']} spilling masks "
+                  + (f"{neg['before']:.3f} -> {neg['after']:.3f}" if neg["instances"] else "-")
+                  + "; corrective rounds "
+                  + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"]), flush=True)
         for k, (label, settings) in enumerate(chain(args.questions, args.read)):
-            metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm, **settings)
+            metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm,
+                                              sam=args.sam, **settings)
             rows.append((label, metrics, pointing))
             print(f"{label}: box AP {metrics['bbox']['AP']:.3f}, pointing "
                   f"{pointing['pointing']:.3f} (chance {pointing['chance']:.3f})", flush=True)
     label, full, pointing = rows[-2]  # the recipe, read as --read says
-    print(f"\ntrained tiny LLaVA + oracle SAM, {args.scenes} held-apart scenes (seed {args.seed}), "
+    segmenter = "oracle SAM" if args.sam == "oracle" else "trained SAM"
+    print(f"\ntrained tiny MLLM ({Path(args.mllm).name}) + {segmenter}, {args.scenes} scenes "
+          f"(seed {args.seed}), "
           f"tiles 2x2, {args.questions} questions, 3 rounds, read: {args.read}")
     print(f"  pointing accuracy {pointing['pointing']:.3f} vs chance {pointing['chance']:.3f} "
           f"({pointing['maps']} maps); name recall {pointing['name_recall']:.3f}, "
           f"precision {pointing['name_precision']:.3f}")
     for iou_type, values in full.items():
         print(f"  {iou_type}: " + "  ".join(f"{m} {v:.3f}" for m, v in values.items()))
-    print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP | paper (CODA AP) |")
+    print(f"\n| {'step':<26} | pointing (chance) | row offset | box AP | mask AP "
+          "| paper (CODA AP) |")
     print(f"| {'-' * 26} | ----------------- | ---------- | ------ | ------- | --------------- |")
     for label, m, p in rows:
         paper = "-" if PAPER.get(label) is None else f"{PAPER[label]:.1f}"
@@ -242,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                           "segm": {k: full["segm"][k] for k in ("AP", "AR")},
                           "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows[:-1]],
                           "table": [[label, p["pointing"], p["chance"], p["row_offset"],
-                                     m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows]}))
+                                     m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows],
+                          "sam": sam_ious}))
 
 
 if __name__ == "__main__":

@@ -1,58 +1,90 @@
-"""Train a tiny LLaVA on synthetic scenes to list the objects it sees, left to right.
+"""Train a tiny LLaVA on synthetic scenes to list the objects it sees and where they are.
 
-    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 400]
+    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 700]
+    python bench/train_tiny.py --family qwen2_vl --out tests/data/tiny_qwen2_vl_shapes --steps N
 
-A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch 12
--> an 8x8 grid; Llama-style language model; about 0.4 M parameters) learns to answer the
-"list the objects" questions of ``vlpipe/prompts/list_objects.txt`` about scenes of
-:mod:`vlpipe.synthetic` — the full image and its 2x2 tiles, each padded to a square as the
-detect recipe shows them — with the categories it can see ("box , disc , star"), ordered by
-their leftmost pixel. Nothing but next-token prediction of the answer is trained: where the
+A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch
+``--patch`` -> a 12x12 grid at 8; Llama-style language model; about 0.5 M parameters) learns,
+on scenes of :mod:`vlpipe.synthetic` — the full image and its 2x2 tiles, each padded to a square
+as the detect recipe shows them — the tasks of a real MLLM's mix (``TASKS``, ``--tasks``):
+
+* ``list``: the "list the objects" questions of ``vlpipe/prompts/list_objects.txt``, answered
+  with the categories it can see ("box , disc , star"), ordered by their leftmost pixel;
+* ``where``: "where is the disc ?" -> the boxes of its instances as LLaVA-1.5's RefCOCO data
+  writes them, [x0, y0, x1, y1] normalised to the padded square with two decimals ("none" for
+  an absent category);
+* ``boxes``: "list the objects with their boxes ." -> "disc [0.12, ...] , box [...]" per instance,
+  left to right (views of at most ``MAX_LISTED`` instances);
+* ``count``: "how many disc are there ?" -> "2" (0 for an absent category).
+
+The region tasks make a name's tokens read its instances: a box cannot be written without
+looking at the object. Nothing but next-token prediction of the answer is trained: where the
 attention of a name's tokens goes is left to the model.
 
 The language model reads local image tokens: the tower's patch embeddings (with their position
 embeddings), before any of its attention layers. With image tokens that each carry the whole
 image (a tower with global attention, the first committed model), the language model never had
-to look at an object's own patches to name it, and its attention did not point (README). CPU,
-one torch thread (``--threads``), seeded. The result loads through ``from_pretrained`` like any
-hub model (``--mllm DIR``).
+to look at an object's own patches to name it, and its attention did not point
+(docs/trained-models.md). ``--family qwen2_vl`` trains the Qwen2-VL twin the same way (a
+vision tower of no blocks; boxes in Qwen2-VL's text). CPU, one torch thread (``--threads``),
+seeded; the learning rate does not depend on ``--steps``, so a stopped run's checkpoint after
+n steps (``training.json``) is what ``--steps n`` gives. The result loads through
+``from_pretrained`` like any hub model (``--mllm DIR``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlpipe.agents.mllm.families import fit_image
 from vlpipe.agents.tiles.grid import split_tiles
 from vlpipe.prompts import load_questions
 from vlpipe.synthetic import CATEGORIES, SIZES, render_scene
-from vlpipe.tiny.mllm import FILLER_WORDS, LLAVA_TEMPLATE, _word_tokenizer
+from vlpipe.tiny.mllm import (FILLER_WORDS, LLAVA_TEMPLATE, QWEN_TEMPLATE, _word_tokenizer,
+                              qwen_tokenizer)
 
-IMAGE_SIZE, PATCH = 96, 12
+IMAGE_SIZE, PATCH = 96, 8
 MIN_AREA = 8.0  # px² in the 96 px input: smaller objects are not named
 QUESTIONS = load_questions("list_objects", 10)
+WHERE, COUNT = "where is the {} ?", "how many {} are there ?"
+BOXES = "list the objects with their boxes ."
+TASKS = {"list": 0.4, "where": 0.25, "boxes": 0.2, "count": 0.15}  # the default mix
+QWEN_SIDE = 192  # Qwen2-VL twin: views up to 192² px, 12x12 merged tokens for a square
+MAX_LISTED = 6  # the boxes task asks only about views with at most this many instances
+NUMBERS = [str(k) for k in range(10)] + [f"{k:02d}" for k in range(100)]  # "0 . 12" -> 0.12
 ORDER = {c.name: k for k, c in enumerate(CATEGORIES)}
 
 
-def vocabulary() -> list[str]:
-    """Filler words, the chat roles, the words of the list-objects questions, the category names."""
-    words = [*FILLER_WORDS, "user", "assistant"]
-    for text in QUESTIONS:
-        words += re.findall(r"\w+|[^\w\s]", text.lower())
+def words_of(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def vocabulary(family: str = "llava") -> list[str]:
+    """Filler words, the chat roles, the words of every task's questions, brackets and the
+    numbers of the family's box text, the category names."""
+    words = [*FILLER_WORDS, "user", "assistant", "[", "]", *NUMBERS]
+    if family == "qwen2_vl":  # "(120,300),(450,780)": thousandths
+        words += ["(", ")", *(str(k) for k in range(1001))]
+    for text in [*QUESTIONS, WHERE, COUNT, BOXES]:
+        words += words_of(text.replace("{}", ""))
     words += [c.name for c in CATEGORIES]
     return list(dict.fromkeys(words))
 
 
-def build(seed: int):
-    """(processor, untrained model): tiny LLaVA-1.5 over :func:`vocabulary`."""
+def build(seed: int, patch: int = PATCH):
+    """(processor, untrained model): tiny LLaVA-1.5 over :func:`vocabulary`, (96 / patch)²
+    image tokens."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -62,10 +94,10 @@ def build(seed: int):
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=1,
                                        num_attention_heads=4, image_size=IMAGE_SIZE,
-                                       patch_size=PATCH),
+                                       patch_size=patch),
         text_config=LlamaConfig(vocab_size=len(tok), hidden_size=96, intermediate_size=192,
                                 num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-                                max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                max_position_embeddings=512, pad_token_id=tok.pad_token_id,
                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         # the tower's input (patch + position embeddings), hidden_states[0] of 2: local tokens.
@@ -73,10 +105,44 @@ def build(seed: int):
         vision_feature_select_strategy="default", vision_feature_layer=-2)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=PATCH,
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
     return processor, LlavaForConditionalGeneration(config)
+
+
+def build_qwen2_vl(seed: int):
+    """(processor, untrained model): tiny Qwen2-VL over :func:`vocabulary`, width and depth as
+    :func:`build`'s; a vision tower of no blocks (patch embedding + 2x2 merger: local image
+    tokens, placed by the language model's M-RoPE), views up to ``QWEN_SIDE``² px -> at most
+    12x12 merged tokens."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(seed)
+    tok, ids = qwen_tokenizer(vocabulary("qwen2_vl"), ["<|box_start|>", "<|box_end|>"])
+    config = Qwen2VLConfig(
+        vision_config={"depth": 0, "embed_dim": 96, "hidden_size": 96, "num_heads": 4,
+                       "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "in_channels": 3},
+        text_config={"vocab_size": len(tok), "hidden_size": 96, "intermediate_size": 192,
+                     "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+                     "max_position_embeddings": 1024, "pad_token_id": tok.pad_token_id,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": ids["<|im_end|>"],
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                         "mrope_section": [4, 4, 4]}},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    image_processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=32 * 32, max_pixels=QWEN_SIDE ** 2)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(),
+                                 chat_template=QWEN_TEMPLATE)
+    tok.eos_token = "<|im_end|>"
+    return processor, Qwen2VLForConditionalGeneration(config)
+
+
+BUILDERS = {"llava": build, "qwen2_vl": lambda seed, patch: build_qwen2_vl(seed)}
 
 
 def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
@@ -94,92 +160,228 @@ def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
     return sorted(seen, key=lambda n: (left[n], ORDER[n]))
 
 
-def make_views(n_scenes: int, seed: int, processor) -> tuple[torch.Tensor, list[list[str]]]:
-    """(V, 3, S, S) uint8 resized views (full image + 2x2 tiles of each scene, each also mirrored
-    left to right), their names."""
-    rng = np.random.default_rng(seed)
+Box = tuple[float, float, float, float]
+
+
+def view_instances(masks: list[tuple[str, np.ndarray]], frame: tuple[int, int],
+                   offset: tuple[int, int]) -> list[tuple[str, Box]]:
+    """(name, box) of each instance of a view with at least ``MIN_AREA`` px² at the model's
+    input (the long side of ``frame`` shrunk to ``IMAGE_SIZE``), left to right (ties: category
+    order); box = x0, y0, x1, y1 of its pixels in the model's frame of (w, h) px (LLaVA-1.5: the
+    padded square; the view at ``offset`` = (x, y) in it), divided by w and h."""
+    fw, fh = frame
+    scale2 = (IMAGE_SIZE / max(frame)) ** 2
+    found = []
+    for name, m in masks:
+        if m.sum() * scale2 < MIN_AREA:
+            continue
+        ys, xs = np.nonzero(m)
+        dx, dy = offset
+        box = ((xs.min() + dx) / fw, (ys.min() + dy) / fh, (xs.max() + 1 + dx) / fw,
+               (ys.max() + 1 + dy) / fh)
+        found.append((name, tuple(float(v) for v in box)))
+    return sorted(found, key=lambda f: (f[1][0], ORDER[f[0]]))
+
+
+def box_text(box: Box, family: str = "llava") -> str:
+    """The family's box text: LLaVA-1.5's RefCOCO "[0.12, 0.30, 0.45, 0.78]"; Qwen2-VL's
+    "<|box_start|>(120,300),(450,780)<|box_end|>" (thousandths)."""
+    if family == "qwen2_vl":
+        x0, y0, x1, y1 = (round(1000 * v) for v in box)
+        return f"<|box_start|>({x0},{y0}),({x1},{y1})<|box_end|>"
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
+def model_view(family: str, processor, crop: np.ndarray
+               ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(3, h, w) uint8: a view as the processor resizes it (LLaVA-1.5: padded to a square of
+    ``IMAGE_SIZE``; Qwen2-VL: resized to multiples of 16 px within ``QWEN_SIDE``² pixels); the
+    (w, h) frame boxes are relative to; the view's offset in that frame."""
     ip = processor.image_processor
-    pixels, names = [], []
+    if family == "qwen2_vl":
+        h, w = smart_resize(crop.shape[0], crop.shape[1], factor=16,
+                            min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge)
+        resized = np.asarray(Image.fromarray(crop).resize((w, h), Image.BICUBIC))
+        return resized.transpose(2, 0, 1).copy(), (crop.shape[1], crop.shape[0]), (0, 0)
+    fitted, offset = fit_image("llava", processor, crop, "pad")
+    out = ip(images=fitted, do_rescale=False, do_normalize=False, return_tensors="np")
+    pixels = np.round(out["pixel_values"][0]).clip(0, 255).astype(np.uint8)
+    return pixels, (fitted.shape[1], fitted.shape[0]), offset
+
+
+@dataclass
+class Views:
+    """Training views: each (3, h, w) uint8 as the model sees it, the names and the instances
+    seen in each."""
+
+    pixels: list[torch.Tensor]
+    names: list[list[str]]
+    instances: list[list[tuple[str, Box]]]
+
+
+def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Views:
+    """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also
+    mirrored left to right), their names (:func:`view_names`), their
+    instances (:func:`view_instances`)."""
+    rng = np.random.default_rng(seed)
+    pixels, names, instances = [], [], []
     for _ in range(n_scenes):
         w, h = SIZES[int(rng.integers(len(SIZES)))]
-        image, instances = render_scene(rng, w, h)
+        image, objects = render_scene(rng, w, h)
         for tile in split_tiles(h, w, (2, 2), 0.0, 64):
             for flip in (False, True):
                 crop = tile.crop(image)[:, ::-1] if flip else tile.crop(image)
-                fitted, _ = fit_image("llava", processor, np.ascontiguousarray(crop), "pad")
-                out = ip(images=fitted, do_rescale=False, do_normalize=False, return_tensors="np")
-                pixels.append(np.round(out["pixel_values"][0]).clip(0, 255).astype(np.uint8))
+                view, frame, offset = model_view(family, processor, np.ascontiguousarray(crop))
+                pixels.append(torch.from_numpy(view))
                 masks = [(CATEGORIES[c].name, tile.crop(m)[:, ::-1] if flip else tile.crop(m))
-                         for c, m in instances]
+                         for c, m in objects]
                 names.append(view_names(masks, max(crop.shape[:2])))
-    return torch.from_numpy(np.stack(pixels)), names
+                instances.append(view_instances(masks, frame, offset))
+    return Views(pixels, names, instances)
+
+
+def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about: str,
+           family: str = "llava") -> str:
+    """The answer of ``task`` for a view (``about``: the category a where / count question
+    names), boxes in the ``family``'s text."""
+    if task == "list":
+        return " , ".join(names) if names else "none"
+    if task == "boxes":
+        return (" , ".join(f"{n} {box_text(b, family)}" for n, b in instances) if instances
+                else "none")
+    boxes = [b for n, b in instances if n == about]
+    if task == "count":
+        return str(len(boxes))
+    return " , ".join(box_text(b, family) for b in boxes) if boxes else "none"
 
 
 class Batches:
-    """Random training batches: view pixels, a random question, the answer as labels."""
+    """Random training batches: view pixels, a task and question, the answer as labels."""
 
-    def __init__(self, processor, pixels: torch.Tensor, names: list[list[str]], seed: int):
-        self.processor, self.pixels, self.names = processor, pixels, names
-        tok = processor.tokenizer
+    def __init__(self, processor, views: Views, tasks: dict[str, float], seed: int,
+                 family: str = "llava"):
+        self.processor, self.views, self.family = processor, views, family
+        self.names, self.instances = views.names, views.instances
+        self.tok = tok = processor.tokenizer
+        self.tasks = list(tasks)
+        self.weights = torch.tensor([tasks[t] for t in self.tasks], dtype=torch.float)
         dummy = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        self.prompts = [processor(images=dummy, return_tensors="pt",
-                                  text=processor.apply_chat_template(
-                                      [{"role": "user", "content": [{"type": "image"},
-                                                                    {"type": "text", "text": q}]}],
-                                      add_generation_prompt=True))["input_ids"][0]
-                        for q in QUESTIONS]
-        self.answers = [torch.tensor(tok(" , ".join(n) if n else "none",
-                                         add_special_tokens=False)["input_ids"]
-                                     + [tok.eos_token_id]) for n in names]
+
+        def prompt(q: str) -> torch.Tensor:
+            """LLaVA: the prompt's ids; Qwen2-VL: with one image token, expanded per view."""
+            text = processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                add_generation_prompt=True)
+            if family == "qwen2_vl":
+                return torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+            return processor(images=dummy, text=text, return_tensors="pt")["input_ids"][0]
+
+        self.prompts = {("list", k): prompt(q) for k, q in enumerate(QUESTIONS)}
+        self.prompts[("boxes", 0)] = prompt(BOXES)
+        for k, c in enumerate(CATEGORIES):
+            self.prompts[("where", k)] = prompt(WHERE.format(c.name))
+            self.prompts[("count", k)] = prompt(COUNT.format(c.name))
         ip = processor.image_processor
         self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
         self.pad = tok.pad_token_id
         self.gen = torch.Generator().manual_seed(seed)
 
+    def _pick(self, v: int) -> tuple[torch.Tensor, str]:
+        """(prompt ids, answer text) of a random task about view ``v``."""
+        task = self.tasks[int(torch.multinomial(self.weights, 1, generator=self.gen))]
+        if task == "boxes" and len(self.instances[v]) > MAX_LISTED:
+            task = "list"
+        if task == "list":
+            k = int(torch.randint(len(QUESTIONS), (1,), generator=self.gen))
+        elif task == "boxes":
+            k = 0
+        else:  # a category of the view 3 times in 4, else any
+            present = sorted({ORDER[n] for n, _ in self.instances[v]})
+            if present and torch.rand(1, generator=self.gen).item() < 0.75:
+                k = present[int(torch.randint(len(present), (1,), generator=self.gen))]
+            else:
+                k = int(torch.randint(len(CATEGORIES), (1,), generator=self.gen))
+        text = answer(task, self.names[v], self.instances[v], CATEGORIES[k].name, self.family)
+        ids = self.prompts[(task, k)]
+        if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
+            h, w = self.views.pixels[v].shape[1:]
+            pad = self.tok.convert_tokens_to_ids("<|image_pad|>")
+            at = int(torch.nonzero(ids == pad)[0, 0])
+            ids = torch.cat([ids[:at], torch.full(((h // 16) * (w // 16),), pad), ids[at + 1:]])
+        return ids, text
+
     def sample(self, size: int) -> dict:
         views = torch.randint(len(self.names), (size,), generator=self.gen)
-        questions = torch.randint(len(self.prompts), (size,), generator=self.gen)
-        seqs = [torch.cat([self.prompts[q], self.answers[v]]) for v, q in zip(views, questions)]
+        picked = [self._pick(int(v)) for v in views]
+        seqs = [torch.cat([p, torch.tensor(self.tok(a, add_special_tokens=False)["input_ids"]
+                                           + [self.tok.eos_token_id])]) for p, a in picked]
         n = max(len(s) for s in seqs)
         ids = torch.full((size, n), self.pad)
         labels = torch.full((size, n), -100)
         mask = torch.zeros((size, n), dtype=torch.long)
-        for k, (s, q) in enumerate(zip(seqs, questions)):
+        for k, (s, (p, _)) in enumerate(zip(seqs, picked)):
             ids[k, :len(s)], mask[k, :len(s)] = s, 1
-            labels[k, len(self.prompts[q]):len(s)] = s[len(self.prompts[q]):]
-        pixels = self.pixels[views].float() / 255.0
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "pixel_values": (pixels - self.mean) / self.std}
+            labels[k, len(p):len(s)] = s[len(p):]
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.family == "qwen2_vl":
+            images = [self.views.pixels[v].permute(1, 2, 0).numpy() for v in views.tolist()]
+            out = self.processor.image_processor(images=images, do_resize=False,
+                                                 return_tensors="pt")
+            image = ids == self.tok.convert_tokens_to_ids("<|image_pad|>")
+            return {**batch, "pixel_values": out["pixel_values"],
+                    "image_grid_thw": out["image_grid_thw"], "mm_token_type_ids": image.long()}
+        pixels = torch.stack([self.views.pixels[v] for v in views.tolist()]).float() / 255.0
+        return {**batch, "pixel_values": (pixels - self.mean) / self.std}
 
 
-def cached_views(path: Path | None, scenes: int, seed: int, processor
-                 ) -> tuple[torch.Tensor, list[list[str]]]:
-    """:func:`make_views`, read from ``path`` (.npz: uint8 ``pixels``, ``names`` joined by "|")
-    when it exists, else rendered and written there (no path: rendered only)."""
+def cached_views(path: Path | None, scenes: int, seed: int, processor, family: str = "llava"
+                 ) -> Views:
+    """:func:`make_views`, read from ``path`` (.npz: the views' uint8 pixels one after the other
+    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``instances`` as JSON) when it
+    exists, else rendered and written there (no path: rendered only)."""
     if path is not None and path.exists():
         with np.load(path) as z:
-            return torch.from_numpy(z["pixels"]), [n.split("|") if n else [] for n in z["names"]]
-    pixels, names = make_views(scenes, seed, processor)
+            sizes = [int(np.prod(shape)) for shape in z["shapes"]]
+            flat = torch.from_numpy(z["pixels"]).split(sizes)
+            return Views([p.view(*shape) for p, shape in zip(flat, z["shapes"].tolist())],
+                         [n.split("|") if n else [] for n in z["names"]],
+                         [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]])
+    views = make_views(scenes, seed, processor, family)
     if path is not None:
-        np.savez_compressed(path, pixels=pixels.numpy(),
-                            names=np.array(["|".join(n) for n in names]))
-    return pixels, names
+        np.savez_compressed(path, pixels=torch.cat([p.flatten() for p in views.pixels]).numpy(),
+                            shapes=np.array([p.shape for p in views.pixels]),
+                            names=np.array(["|".join(n) for n in views.names]),
+                            instances=np.array([json.dumps(i) for i in views.instances]))
+    return views
+
+
+WARMUP = 40
+
+
+def learning_rate_factor(step: int) -> float:
+    """Linear warm-up over ``WARMUP`` steps, then 1 / sqrt(step): a schedule that does not
+    depend on the number of steps, so the checkpoint a run saves at step n is the weights of a
+    run of n steps."""
+    return min(1.0, (step + 1) / WARMUP) * (WARMUP / max(step + 1, WARMUP)) ** 0.5
 
 
 def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
-          views: Path | None = None) -> dict:
+          views: Path | None = None, tasks: dict[str, float] = TASKS, patch: int = PATCH,
+          save_every: int = 100, family: str = "llava") -> dict:
     torch.set_num_threads(threads)
-    processor, model = build(seed)
+    processor, model = BUILDERS[family](seed, patch)
     t0 = time.time()
-    pixels, names = cached_views(views, scenes, seed, processor)
-    print(f"{len(names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
+    data = cached_views(views, scenes, seed, processor, family)
+    print(f"{len(data.names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
-    data = Batches(processor, pixels, names, seed)
+    data = Batches(processor, data, tasks, seed, family)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor)
+    gen = model.generation_config
+    gen.max_new_tokens, gen.do_sample = 24, False
+    gen.eos_token_id, gen.pad_token_id = processor.tokenizer.eos_token_id, data.pad
+    processor.save_pretrained(out)
     model.train()
     t0, running = time.time(), None
     for step in range(steps):
@@ -192,21 +394,33 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps - 1:
             print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s", flush=True)
-    model.eval()
-    gen = model.generation_config
-    gen.max_new_tokens, gen.do_sample = 24, False
-    gen.eos_token_id, gen.pad_token_id = processor.tokenizer.eos_token_id, data.pad
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return {"views": len(names), "steps": steps, "loss": running,
+        if (step + 1) % save_every == 0 or step == steps - 1:  # a stopped run leaves weights
+            model.save_pretrained(out)
+            (out / "training.json").write_text(json.dumps({"steps": step + 1, "batch": batch,
+                                                           "lr": lr, "seed": seed, "tasks": tasks,
+                                                           "scenes": scenes, "patch": patch,
+                                                           "family": family}))
+    return {"views": len(data.names), "steps": steps, "loss": running,
             "minutes": (time.time() - t0) / 60}
+
+
+def task_mix(text: str) -> dict[str, float]:
+    """"list=0.4,where=0.6" -> {"list": 0.4, "where": 0.6} (tasks of ``TASKS``)."""
+    mix = {}
+    for part in text.split(","):
+        task, _, weight = part.partition("=")
+        if task not in TASKS or not weight:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT, TASK one of "
+                                             f"{', '.join(TASKS)}")
+        mix[task] = float(weight)
+    return mix
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scenes", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1)
@@ -214,9 +428,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads (2 ran ~10x slower per step on a loaded 2-core machine)")
     ap.add_argument("--views", type=Path, help="cache of the rendered views (.npz), made once "
                     "for these --scenes and --seed")
+    ap.add_argument("--tasks", type=task_mix, default=TASKS,
+                    help="the task mix, e.g. list=0.4,where=0.25,boxes=0.2,count=0.15 (list=1: "
+                    "names only, the first committed model's training)")
+    ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size (96 px input)")
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
+                    help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
-                    args.threads, args.views)
+                    args.threads, args.views, args.tasks, args.patch, args.save_every, args.family)
     print(json.dumps(summary))
 
 

@@ -1,7 +1,8 @@
 """The tiny LLaVA trained on synthetic scenes (tests/data/tiny_llava_shapes, bench/train_tiny.py):
 it loads through from_pretrained, names the objects of held-apart scenes, and the attention maps
-of the names (read from the token before each name) point at them; and the bench's scoring of
-that, on hand-made cases."""
+of the names (read from the token before each name) point at them; with the trained SAM
+(tests/data/tiny_sam_shapes) the recipe finds boxes; and the bench's scoring and the region
+tasks' answers, on hand-made cases."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from vlpipe.synthetic import make_scenes
 
 synthetic, train_tiny = import_bench("synthetic", "train_tiny")
 MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
+QWEN_MODEL = MODEL.parent / "tiny_qwen2_vl_shapes"
 IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
+view_instances, answer = train_tiny.view_instances, train_tiny.answer
 # the recipe on 3 held-apart scenes, as bench/synthetic.py runs it (maps read from the token
 # before each name) but with 2 questions and 1 round
 SETTING = {"tiles": "2x2", "questions": 2, "rounds": 1, "read": "preceding"}
@@ -35,6 +38,30 @@ def test_view_names_orders_left_to_right_and_drops_the_unseen():
     assert view_names([("star", star), ("box", box)], side) == ["box", "star"]
 
 
+def test_region_answers_in_llava_box_text():
+    h, w = 80, 96  # a wide view, padded to a 96 px square: 8 rows above it
+    disc, star, speck = (np.zeros((h, w), bool) for _ in range(3))
+    disc[10:20, 40:60] = True  # 200 px² at the model's input (the square is 96 px)
+    star[30:50, 5:15] = True  # leftmost
+    speck[0:2, 0:2] = True  # 4 px² < MIN_AREA
+    found = view_instances([("disc", disc), ("star", star), ("moon", speck)], (96, 96), (0, 8))
+    assert found == [("star", (5 / 96, 38 / 96, 15 / 96, 58 / 96)),
+                     ("disc", (40 / 96, 18 / 96, 60 / 96, 28 / 96))]
+    assert train_tiny.box_text((0.125, 0.5, 1 / 3, 1.0)) == "[0.12, 0.50, 0.33, 1.00]"
+    assert (train_tiny.box_text((0.125, 0.5, 1 / 3, 1.0), "qwen2_vl")
+            == "<|box_start|>(125,500),(333,1000)<|box_end|>")
+    names = ["star", "disc"]
+    assert answer("list", names, found, "") == "star , disc"
+    # 5/96 = 0.052, 38/96 = 0.396, 15/96 = 0.156, 58/96 = 0.604; 40/96 = 0.417, 18/96 = 0.1875,
+    # 60/96 = 0.625, 28/96 = 0.292
+    assert answer("boxes", names, found, "") == ("star [0.05, 0.40, 0.16, 0.60] , "
+                                                 "disc [0.42, 0.19, 0.62, 0.29]")
+    assert answer("where", names, found, "disc") == "[0.42, 0.19, 0.62, 0.29]"
+    assert answer("where", names, found, "moon") == "none"
+    assert answer("count", names, found + found, "star") == "2"
+    assert answer("count", names, found, "moon") == "0"
+
+
 def test_point_hit_reads_the_first_prompt_in_view_pixels():
     grid = torch.zeros(4, 4)
     grid[2, 3] = 1.0  # peak in the cell covering x 60..80, y 40..60 of an 80x80 region
@@ -49,29 +76,38 @@ def test_point_hit_reads_the_first_prompt_in_view_pixels():
     assert point_hit(m, [("disc", above), ("disc", far)], (80, 80)) == (False, 200 / 6400, 0.25)
 
 
-@pytest.fixture(scope="module")
-def held_apart(tmp_path_factory):
-    """(vlpipe eval's metrics, pointing summary) of the committed model on 3 held-apart scenes."""
-    tmp = tmp_path_factory.mktemp("trained")
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
+def held_apart(request, tmp_path_factory):
+    """(family, vlpipe eval's metrics, pointing summary) of a committed model (the tiny LLaVA or
+    its Qwen2-VL twin) with the trained SAM on 3 held-apart scenes."""
+    tmp = tmp_path_factory.mktemp(request.param)
     gt = make_scenes(tmp / "scenes", 3, seed=0)
-    return run_synthetic(gt, tmp / "run", MODEL, **SETTING)
+    model = MODEL if request.param == "llava" else QWEN_MODEL
+    return (request.param, *run_synthetic(gt, tmp / "run", model, **SETTING))
+
+
+# measured on those 3 scenes (2x2 tiles, 2 questions, 1 round, read: preceding):
+# maps, name recall, precision, pointing, chance, box AP with the trained SAM
+MEASURED = {"llava": (38, 0.398, 0.921, 0.289, 0.067, 0.020),
+            "qwen2_vl": (38, 0.352, 0.816, 0.579, 0.065, 0.022)}
 
 
 def test_trained_model_loads_and_names_held_apart_objects(held_apart):
-    mllm = Mllm.load(str(MODEL), "cpu", "float32")
+    family, metrics, pointing = held_apart
+    mllm = Mllm.load(str(MODEL if family == "llava" else QWEN_MODEL), "cpu", "float32")
+    assert mllm.family == family
     assert sum(p.numel() for p in mllm.model.parameters()) < 1_000_000
-    metrics, pointing = held_apart
-    # bench/synthetic.py, 20 scenes, 10 questions: name recall 0.403, precision 0.543; these 3
-    # scenes, 2 questions: 0.455 / 0.625 over 64 maps
-    assert pointing["maps"] >= 48
-    assert pointing["name_recall"] >= 0.35 and pointing["name_precision"] >= 0.45
-    assert 0.0 < pointing["chance"] < 0.1
-    assert metrics["bbox"]["AP"] > 0.0
+    maps, recall, precision, *_ = MEASURED[family]
+    assert pointing["maps"] >= 0.8 * maps
+    assert pointing["name_recall"] >= 0.8 * recall
+    assert pointing["name_precision"] >= 0.8 * precision
+    assert 0.0 < pointing["chance"] < 0.15
+    assert metrics["bbox"]["AP"] > 0.0  # the trained SAM (official backend) finds boxes
 
 
 def test_trained_model_points_above_chance(held_apart):
-    # bench/synthetic.py, the recipe on 20 scenes: 0.076 vs chance 0.027 (2,114 maps); these 3
-    # scenes: 0.109 (7 of 64 maps) vs 0.041. The bound: twice chance, which is above half the
-    # bench's figure
-    _, pointing = held_apart
-    assert pointing["pointing"] >= max(2 * pointing["chance"], 0.076 / 2)
+    # bench/synthetic.py on 20 held-apart scenes: docs/trained-models.md. The bound: three
+    # times chance, and 0.8 of what these 3 scenes gave
+    family, _, pointing = held_apart
+    measured = MEASURED[family][3]
+    assert pointing["pointing"] >= max(3 * pointing["chance"], 0.8 * measured)

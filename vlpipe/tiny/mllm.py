@@ -122,13 +122,22 @@ def build_llava_next(out: Path, image_size: int = 32) -> Path:
     return _finish_lm(model, tok, out)
 
 
+def qwen_tokenizer(words: list[str] | None = None, extra: tuple[str, ...] | list[str] = ()
+                   ) -> tuple:
+    """(word-level tokenizer with Qwen-VL's chat specials (+ ``extra``) and template, {special:
+    id})."""
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>", "assistant", "user", "system", *extra]
+    if words is not None:
+        words = [w for w in words if w not in specials]
+    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], specials, QWEN_TEMPLATE, words)
+    return tok, {t: tok.convert_tokens_to_ids(t) for t in specials}
+
+
 def _qwen_parts() -> tuple:
     """Tokenizer, its special-token ids and the text config the tiny Qwen-VL models share."""
     torch.manual_seed(SEED)
-    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>", "assistant", "user", "system"]
-    tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], specials, QWEN_TEMPLATE)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    tok, ids = qwen_tokenizer()
     text = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "max_position_embeddings": 1024, "pad_token_id": tok.pad_token_id,
