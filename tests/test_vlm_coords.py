@@ -1,4 +1,4 @@
-"""Boxes and points in MLLM answers (vlpipe.agents.vlm_coords) on real answers of each family
+"""Boxes and points in MLLM answers (vlpipe.agents.mllm.vlm_coords) on real answers of each family
 (tests/data/answers/locations.jsonl, sources in SOURCES.md there), with the coordinates worked out
 by hand in the data, and on malformed answers."""
 

@@ -3,7 +3,7 @@
 ``detect-fused`` and ``detect-branches`` recipes).
 
 ``object_names`` turns the MLLM's object lists into grounding phrases; grounding gives boxes,
-SAM segments them (:class:`~vlpipe.agents.sam.SamBoxNode`); ``fuse`` joins any number of
+SAM segments them (:class:`~vlpipe.agents.sam.nodes.SamBoxNode`); ``fuse`` joins any number of
 branches: an object several branches found (same name, box IoU above ``agreement``) is more
 likely real and ranks first (:func:`fuse`); each detection keeps its branch in
 ``data[BRANCH]`` and the merge that follows keeps the best one.
