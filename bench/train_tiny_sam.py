@@ -26,7 +26,7 @@ CPU, one torch thread, seeded: the same command gives the same weights. A safete
 steps done); the learning rate does not depend on ``--steps``
 (``train_tiny.learning_rate_factor``), so a stopped run's checkpoint after n steps is what
 ``--steps n`` gives.
-Load it with ``sam: {backend: official, variant: tiny, weights: .../sam_tiny.safetensors}``.
+Load it with ``sam: {model: .../sam_tiny.safetensors, backend: official, variant: tiny}``.
 """
 
 from __future__ import annotations
