@@ -31,6 +31,7 @@ and ``view_box``: ``tile_fragments`` and then the merge, as ``MergeNode`` runs t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import subprocess
@@ -238,7 +239,7 @@ def main() -> None:
     if args.json:
         args.sizes = [10_000]
     try:
-        import sahi.postprocess.combine  # noqa: F401
+        importlib.import_module("sahi.postprocess.combine")
     except ImportError as e:
         sys.exit(f"sahi not importable ({e}); install with:\n  {INSTALL_HINT}")
 

@@ -20,6 +20,7 @@ first batch (model loading + the batch).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import tempfile
@@ -105,8 +106,8 @@ def main() -> None:
 
     import torch
 
-    import vlpipe.agents.mllm.nodes  # noqa: F401  (Python imports: paid once per process, not timed)
-    import vlpipe.agents.sam.nodes  # noqa: F401
+    for module in ("vlpipe.agents.mllm.nodes", "vlpipe.agents.sam.nodes"):
+        importlib.import_module(module)  # Python imports: paid once per process, not timed
 
     default_threads = torch.get_num_threads()
     for threads in args.local_threads:
