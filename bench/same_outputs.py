@@ -6,9 +6,9 @@ before and after a refactoring, the two JSON files must be equal (issue 26: same
 Every run goes through the CLI (``vlpipe run``), in this process, with one torch thread:
 ``--json`` of one image for detect, detect-fused, ask (the MLLM's policy and ``always``), ground
 (each grounding backend) and ocr; detect and ask once per MLLM family's tiny model and detect
-once per SAM backend (the
-official one is segment-anything's variant ``tiny``, registered by building the tiny models); a folder of two images written to ``predictions.jsonl`` by the local engine
-and by the Ray engine (2 workers; its lines sorted, as they come in completion order). The tiny
+once per SAM backend (the official one is segment-anything's variant ``tiny``, registered by
+building the tiny models); a folder of two images written to ``predictions.jsonl`` by the local
+engine and by the Ray engine (2 workers; its lines sorted, as they come in completion order). The tiny
 models are built under a temporary folder (``vlpipe.tiny.build_all``), as the tests build them.
 """
 
@@ -118,5 +118,5 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    sys.path[0] = str(ROOT)  # not bench/, whose ray.py would shadow the ray package
+    sys.path[0] = str(ROOT)  # not bench/: at 69cebb3 its ray.py shadowed the ray package
     main()
