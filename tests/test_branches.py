@@ -19,7 +19,7 @@ from vlpipe.agents.mllm.model import Generation, Mllm
 from vlpipe.agents.tiles.grid import Tile
 from vlpipe.agents.views import View
 from vlpipe.cli import app
-from vlpipe.pipeline import ModelPool, Pipeline, PipelineSpec
+from vlpipe.pipeline import GraphError, ModelPool, Pipeline, PipelineSpec
 
 
 def dets(boxes, scores, names):
@@ -28,6 +28,17 @@ def dets(boxes, scores, names):
                          confidence=np.array(scores, np.float32),
                          data={"class_name": np.array(names),
                                "view_box": np.tile(np.array([0, 0, 100, 100]), (n, 1))})
+
+
+def test_an_unknown_locate_prompt_is_a_bad_param_named_when_the_pipeline_is_built():
+    spec = PipelineSpec.model_validate({
+        "name": "p", "inputs": {"image": "image", "phrases": "phrases"},
+        "nodes": {"locate": {"type": "mllm_boxes", "params": {"model": "x", "prompt": "nope"},
+                             "in": {"image": "input.image", "phrases": "input.phrases"}}},
+        "outputs": {"detections": "locate.detections"}})
+    with pytest.raises(GraphError, match=r"node 'locate' \(mllm_boxes\): bad params: no prompt "
+                                         r"'nope' in .* \(known: .*locate_boxes"):
+        spec.build()
 
 
 def test_fuse_three_branches_ranks_by_agreement_then_evidence():

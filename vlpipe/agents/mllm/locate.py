@@ -70,7 +70,10 @@ class _LocateNode(MllmNode):
 
     def __init__(self, name: str, *, prompt: str = "", max_new_tokens: int = 256, **kw) -> None:
         super().__init__(name, **kw)
-        self.template = load_prompt(prompt or f"locate_{self.kind}")
+        try:
+            self.template = load_prompt(prompt or f"locate_{self.kind}")
+        except FileNotFoundError as exc:  # a bad param: named when the pipeline is built
+            raise ValueError(str(exc)) from None
         self.max_new_tokens = int(max_new_tokens)
 
     @property
