@@ -193,3 +193,11 @@ def test_object_list_reads_a_dataset_vocabulary(tmp_path):
     node = ObjectListNode("objects", model="unused", device="cpu", vocabulary=str(ann))
     assert "red apple" in node.gazetteer and "crab apple" in node.gazetteer
     assert "red apple" not in ObjectListNode("objects", model="unused", device="cpu").gazetteer
+
+
+@pytest.mark.parametrize("value", ["false", "yes", 0])
+def test_trust_remote_code_takes_only_a_bool(value):
+    """A string "false" is truthy: passed through the Python API it would let hub code run."""
+    with pytest.raises(ValueError, match=r"trust_remote_code must be true or false, got "):
+        ObjectListNode("objects", model="x", trust_remote_code=value)
+    assert ObjectListNode("objects", model="x", trust_remote_code=False).trust_remote_code is False

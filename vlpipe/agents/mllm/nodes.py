@@ -47,6 +47,8 @@ class MllmNode(Node):
         super().__init__(name, device=resolve_device(device), **params)
         if image_fit not in FITS:
             raise ValueError(f"unknown image_fit {image_fit!r} (known: {', '.join(FITS)})")
+        if not isinstance(trust_remote_code, bool):  # a string "false" would be truthy
+            raise ValueError(f"trust_remote_code must be true or false, got {trust_remote_code!r}")
         if endpoint and not self.servable:
             raise ValueError("endpoint: this node reads the model's tokens or attention, "
                              "which a served model does not give; it needs local weights")
