@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import supervision as sv
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -63,3 +65,13 @@ def ground_cli(tiny_models, shared_images):
         return json.loads(res.stdout)["detections"]
 
     return run
+
+
+def dets(boxes, scores, names, view_box=(0, 0, 100, 100), **data) -> sv.Detections:
+    """Hand-made detections: (N, 4) xyxy boxes, N scores and names, one ``view_box``, more
+    ``data`` fields."""
+    n = len(boxes)
+    return sv.Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4),
+                         confidence=np.array(scores, np.float32),
+                         data={"class_name": np.array(names),
+                               "view_box": np.tile(np.array(view_box), (n, 1)), **data})

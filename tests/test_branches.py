@@ -12,7 +12,7 @@ import pytest
 import supervision as sv
 from typer.testing import CliRunner
 
-from conftest import import_bench
+from conftest import dets, import_bench
 from vlpipe.agents.grounding.fusion import fuse
 from vlpipe.agents.mllm.locate import BranchSwitchNode, PointMapsNode
 from vlpipe.agents.mllm.model import Generation, Mllm
@@ -20,14 +20,6 @@ from vlpipe.agents.tiles.grid import Tile
 from vlpipe.agents.views import View
 from vlpipe.cli import app
 from vlpipe.pipeline import GraphError, ModelPool, Pipeline, PipelineSpec
-
-
-def dets(boxes, scores, names):
-    n = len(boxes)
-    return sv.Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4),
-                         confidence=np.array(scores, np.float32),
-                         data={"class_name": np.array(names),
-                               "view_box": np.tile(np.array([0, 0, 100, 100]), (n, 1))})
 
 
 def test_an_unknown_locate_prompt_is_a_bad_param_named_when_the_pipeline_is_built():

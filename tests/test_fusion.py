@@ -10,6 +10,7 @@ import supervision as sv
 import torch
 from typer.testing import CliRunner
 
+from conftest import dets
 from vlpipe.agents.grounding.fusion import FuseNode, ObjectNamesNode, fuse
 from vlpipe.agents.mllm.model import Generation
 from vlpipe.agents.views import ObjectList
@@ -19,14 +20,6 @@ from vlpipe.agents.sam.nodes import SamBoxNode
 from vlpipe.cli import app
 from vlpipe.io import load_image
 from vlpipe.pipeline import ModelPool, Pipeline
-
-
-def dets(boxes, scores, names, view_box=(0, 0, 100, 100), **data):
-    n = len(boxes)
-    return sv.Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4),
-                         confidence=np.array(scores, np.float32),
-                         data={"class_name": np.array(names),
-                               "view_box": np.tile(np.array(view_box), (n, 1)), **data})
 
 
 def test_fuse_ranks_agreeing_pairs_first():
