@@ -15,14 +15,15 @@ from vlpipe.agents.mllm.vlm_coords import CoordinateError, parse_answer
 CORPUS = Path(__file__).resolve().parent / "data" / "answers" / "locations.jsonl"
 RECORDS = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
 #: Where the source gives no image size, the answer is read on a nominal 1000 x 1000 image (and
-#: Qwen2.5-VL's resized input is that image): the expected numbers are then the answer's own
-#: units scaled by 1000 / units (x1 for thousandths and pixels, x10 for percent).
+#: Qwen2.5-VL's resized input is that image, unless the record gives ``input_wh``): the expected
+#: numbers are then the answer's own units scaled by 1000 / units (x1 for thousandths and
+#: pixels, x10 for percent).
 NOMINAL = (1000, 1000)
 
 
 def parsed(record: dict):
     wh = tuple(record["image_wh"] or NOMINAL)
-    input_wh = wh if record["family"] == "qwen2_5_vl" else None
+    input_wh = tuple(record.get("input_wh") or wh) if record["family"] == "qwen2_5_vl" else None
     return parse_answer(record["answer"], record["family"], record["kind"], wh, input_wh)
 
 
