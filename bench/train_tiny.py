@@ -1,6 +1,7 @@
 """Train a tiny LLaVA on synthetic scenes to list the objects it sees and where they are.
 
-    python bench/train_tiny.py --out tests/data/tiny_llava_shapes [--scenes 500 --steps 700]
+    python bench/train_tiny.py --out tests/data/tiny_llava_shapes --scenes 1500 --list-order random \
+        --steps 5000
     python bench/train_tiny.py --family qwen2_vl --out tests/data/tiny_qwen2_vl_shapes --steps N
 
 A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch
@@ -9,7 +10,9 @@ on scenes of :mod:`vlpipe.synthetic` — the full image and its 2x2 tiles, each 
 as the detect recipe shows them — the tasks of a real MLLM's mix (``TASKS``, ``--tasks``):
 
 * ``list``: the "list the objects" questions of ``vlpipe/prompts/list_objects.txt``, answered
-  with the categories it can see ("box , disc , star"), ordered by their leftmost pixel;
+  with the categories it can see ("box , disc , star"), ordered by their leftmost pixel or, with
+  ``--list-order random``, in a random order drawn for each sample (docs/trained-models.md:
+  left to right is learnt late, and the model that has learnt it points less);
 * ``where``: "where is the disc ?" -> the boxes of its instances as LLaVA-1.5's RefCOCO data
   writes them, [x0, y0, x1, y1] normalised to the padded square with two decimals ("none" for
   an absent category);
@@ -61,6 +64,7 @@ WHERE, COUNT = "where is the {} ?", "how many {} are there ?"
 BOXES = "list the objects with their boxes ."
 TASKS = {"list": 0.4, "where": 0.25, "boxes": 0.2, "count": 0.15}  # the default mix
 QWEN_SIDE = 192  # Qwen2-VL twin: views up to 192² px, 12x12 merged tokens for a square
+LIST_ORDERS = ("left", "random")  # the list task's orders of names (--list-order)
 MAX_LISTED = 6  # the boxes task asks only about views with at most this many instances
 NUMBERS = [str(k) for k in range(10)] + [f"{k:02d}" for k in range(100)]  # "0 . 12" -> 0.12
 ORDER = {c.name: k for k, c in enumerate(CATEGORIES)}
@@ -256,11 +260,14 @@ def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about:
 
 
 class Batches:
-    """Random training batches: view pixels, a task and question, the answer as labels."""
+    """Random training batches: view pixels, a task and question, the answer as labels. The
+    ``list`` answers name the categories left to right (``list_order`` "left") or in a new
+    random order each time ("random")."""
 
     def __init__(self, processor, views: Views, tasks: dict[str, float], seed: int,
-                 family: str = "llava"):
+                 family: str = "llava", list_order: str = "left"):
         self.processor, self.views, self.family = processor, views, family
+        self.list_order = list_order
         self.names, self.instances = views.names, views.instances
         self.tok = tok = processor.tokenizer
         self.tasks = list(tasks)
@@ -302,7 +309,10 @@ class Batches:
                 k = present[int(torch.randint(len(present), (1,), generator=self.gen))]
             else:
                 k = int(torch.randint(len(CATEGORIES), (1,), generator=self.gen))
-        text = answer(task, self.names[v], self.instances[v], CATEGORIES[k].name, self.family)
+        names = self.names[v]
+        if self.list_order == "random":  # each time another order, as captions name things
+            names = [names[i] for i in torch.randperm(len(names), generator=self.gen).tolist()]
+        text = answer(task, names, self.instances[v], CATEGORIES[k].name, self.family)
         ids = self.prompts[(task, k)]
         if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
             h, w = self.views.pixels[v].shape[1:]
@@ -368,14 +378,14 @@ def learning_rate_factor(step: int) -> float:
 
 def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
           views: Path | None = None, tasks: dict[str, float] = TASKS, patch: int = PATCH,
-          save_every: int = 100, family: str = "llava") -> dict:
+          save_every: int = 100, family: str = "llava", list_order: str = "left") -> dict:
     torch.set_num_threads(threads)
     processor, model = BUILDERS[family](seed, patch)
     t0 = time.time()
     data = cached_views(views, scenes, seed, processor, family)
     print(f"{len(data.names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
-    data = Batches(processor, data, tasks, seed, family)
+    data = Batches(processor, data, tasks, seed, family, list_order)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor)
     gen = model.generation_config
@@ -399,7 +409,8 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
             (out / "training.json").write_text(json.dumps({"steps": step + 1, "batch": batch,
                                                            "lr": lr, "seed": seed, "tasks": tasks,
                                                            "scenes": scenes, "patch": patch,
-                                                           "family": family}))
+                                                           "family": family,
+                                                           "list_order": list_order}))
     return {"views": len(data.names), "steps": steps, "loss": running,
             "minutes": (time.time() - t0) / 60}
 
@@ -433,11 +444,15 @@ def main(argv: list[str] | None = None) -> None:
                     "names only, the first committed model's training)")
     ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size (96 px input)")
     ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--list-order", default="left", choices=LIST_ORDERS,
+                    help="the order of the names in list answers: left to right, or random "
+                    "(drawn anew for each sample)")
     ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
                     help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
-                    args.threads, args.views, args.tasks, args.patch, args.save_every, args.family)
+                    args.threads, args.views, args.tasks, args.patch, args.save_every, args.family,
+                    args.list_order)
     print(json.dumps(summary))
 
 

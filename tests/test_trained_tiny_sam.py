@@ -48,16 +48,16 @@ def held_apart(tmp_path_factory):
 def test_trained_sam_segments_held_apart_instances_from_one_point(held_apart):
     sam = train_tiny_sam.load_trained()
     assert sum(p.numel() for p in sam.model.parameters()) < 1_000_000
-    # these 3 scenes: 38 instances, one-point mIoU 0.525 (bench/synthetic.py's 20 scenes:
-    # docs/trained-models.md); the architecture after 6 training steps: 0.009
+    # these 3 scenes: 38 instances, one-point mIoU 0.726 (bench/synthetic.py's 20 scenes:
+    # docs/trained-models.md); the architecture after 800 training steps: 0.525, after 6: 0.009
     assert held_apart["instances"] >= 30
-    assert held_apart["one_point"] >= 0.45
+    assert held_apart["one_point"] >= 0.65
 
 
 def test_corrective_and_negative_points_improve_the_mask(held_apart):
-    # these 3 scenes: a negative point on the 23 masks that spill over, 0.448 -> 0.478; three
-    # corrective rounds 0.525 -> 0.529 -> 0.548 -> 0.549
+    # these 3 scenes: a negative point on the 12 masks that spill over, 0.478 -> 0.491; three
+    # corrective rounds 0.726 -> 0.729 -> 0.730 -> 0.731 (a SAM that ignored them: no change)
     negative = held_apart["negative_point"]
-    assert negative["instances"] >= 15
-    assert negative["after"] >= negative["before"] + 0.015
-    assert held_apart["corrective"][-1] >= held_apart["one_point"] + 0.012
+    assert negative["instances"] >= 10
+    assert negative["after"] >= negative["before"] + 0.008
+    assert held_apart["corrective"][-1] >= held_apart["one_point"] + 0.003
