@@ -12,7 +12,10 @@ the trained SAM through the ``official`` backend (``variant: tiny``; ``--sam ora
 oracle SAM of :mod:`vlpipe.testing.oracle`, the true instance under the positive point), through the
 production batch runner, results and ``vlpipe eval``. First the SAM alone:
 ``train_tiny_sam.interactive_ious`` (one point, its mask fed back, a negative point on a spill,
-corrective rounds). Then it prints
+corrective rounds). Then the MLLM's own ``where`` task (``where_answers``: "where is the disc ?"
+for each category of each full image, the first box of the answer against the category's
+instances), which tells a model that does not locate what it names from a read-out that misses.
+Then it prints
 
 * pointing accuracy: the share of named objects (one per map: a name in one view's answer)
   whose first positive point falls inside an instance of that name, against chance (that
@@ -28,13 +31,15 @@ corrective rounds). Then it prints
 
 With ``--json`` the last line is ``{"pointing", "chance", "name_recall", "name_precision",
 "bbox": {"AP", "AR"}, "segm": {...}, "ablation": [[step, box AP], ...], "table": [[step,
-pointing, chance, row offset, box AP, mask AP], ...], "sam": {...}}``.
+pointing, chance, row offset, box AP, mask AP], ...], "sam": {...}, "where": {"questions",
+"mean_iou", "iou50", "distinct"}}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -44,14 +49,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_tiny import view_names  # noqa: E402
+from train_tiny import WHERE, view_names  # noqa: E402
 # (importing it registers segment-anything's variant "tiny": vlpipe.tiny.sam)
 from train_tiny_sam import MODEL as SAM_MODEL, interactive_ious, load_trained  # noqa: E402
 
+from vlpipe.agents.mllm.families import get_family  # noqa: E402
+from vlpipe.agents.mllm.model import Mllm  # noqa: E402
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
 from vlpipe.agents.sam.points import instance_prompts, points_to_image  # noqa: E402
 from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
+from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 from vlpipe.testing.oracle import OracleWorld  # noqa: E402
@@ -197,6 +205,65 @@ def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, sam: str | Path =
                       rounds=rounds, max_new_tokens=24, device="cpu", dtype="float32")
 
 
+# the first box of an answer as train_tiny.box_text writes it: LLaVA "[0.12, 0.30, 0.45, 0.78]",
+# Qwen2-VL "(120,300),(450,780)" (spaces dropped first)
+FIRST_BOX = {"fractions": (re.compile(r"\[(\d\.\d+),(\d\.\d+),(\d\.\d+),(\d\.\d+)\]"), 1.0),
+             "thousandths": (re.compile(r"\((\d+),(\d+)\),\((\d+),(\d+)\)"), 1000.0)}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two x0, y0, x1, y1 boxes."""
+    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+    union = (a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def first_box(text: str, units: str, frame_wh: tuple[int, int], offset: tuple[int, int]
+              ) -> np.ndarray | None:
+    """The first box of an answer written as ``train_tiny.box_text`` writes it, in ``units``
+    ("fractions" or "thousandths") of a (w, h) frame in which the image lies at ``offset``
+    (x, y) -> x0, y0, x1, y1 in the image's pixels; None without a box."""
+    pattern, scale = FIRST_BOX[units]
+    found = pattern.search(text.replace(" ", ""))
+    if found is None:
+        return None
+    (dx, dy), frame = offset, np.array(frame_wh * 2) / scale
+    return np.array([float(v) for v in found.groups()]) * frame - [dx, dy, dx, dy]
+
+
+def where_answers(gt: Path, mllm: str | Path) -> dict:
+    """The ``where`` task the MLLM was trained on, asked on the held-apart full images: "where is
+    the disc ?" for each category of each image; the answer's first box (in the family's units of
+    its input frame: LLaVA's padded square, Qwen2-VL's image) against that category's instances.
+
+    Returns {"questions", "mean_iou" (with the best-matching instance; 0 for an answer without
+    a box), "iou50" (share with IoU >= 0.5), "distinct" (distinct first boxes: 1 when the model
+    answers every question with the same box)}."""
+    model = Mllm.load(str(mllm), "cpu", "float32")
+    units = get_family(model.family).boxes
+    data = json.loads(Path(gt).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    ious, answers = [], set()
+    for image_info in data["images"]:
+        image = load_image(Path(gt).parent / image_info["file_name"])
+        boxes: dict[str, list[np.ndarray]] = {}
+        for a in data["annotations"]:
+            if a["image_id"] == image_info["id"]:
+                x, y, w, h = a["bbox"]
+                boxes.setdefault(names[a["category_id"]], []).append(np.array([x, y, x + w, y + h]))
+        fitted, offset = model.fit(image)
+        questions = sorted(boxes)
+        gens = model.generate([image] * len(questions),
+                              [model.prompt(WHERE.format(n)) for n in questions], 32)
+        for name, gen in zip(questions, gens):
+            box = first_box(gen.text, units, (fitted.shape[1], fitted.shape[0]), offset)
+            if box is not None:
+                answers.add(tuple(box))
+            ious.append(0.0 if box is None else max(box_iou(box, b) for b in boxes[name]))
+    return {"questions": len(ious), "mean_iou": float(np.mean(ious)),
+            "iou50": float(np.mean(np.array(ious) >= 0.5)), "distinct": len(answers)}
+
+
 def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[dict, dict]:
     """(vlpipe eval's metrics, pointing summary) of one run over the dataset into ``out``."""
     entries, data = list_inputs(gt)
@@ -235,6 +302,10 @@ def main(argv: list[str] | None = None) -> None:
                   + (f"{neg['before']:.3f} -> {neg['after']:.3f}" if neg["instances"] else "-")
                   + "; corrective rounds "
                   + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"]), flush=True)
+        where = where_answers(gt, args.mllm)
+        print(f"its where task on the full images: {where['questions']} questions, first box's "
+              f"mean IoU {where['mean_iou']:.3f}, IoU >= 0.5 for {where['iou50']:.3f}, "
+              f"{where['distinct']} distinct first boxes", flush=True)
         for k, (label, settings) in enumerate(chain(args.questions, args.read)):
             metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm,
                                               sam=args.sam, **settings)
@@ -267,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                           "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows[:-1]],
                           "table": [[label, p["pointing"], p["chance"], p["row_offset"],
                                      m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows],
-                          "sam": sam_ious}))
+                          "sam": sam_ious, "where": where}))
 
 
 if __name__ == "__main__":

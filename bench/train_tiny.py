@@ -11,22 +11,27 @@ on scenes of :mod:`vlpipe.synthetic` — the full image and its 2x2 tiles, each 
 as the detect recipe shows them — the tasks of a real MLLM's mix (``TASKS``, ``--tasks``):
 
 * ``list``: the "list the objects" questions of ``vlpipe/prompts/list_objects.txt``, answered
-  with the categories it can see ("box , disc , star"), ordered by their leftmost pixel or, with
-  ``--list-order random``, in a random order drawn for each sample (docs/trained-models.md:
-  left to right is learnt late, and the model that has learnt it points less);
+  with the categories it can see ("box , disc , star"), ordered by their leftmost pixel, or with
+  ``--list-order random`` in a random order drawn for each sample (docs/trained-models.md:
+  left to right is learnt late, and the model that has learnt it points less), or with
+  ``--list-order area`` largest first;
 * ``where``: "where is the disc ?" -> the boxes of its instances as LLaVA-1.5's RefCOCO data
   writes them, [x0, y0, x1, y1] normalised to the padded square with two decimals ("none" for
   an absent category);
 * ``boxes``: "list the objects with their boxes ." -> "disc [0.12, ...] , box [...]" per instance,
-  left to right (views of at most ``MAX_LISTED`` instances);
+  left to right or, with ``--boxes-order random``, in a random order (views of at most
+  ``MAX_LISTED`` instances);
 * ``count``: "how many disc are there ?" -> "2" (0 for an absent category).
 
-The region tasks make a name's tokens read its instances: a box cannot be written without
-looking at the object. Nothing but next-token prediction of the answer is trained: where the
-attention of a name's tokens goes is left to the model.
+The region tasks are there to make a name's tokens read its instances: a box cannot be written
+without looking at the object. Nothing but next-token prediction of the answer is trained: where
+the attention of a name's tokens goes is left to the model. (The committed models did not learn
+the region tasks: they answer "where" with nearly the same box for every image;
+docs/trained-models.md, "A weak model, not a wrong read-out".)
 
 The language model reads local image tokens: the tower's patch embeddings (with their position
-embeddings), before any of its attention layers. With image tokens that each carry the whole
+embeddings, random at the start as CLIP's or, with ``--positions sincos``, 2-D sine-cosine),
+before any of its attention layers. With image tokens that each carry the whole
 image (a tower with global attention, the first committed model), the language model never had
 to look at an object's own patches to name it, and its attention did not point
 (docs/trained-models.md). ``--family qwen2_vl`` trains the Qwen2-VL twin the same way (a
@@ -65,7 +70,10 @@ WHERE, COUNT = "where is the {} ?", "how many {} are there ?"
 BOXES = "list the objects with their boxes ."
 TASKS = {"list": 0.4, "where": 0.25, "boxes": 0.2, "count": 0.15}  # the default mix
 QWEN_SIDE = 192  # Qwen2-VL twin: views up to 192² px, 12x12 merged tokens for a square
-LIST_ORDERS = ("left", "random")  # the list task's orders of names (--list-order)
+LIST_ORDERS = ("left", "random", "area")  # the list task's orders of names (--list-order)
+BOXES_ORDERS = ("left", "random")  # the boxes task's orders of instances (--boxes-order)
+POSITIONS = ("learned", "sincos")  # how the LLaVA tower's position embeddings start
+POSITION_SCALE = 0.3  # sincos_positions' amplitude, about that of a patch's embedding at start
 MAX_LISTED = 6  # the boxes task asks only about views with at most this many instances
 NUMBERS = [str(k) for k in range(10)] + [f"{k:02d}" for k in range(100)]  # "0 . 12" -> 0.12
 ORDER = {c.name: k for k, c in enumerate(CATEGORIES)}
@@ -87,15 +95,33 @@ def vocabulary(family: str = "llava") -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def build(seed: int, patch: int = PATCH):
-    """(processor, untrained model): tiny LLaVA-1.5 over :func:`vocabulary`, (96 / patch)²
-    image tokens."""
+def sincos_positions(grid: int, dim: int, scale: float = POSITION_SCALE) -> torch.Tensor:
+    """(grid², dim) 2-D sine-cosine position embeddings of a grid's cells, row by row (MAE's):
+    the first half of the channels encode the column, the second the row, each as sin and cos
+    of dim / 4 frequencies 1 / 10000^(k / (dim / 4)); times ``scale``."""
+    quarter = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.flatten()[:, None].double() * freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], 1)
+
+    return (scale * torch.cat([encode(cols), encode(rows)], 1)).float()
+
+
+def build(seed: int, patch: int = PATCH, positions: str = "learned", extra_words: tuple = ()):
+    """(processor, untrained model): tiny LLaVA-1.5 over :func:`vocabulary` (and
+    ``extra_words`` it lacks, after it), (96 / patch)² image tokens; the tower's position
+    embeddings start random (``positions`` "learned", as CLIP's) or as :func:`sincos_positions`
+    (trained further either way)."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     torch.manual_seed(seed)
+    words = vocabulary()
     tok = _word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], ["<image>"], LLAVA_TEMPLATE,
-                          vocabulary())
+                          words + [w for w in dict.fromkeys(extra_words) if w not in words])
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=1,
                                        num_attention_heads=4, image_size=IMAGE_SIZE,
@@ -113,7 +139,12 @@ def build(seed: int, patch: int = PATCH):
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    return processor, LlavaForConditionalGeneration(config)
+    model = LlavaForConditionalGeneration(config)
+    if positions == "sincos":  # the class token's row (0) keeps its random start
+        table = model.model.vision_tower.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table[1:] = sincos_positions(IMAGE_SIZE // patch, table.shape[1])
+    return processor, model
 
 
 def build_qwen2_vl(seed: int):
@@ -147,22 +178,28 @@ def build_qwen2_vl(seed: int):
     return processor, Qwen2VLForConditionalGeneration(config)
 
 
-BUILDERS = {"llava": build, "qwen2_vl": lambda seed, patch: build_qwen2_vl(seed)}
+BUILDERS = {"llava": build, "qwen2_vl": lambda seed, patch, positions: build_qwen2_vl(seed)}
 
 
-def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
-    """Names of the categories visible in a view whose padded square has ``side`` px, ordered by
-    their leftmost pixel (ties: category order); ``masks`` are (name, (h, w) bool) in the view."""
+def view_areas(masks: list[tuple[str, np.ndarray]], side: int) -> dict[str, float]:
+    """{name: px² at the model's input} of the categories visible in a view whose padded square
+    has ``side`` px, ordered by their leftmost pixel (ties: category order); ``masks`` are
+    (name, (h, w) bool) in the view; a category under ``MIN_AREA`` is not seen."""
     scale2 = (IMAGE_SIZE / side) ** 2
     area: dict[str, float] = {}
     left: dict[str, int] = {}
     for name, m in masks:
         cols = np.nonzero(m.any(0))[0]
         if len(cols):
-            area[name] = area.get(name, 0.0) + m.sum() * scale2
+            area[name] = area.get(name, 0.0) + float(m.sum()) * scale2
             left[name] = min(left.get(name, 1 << 30), int(cols[0]))
-    seen = [n for n in area if area[n] >= MIN_AREA]
-    return sorted(seen, key=lambda n: (left[n], ORDER[n]))
+    seen = sorted((n for n in area if area[n] >= MIN_AREA), key=lambda n: (left[n], ORDER[n]))
+    return {n: area[n] for n in seen}
+
+
+def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
+    """The names of :func:`view_areas`, left to right."""
+    return list(view_areas(masks, side))
 
 
 Box = tuple[float, float, float, float]
@@ -216,20 +253,21 @@ def model_view(family: str, processor, crop: np.ndarray
 
 @dataclass
 class Views:
-    """Training views: each (3, h, w) uint8 as the model sees it, the names and the instances
-    seen in each."""
+    """Training views: each (3, h, w) uint8 as the model sees it, the names seen in each (left
+    to right) with their areas (px² at the model's input), the instances seen in each."""
 
     pixels: list[torch.Tensor]
     names: list[list[str]]
+    areas: list[list[float]]
     instances: list[list[tuple[str, Box]]]
 
 
 def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Views:
     """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also
-    mirrored left to right), their names (:func:`view_names`), their
+    mirrored left to right), their names and areas (:func:`view_areas`), their
     instances (:func:`view_instances`)."""
     rng = np.random.default_rng(seed)
-    pixels, names, instances = [], [], []
+    pixels, names, areas, instances = [], [], [], []
     for _ in range(n_scenes):
         w, h = SIZES[int(rng.integers(len(SIZES)))]
         image, objects = render_scene(rng, w, h)
@@ -240,9 +278,11 @@ def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Vi
                 pixels.append(torch.from_numpy(view))
                 masks = [(CATEGORIES[c].name, tile.crop(m)[:, ::-1] if flip else tile.crop(m))
                          for c, m in objects]
-                names.append(view_names(masks, max(crop.shape[:2])))
+                seen = view_areas(masks, max(crop.shape[:2]))
+                names.append(list(seen))
+                areas.append(list(seen.values()))
                 instances.append(view_instances(masks, frame, offset))
-    return Views(pixels, names, instances)
+    return Views(pixels, names, areas, instances)
 
 
 def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about: str,
@@ -262,13 +302,15 @@ def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about:
 
 class Batches:
     """Random training batches: view pixels, a task and question, the answer as labels. The
-    ``list`` answers name the categories left to right (``list_order`` "left") or in a new
+    ``list`` answers name the categories left to right (``list_order`` "left"), in a new
+    random order each time ("random") or largest area first ("area", ties left to right); the
+    ``boxes`` answers list the instances left to right (``boxes_order`` "left") or in a new
     random order each time ("random")."""
 
     def __init__(self, processor, views: Views, tasks: dict[str, float], seed: int,
-                 family: str = "llava", list_order: str = "left"):
+                 family: str = "llava", list_order: str = "left", boxes_order: str = "left"):
         self.processor, self.views, self.family = processor, views, family
-        self.list_order = list_order
+        self.list_order, self.boxes_order = list_order, boxes_order
         self.names, self.instances = views.names, views.instances
         self.tok = tok = processor.tokenizer
         self.tasks = list(tasks)
@@ -310,11 +352,17 @@ class Batches:
                 k = present[int(torch.randint(len(present), (1,), generator=self.gen))]
             else:
                 k = int(torch.randint(len(CATEGORIES), (1,), generator=self.gen))
-        names = self.names[v]
+        names, instances = self.names[v], self.instances[v]
         # drawn for every task (the committed models' runs did so), used by the list task only
         if self.list_order == "random":  # each time another order, as captions name things
             names = [names[i] for i in torch.randperm(len(names), generator=self.gen).tolist()]
-        text = answer(task, names, self.instances[v], CATEGORIES[k].name, self.family)
+        elif self.list_order == "area":  # the most prominent first (a stable sort keeps ties)
+            by_area = sorted(range(len(names)), key=lambda i: -self.views.areas[v][i])
+            names = [names[i] for i in by_area]
+        if task == "boxes" and self.boxes_order == "random":
+            order = torch.randperm(len(instances), generator=self.gen).tolist()
+            instances = [instances[i] for i in order]
+        text = answer(task, names, instances, CATEGORIES[k].name, self.family)
         ids = self.prompts[(task, k)]
         if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
             h, w = self.views.pixels[v].shape[1:]
@@ -350,20 +398,25 @@ class Batches:
 def cached_views(path: Path | None, scenes: int, seed: int, processor, family: str = "llava"
                  ) -> Views:
     """:func:`make_views`, read from ``path`` (.npz: the views' uint8 pixels one after the other
-    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``instances`` as JSON) when it
-    exists, else rendered and written there (no path: rendered only)."""
+    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``areas`` and ``instances`` as
+    JSON) when it exists, else rendered and written there (no path: rendered only)."""
     if path is not None and path.exists():
         with np.load(path) as z:
+            if "areas" not in z:
+                raise ValueError(f"{path}: a views cache without the names' areas (written by an "
+                                 "older train_tiny); delete it to render the views again")
             sizes = [int(np.prod(shape)) for shape in z["shapes"]]
             flat = torch.from_numpy(z["pixels"]).split(sizes)
             return Views([p.view(*shape) for p, shape in zip(flat, z["shapes"].tolist())],
                          [n.split("|") if n else [] for n in z["names"]],
+                         [json.loads(a) for a in z["areas"]],
                          [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]])
     views = make_views(scenes, seed, processor, family)
     if path is not None:
         np.savez_compressed(path, pixels=torch.cat([p.flatten() for p in views.pixels]).numpy(),
                             shapes=np.array([p.shape for p in views.pixels]),
                             names=np.array(["|".join(n) for n in views.names]),
+                            areas=np.array([json.dumps(a) for a in views.areas]),
                             instances=np.array([json.dumps(i) for i in views.instances]))
     return views
 
@@ -380,14 +433,15 @@ def learning_rate_factor(step: int) -> float:
 
 def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
           views: Path | None = None, tasks: dict[str, float] = TASKS, patch: int = PATCH,
-          save_every: int = 100, family: str = "llava", list_order: str = "left") -> dict:
+          save_every: int = 100, family: str = "llava", list_order: str = "left",
+          boxes_order: str = "left", positions: str = "learned") -> dict:
     torch.set_num_threads(threads)
-    processor, model = BUILDERS[family](seed, patch)
+    processor, model = BUILDERS[family](seed, patch, positions)
     t0 = time.time()
     data = cached_views(views, scenes, seed, processor, family)
     print(f"{len(data.names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
-    data = Batches(processor, data, tasks, seed, family, list_order)
+    data = Batches(processor, data, tasks, seed, family, list_order, boxes_order)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor)
     gen = model.generation_config
@@ -412,7 +466,9 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
                                                            "lr": lr, "seed": seed, "tasks": tasks,
                                                            "scenes": scenes, "patch": patch,
                                                            "family": family,
-                                                           "list_order": list_order}))
+                                                           "list_order": list_order,
+                                                           "boxes_order": boxes_order,
+                                                           "positions": positions}))
     return {"views": len(data.names), "steps": steps, "loss": running,
             "minutes": (time.time() - t0) / 60}
 
@@ -447,14 +503,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size (96 px input)")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--list-order", default="left", choices=LIST_ORDERS,
-                    help="the order of the names in list answers: left to right, or random "
-                    "(drawn anew for each sample)")
+                    help="the order of the names in list answers: left to right, random "
+                    "(drawn anew for each sample), or largest area first")
+    ap.add_argument("--boxes-order", default="left", choices=BOXES_ORDERS,
+                    help="the order of the instances in boxes answers: left to right, or random")
+    ap.add_argument("--positions", default="learned", choices=POSITIONS,
+                    help="LLaVA: the vision tower's position embeddings start random (CLIP's) "
+                    "or as 2-D sine-cosine of the patch grid")
     ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
                     help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
                     args.threads, args.views, args.tasks, args.patch, args.save_every, args.family,
-                    args.list_order)
+                    args.list_order, args.boxes_order, args.positions)
     print(json.dumps(summary))
 
 

@@ -15,7 +15,7 @@ from vlpipe.agents.mllm.model import Mllm
 from vlpipe.agents.views import ObjectMap
 from vlpipe.synthetic import make_scenes
 
-synthetic, train_tiny = import_bench("synthetic", "train_tiny")
+synthetic, train_tiny, lookup = import_bench("synthetic", "train_tiny", "lookup")
 MODEL, point_hit, run_synthetic = synthetic.MODEL, synthetic.point_hit, synthetic.run_synthetic
 QWEN_MODEL = MODEL.parent / "tiny_qwen2_vl_shapes"
 IMAGE_SIZE, MIN_AREA, view_names = train_tiny.IMAGE_SIZE, train_tiny.MIN_AREA, train_tiny.view_names
@@ -60,6 +60,77 @@ def test_region_answers_in_llava_box_text():
     assert answer("where", names, found, "moon") == "none"
     assert answer("count", names, found + found, "star") == "2"
     assert answer("count", names, found, "moon") == "0"
+
+
+def test_list_orders_and_boxes_orders():
+    processor, _ = train_tiny.build(1)
+    pixels = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    instances = [("star", (0.1, 0.1, 0.2, 0.2)), ("disc", (0.3, 0.1, 0.4, 0.2)),
+                 ("box", (0.5, 0.1, 0.6, 0.2)), ("box", (0.7, 0.1, 0.8, 0.2))]
+    views = train_tiny.Views([pixels], [["star", "disc", "box"]], [[10.0, 50.0, 30.0]], [instances])
+
+    def answers(task: str, **orders) -> list[str]:
+        batches = train_tiny.Batches(processor, views, {task: 1.0}, seed=0, **orders)
+        return [batches._pick(0)[1] for _ in range(20)]
+
+    assert set(answers("list")) == {"star , disc , box"}  # left to right
+    assert set(answers("list", list_order="area")) == {"disc , box , star"}  # 50, 30, 10 px²
+    assert len(set(answers("list", list_order="random"))) > 1
+    left_to_right = ("star [0.10, 0.10, 0.20, 0.20] , disc [0.30, 0.10, 0.40, 0.20] , "
+                     "box [0.50, 0.10, 0.60, 0.20] , box [0.70, 0.10, 0.80, 0.20]")
+    assert set(answers("boxes")) == {left_to_right}
+    shuffled = answers("boxes", boxes_order="random")
+    assert len(set(shuffled)) > 1
+    assert all(sorted(a.split(" , ")) == sorted(left_to_right.split(" , ")) for a in shuffled)
+
+
+def test_sincos_positions_start_the_llava_tower():
+    # a 2x2 grid, 8 channels: 2 frequencies, 1 and 1 / 10000^(1/2) = 0.01; the cell of row 0,
+    # column 1: sin and cos of 1 and 0.01 for the column, of 0 for the row
+    table = train_tiny.sincos_positions(2, 8, scale=1.0)
+    assert table.shape == (4, 8)
+    np.testing.assert_allclose(table[1], [np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01),
+                                          0, 0, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(table[2], [0, 0, 1, 1, np.sin(1), np.sin(0.01), np.cos(1),
+                                          np.cos(0.01)], atol=1e-6)
+    _, model = train_tiny.build(1, positions="sincos")
+    start = model.model.vision_tower.embeddings.position_embedding.weight
+    grid = IMAGE_SIZE // train_tiny.PATCH
+    torch.testing.assert_close(start[1:], train_tiny.sincos_positions(grid, start.shape[1]))
+
+
+def test_lookup_batches_answer_the_side_of_the_named_category():
+    images, names, sides = lookup.disc_batch(np.random.default_rng(0), 16, 3)
+    colour = {c.name: np.array(c.colour) for c in train_tiny.CATEGORIES}
+    for image, name, side in zip(images, names, sides):
+        mask = (image == colour[name]).all(-1)
+        assert 150 < mask.sum() < 250  # one disc of radius 8: about 201 px
+        centre = np.argwhere(mask)[:, 1].mean()
+        assert side == ("left" if centre < IMAGE_SIZE / 2 else "right")
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) == 4  # grey and three colours
+    pixels = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    views = train_tiny.Views([pixels, pixels], [["disc", "box"], []], [[20.0, 20.0], []],
+                             [[("disc", (0.1, 0.0, 0.3, 0.1)), ("box", (0.5, 0.0, 0.7, 0.1)),
+                               ("disc", (0.8, 0.0, 0.9, 0.1))], []])
+    _, names, sides = lookup.scene_batch(np.random.default_rng(0), 32, views)
+    # the view with no instance is never drawn; a disc's side is its leftmost instance's
+    assert set(zip(names, sides)) == {("disc", "left"), ("box", "right")}
+
+
+def test_where_answers_read_back_into_image_pixels():
+    # the disc above, [0.42, 0.19, 0.62, 0.29] of the 96 px square, the view 8 px down in it:
+    # 0.42 * 96 = 40.32, 0.19 * 96 - 8 = 10.24, 0.62 * 96 = 59.52, 0.29 * 96 - 8 = 19.84
+    # (the disc's pixels: 40, 10, 60, 20), as the tokenizer decodes it, spaces between words
+    box = synthetic.first_box("[ 0 . 42 , 0 . 19 , 0 . 62 , 0 . 29 ] , [ 0 . 05 , 0 . 40 , "
+                              "0 . 16 , 0 . 60 ]", "fractions", (96, 96), (0, 8))
+    np.testing.assert_allclose(box, [40.32, 10.24, 59.52, 19.84])
+    # Qwen2-VL's thousandths of the unpadded 200 x 100 view: 125 -> 25 px, 500 -> 50 px
+    box = synthetic.first_box("(125,500),(333,1000)", "thousandths", (200, 100), (0, 0))
+    np.testing.assert_allclose(box, [25.0, 50.0, 66.6, 100.0])
+    assert synthetic.first_box("none", "fractions", (96, 96), (0, 0)) is None
+    # [0, 0, 2, 2] and [1, 1, 3, 3]: 1 px² shared of 4 + 4 - 1 = 7
+    assert synthetic.box_iou(np.array([0, 0, 2, 2]), np.array([1, 1, 3, 3])) == pytest.approx(1 / 7)
+    assert synthetic.box_iou(np.array([0, 0, 1, 1]), np.array([2, 2, 3, 3])) == 0.0
 
 
 def test_point_hit_reads_the_first_prompt_in_view_pixels():

@@ -1,0 +1,135 @@
+"""Can the tiny LLaVA of ``bench/train_tiny.py`` learn to find a named colour? Its where task, cut
+down to one token.
+
+    python bench/lookup.py [--images discs | scenes] [--objects 3] [--steps 1000]
+                           [--patch 8] [--positions learned | sincos] [--scenes 300]
+
+The model of ``train_tiny.build`` (untrained, seeded) learns one question from scratch, "is the
+disc on the left or the right ?", answered by one word: the side of the padded square where the
+named category's leftmost instance has its centre. The images (``--images``):
+
+* ``discs``: 96 px of grey (125), ``--objects`` discs of radius 8 px in the colours of distinct
+  categories at random places; the question names one of them;
+* ``scenes``: ``train_tiny``'s training views of ``--scenes`` scenes (full images and 2x2
+  tiles of :mod:`vlpipe.synthetic`, padded to a square); the question names a category of the
+  view.
+
+Every 50 steps it prints the accuracy on the batch it is about to learn from, i.e. on images
+it has not learnt from yet (discs: drawn anew each step; scenes: drawn from the views, so late
+batches repeat views it learnt from); the last line is ``{"accuracy": [[step, accuracy of
+the 50 batches up to it], ...], "majority": share of the commoner answer}``. The model answers
+by the image alone or not at all: a model that ignores the image reaches the majority share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from train_tiny import (IMAGE_SIZE, PATCH, POSITIONS, CATEGORIES, ORDER, Views, build,
+                        make_views)
+
+QUESTION = "is the {} on the left or the right ?"
+SIDES = ("left", "right")
+RADIUS = 8  # px, discs
+
+
+def disc_batch(rng: np.random.Generator, size: int, objects: int
+               ) -> tuple[np.ndarray, list[str], list[str]]:
+    """(size, 96, 96, 3) uint8 grey images with ``objects`` discs of distinct categories, the
+    category asked about in each, its side."""
+    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
+    images = np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 125, np.uint8)
+    names, sides = [], []
+    for image in images:
+        cats = rng.choice(len(CATEGORIES), objects, replace=False)
+        centres = rng.uniform(RADIUS, IMAGE_SIZE - RADIUS, (objects, 2))
+        for c, (cx, cy) in zip(cats, centres):
+            image[(xx - cx) ** 2 + (yy - cy) ** 2 < RADIUS ** 2] = CATEGORIES[c].colour
+        asked = int(rng.integers(objects))
+        names.append(CATEGORIES[cats[asked]].name)
+        sides.append(SIDES[int(centres[asked, 0] >= IMAGE_SIZE / 2)])
+    return images, names, sides
+
+
+def scene_batch(rng: np.random.Generator, size: int, views: Views
+                ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Views with an instance (uint8, as the processor resized them), a category of each, the
+    side of its leftmost instance's centre in the padded square."""
+    useful = [v for v, found in enumerate(views.instances) if found]
+    picked = rng.choice(useful, size)
+    images = np.stack([views.pixels[v].permute(1, 2, 0).numpy() for v in picked])
+    names, sides = [], []
+    for v in picked:
+        present = sorted({n for n, _ in views.instances[v]}, key=ORDER.get)
+        name = present[int(rng.integers(len(present)))]
+        x0, _, x1, _ = next(box for n, box in views.instances[v] if n == name)
+        names.append(name)
+        sides.append(SIDES[int((x0 + x1) / 2 >= 0.5)])
+    return images, names, sides
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", default="discs", choices=("discs", "scenes"))
+    ap.add_argument("--objects", type=int, default=3, help="discs per image")
+    ap.add_argument("--scenes", type=int, default=300, help="scenes of the views (--images scenes)")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--patch", type=int, default=PATCH)
+    ap.add_argument("--positions", default="learned", choices=POSITIONS)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    if not 1 <= args.objects <= len(CATEGORIES):
+        ap.error(f"--objects: 1 to {len(CATEGORIES)} (one category each)")
+
+    torch.set_num_threads(1)
+    processor, model = build(args.seed, args.patch, args.positions, ("on", "or", *SIDES))
+    tok = processor.tokenizer
+    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    prompts = {}
+    for c in CATEGORIES:
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"},
+                                          {"type": "text", "text": QUESTION.format(c.name)}]}],
+            add_generation_prompt=True)
+        prompts[c.name] = processor(images=blank, text=text, return_tensors="pt")["input_ids"][0]
+    side_ids = torch.tensor(tok.convert_tokens_to_ids(list(SIDES)))
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    rng = np.random.default_rng(args.seed)
+    views = make_views(args.scenes, args.seed, processor) if args.images == "scenes" else None
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model.train()
+    t0, right, counts, curve = time.time(), [], {s: 0 for s in SIDES}, []
+    for step in range(args.steps):
+        images, names, sides = (disc_batch(rng, args.batch, args.objects) if views is None
+                                else scene_batch(rng, args.batch, views))
+        pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        ids = torch.stack([prompts[n] for n in names])
+        labels = side_ids[[SIDES.index(s) for s in sides]]
+        logits = model(input_ids=ids, pixel_values=pixels, logits_to_keep=1).logits[:, -1]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        said = side_ids[logits[:, side_ids].argmax(-1)]  # the likelier of the two sides
+        right.append(float((said == labels).float().mean()))
+        for s in sides:
+            counts[s] += 1
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            curve.append([step + 1, round(float(np.mean(right[-50:])), 3)])
+            print(f"step {step + 1}: accuracy {curve[-1][1]:.3f} (loss {loss.item():.3f}, "
+                  f"{time.time() - t0:.0f} s)", flush=True)
+    print(json.dumps({"accuracy": curve, "majority": max(counts.values()) / sum(counts.values())}))
+
+
+if __name__ == "__main__":
+    main()
