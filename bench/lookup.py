@@ -3,13 +3,16 @@ down to one token.
 
     python bench/lookup.py [--images discs | scenes] [--objects 3] [--steps 1000]
                            [--patch 8] [--positions learned | sincos] [--scenes 300]
+                           [--warm-objects 1 --warm-steps 300]
 
 The model of ``train_tiny.build`` (untrained, seeded) learns one question from scratch, "is the
 disc on the left or the right ?", answered by one word: the side of the padded square where the
 named category's leftmost instance has its centre. The images (``--images``):
 
 * ``discs``: 96 px of grey (125), ``--objects`` discs of radius 8 px in the colours of distinct
-  categories at random places; the question names one of them;
+  categories; the question names one, which lies alone on its side, the others on the other
+  side, so only an answer that reads the name beats 0.5 (for the first ``--warm-steps`` steps,
+  a curriculum: ``--warm-objects`` discs);
 * ``scenes``: ``train_tiny``'s training views of ``--scenes`` scenes (full images and 2x2
   tiles of :mod:`vlpipe.synthetic`, padded to a square); the question names a category of the
   view.
@@ -41,18 +44,23 @@ RADIUS = 8  # px, discs
 def disc_batch(rng: np.random.Generator, size: int, objects: int
                ) -> tuple[np.ndarray, list[str], list[str]]:
     """(size, 96, 96, 3) uint8 grey images with ``objects`` discs of distinct categories, the
-    category asked about in each, its side."""
+    category asked about in each, its side. The asked disc lies on a random side and the others
+    on the other side, so an answer that does not read the name is right half the time at most
+    (the side of one disc at random) or never (the side with more discs, for 3 or more)."""
     yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
     images = np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 125, np.uint8)
     names, sides = [], []
+    half = IMAGE_SIZE / 2
     for image in images:
-        cats = rng.choice(len(CATEGORIES), objects, replace=False)
-        centres = rng.uniform(RADIUS, IMAGE_SIZE - RADIUS, (objects, 2))
-        for c, (cx, cy) in zip(cats, centres):
+        cats = rng.choice(len(CATEGORIES), objects, replace=False)  # cats[0] is asked about
+        side = int(rng.integers(2))
+        xs = (rng.uniform(RADIUS, half - RADIUS, objects)
+              + half * np.where(np.arange(objects) == 0, side, 1 - side))
+        ys = rng.uniform(RADIUS, IMAGE_SIZE - RADIUS, objects)
+        for c, cx, cy in zip(cats, xs, ys):
             image[(xx - cx) ** 2 + (yy - cy) ** 2 < RADIUS ** 2] = CATEGORIES[c].colour
-        asked = int(rng.integers(objects))
-        names.append(CATEGORIES[cats[asked]].name)
-        sides.append(SIDES[int(centres[asked, 0] >= IMAGE_SIZE / 2)])
+        names.append(CATEGORIES[cats[0]].name)
+        sides.append(SIDES[side])
     return images, names, sides
 
 
@@ -77,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", default="discs", choices=("discs", "scenes"))
     ap.add_argument("--objects", type=int, default=3, help="discs per image")
+    ap.add_argument("--warm-objects", type=int, default=1,
+                    help="discs per image for the first --warm-steps steps")
+    ap.add_argument("--warm-steps", type=int, default=0)
     ap.add_argument("--scenes", type=int, default=300, help="scenes of the views (--images scenes)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
@@ -85,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--positions", default="learned", choices=POSITIONS)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
-    if not 1 <= args.objects <= len(CATEGORIES):
-        ap.error(f"--objects: 1 to {len(CATEGORIES)} (one category each)")
+    for option, objects in (("--objects", args.objects), ("--warm-objects", args.warm_objects)):
+        if not 1 <= objects <= len(CATEGORIES):
+            ap.error(f"{option}: 1 to {len(CATEGORIES)} (one category each)")
 
     torch.set_num_threads(1)
     processor, model = build(args.seed, args.patch, args.positions, ("on", "or", *SIDES))
@@ -110,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     t0, right, counts, curve = time.time(), [], {s: 0 for s in SIDES}, []
     for step in range(args.steps):
-        images, names, sides = (disc_batch(rng, args.batch, args.objects) if views is None
+        objects = args.warm_objects if step < args.warm_steps else args.objects
+        images, names, sides = (disc_batch(rng, args.batch, objects) if views is None
                                 else scene_batch(rng, args.batch, views))
         pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
         ids = torch.stack([prompts[n] for n in names])

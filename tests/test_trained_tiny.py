@@ -105,9 +105,14 @@ def test_lookup_batches_answer_the_side_of_the_named_category():
     for image, name, side in zip(images, names, sides):
         mask = (image == colour[name]).all(-1)
         assert 150 < mask.sum() < 250  # one disc of radius 8: about 201 px
-        centre = np.argwhere(mask)[:, 1].mean()
-        assert side == ("left" if centre < IMAGE_SIZE / 2 else "right")
+        columns = np.argwhere(mask)[:, 1]
+        assert side == ("left" if columns.mean() < IMAGE_SIZE / 2 else "right")
         assert len(np.unique(image.reshape(-1, 3), axis=0)) == 4  # grey and three colours
+        # the asked disc alone on its side, the others on the other: reading the name is needed
+        others = np.argwhere((image != 125).any(-1) & ~mask)[:, 1]
+        assert len(others) and ((columns < 48).all() != (others < 48).all())
+        assert (columns < 48).all() or (columns >= 48).all()
+        assert (others < 48).all() or (others >= 48).all()
     pixels = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     views = train_tiny.Views([pixels, pixels], [["disc", "box"], []], [[20.0, 20.0], []],
                              [[("disc", (0.1, 0.0, 0.3, 0.1)), ("box", (0.5, 0.0, 0.7, 0.1)),
