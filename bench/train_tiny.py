@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
                     help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
+    if args.family != "llava" and args.positions != "learned":
+        ap.error("--positions: the LLaVA tower's position embeddings; the Qwen2-VL twin has none")
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
                     args.threads, args.views, args.tasks, args.patch, args.save_every, args.family,
                     args.list_order, args.boxes_order, args.positions)
