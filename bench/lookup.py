@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from train_tiny import (IMAGE_SIZE, PATCH, POSITIONS, CATEGORIES, ORDER, Views, build,
-                        make_views)
+                        make_views, prompt_ids)
 
 QUESTION = "is the {} on the left or the right ?"
 SIDES = ("left", "right")
@@ -103,14 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     processor, model = build(args.seed, args.patch, args.positions, ("on", "or", *SIDES))
     tok = processor.tokenizer
-    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    prompts = {}
-    for c in CATEGORIES:
-        text = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"},
-                                          {"type": "text", "text": QUESTION.format(c.name)}]}],
-            add_generation_prompt=True)
-        prompts[c.name] = processor(images=blank, text=text, return_tensors="pt")["input_ids"][0]
+    prompts = {c.name: prompt_ids(processor, QUESTION.format(c.name)) for c in CATEGORIES}
     side_ids = torch.tensor(tok.convert_tokens_to_ids(list(SIDES)))
     ip = processor.image_processor
     mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -300,6 +301,18 @@ def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about:
     return " , ".join(box_text(b, family) for b in boxes) if boxes else "none"
 
 
+def prompt_ids(processor, question: str, family: str = "llava") -> torch.Tensor:
+    """(N,) ids of the chat prompt asking ``question`` about one image. LLaVA: its image token
+    repeated as the processor repeats it; Qwen2-VL: one image token, to expand per view."""
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        add_generation_prompt=True)
+    if family == "qwen2_vl":
+        return torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return processor(images=blank, text=text, return_tensors="pt")["input_ids"][0]
+
+
 class Batches:
     """Random training batches: view pixels, a task and question, the answer as labels. The
     ``list`` answers name the categories left to right (``list_order`` "left"), in a new
@@ -315,17 +328,7 @@ class Batches:
         self.tok = tok = processor.tokenizer
         self.tasks = list(tasks)
         self.weights = torch.tensor([tasks[t] for t in self.tasks], dtype=torch.float)
-        dummy = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-
-        def prompt(q: str) -> torch.Tensor:
-            """LLaVA: the prompt's ids; Qwen2-VL: with one image token, expanded per view."""
-            text = processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True)
-            if family == "qwen2_vl":
-                return torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
-            return processor(images=dummy, text=text, return_tensors="pt")["input_ids"][0]
-
+        prompt = partial(prompt_ids, processor, family=family)
         self.prompts = {("list", k): prompt(q) for k, q in enumerate(QUESTIONS)}
         self.prompts[("boxes", 0)] = prompt(BOXES)
         for k, c in enumerate(CATEGORIES):
