@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import supervision as sv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -211,11 +212,9 @@ FIRST_BOX = {"fractions": (re.compile(r"\[(\d\.\d+),(\d\.\d+),(\d\.\d+),(\d\.\d+
              "thousandths": (re.compile(r"\((\d+),(\d+)\),\((\d+),(\d+)\)"), 1000.0)}
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two x0, y0, x1, y1 boxes."""
-    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
-    union = (a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter
-    return float(inter / union) if union > 0 else 0.0
+def best_iou(box: np.ndarray, boxes: list[np.ndarray]) -> float:
+    """The highest IoU of an x0, y0, x1, y1 ``box`` with any of ``boxes``."""
+    return float(sv.box_iou_batch(np.asarray([box], np.float64), np.stack(boxes)).max())
 
 
 def first_box(text: str, units: str, frame_wh: tuple[int, int], offset: tuple[int, int]
@@ -259,7 +258,7 @@ def where_answers(gt: Path, mllm: str | Path) -> dict:
             box = first_box(gen.text, units, (fitted.shape[1], fitted.shape[0]), offset)
             if box is not None:
                 answers.add(tuple(box))
-            ious.append(0.0 if box is None else max(box_iou(box, b) for b in boxes[name]))
+            ious.append(0.0 if box is None else best_iou(box, boxes[name]))
     return {"questions": len(ious), "mean_iou": float(np.mean(ious)),
             "iou50": float(np.mean(np.array(ious) >= 0.5)), "distinct": len(answers)}
 

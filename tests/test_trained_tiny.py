@@ -134,8 +134,10 @@ def test_where_answers_read_back_into_image_pixels():
     np.testing.assert_allclose(box, [25.0, 50.0, 66.6, 100.0])
     assert synthetic.first_box("none", "fractions", (96, 96), (0, 0)) is None
     # [0, 0, 2, 2] and [1, 1, 3, 3]: 1 px² shared of 4 + 4 - 1 = 7
-    assert synthetic.box_iou(np.array([0, 0, 2, 2]), np.array([1, 1, 3, 3])) == pytest.approx(1 / 7)
-    assert synthetic.box_iou(np.array([0, 0, 1, 1]), np.array([2, 2, 3, 3])) == 0.0
+    square, shifted, apart = np.array([0, 0, 2, 2]), np.array([1, 1, 3, 3]), np.array([2, 2, 3, 3])
+    assert synthetic.best_iou(square, [shifted]) == pytest.approx(1 / 7)
+    assert synthetic.best_iou(np.array([0, 0, 1, 1]), [apart]) == 0.0
+    assert synthetic.best_iou(square, [shifted, square]) == pytest.approx(1.0)  # the best of two
 
 
 def test_point_hit_reads_the_first_prompt_in_view_pixels():
