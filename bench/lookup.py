@@ -3,7 +3,7 @@ down to one token.
 
     python bench/lookup.py [--images discs | scenes] [--objects 3] [--steps 1000]
                            [--patch 8] [--positions learned | sincos] [--scenes 300]
-                           [--warm-objects 1 --warm-steps 300]
+                           [--warm-objects 1 --warm-steps 300] [--name-last] [--align 1]
 
 The model of ``train_tiny.build`` (untrained, seeded) learns one question from scratch, "is the
 disc on the left or the right ?", answered by one word: the side of the padded square where the
@@ -16,6 +16,11 @@ named category's leftmost instance has its centre. The images (``--images``):
 * ``scenes``: ``train_tiny``'s training views of ``--scenes`` scenes (full images and 2x2
   tiles of :mod:`vlpipe.synthetic`, padded to a square); the question names a category of the
   view.
+
+``--name-last``: the answer starts with the category's name, "disc left", as the points task's
+answers do ("disc 37"), so the side is asked of the name's own token, not of the prompt's last
+one. ``--align W``: ``train_tiny.ImageTokens``' alignment loss, weighted W, on the image tokens
+(each scored against the names' word embeddings, the category under it as label).
 
 Every 50 steps it prints the accuracy on the batch it is about to learn from, i.e. on images
 it has not learnt from yet (discs: drawn anew each step; scenes: drawn from the views, so late
@@ -33,23 +38,24 @@ import time
 import numpy as np
 import torch
 
-from train_tiny import (IMAGE_SIZE, PATCH, POSITIONS, CATEGORIES, ORDER, Views, build,
-                        make_views, prompt_ids)
+from train_tiny import (IMAGE_SIZE, PATCH, POSITIONS, CATEGORIES, ORDER, ImageTokens, Views,
+                        build, make_views, prompt_ids, token_labels)
 
 QUESTION = "is the {} on the left or the right ?"
 SIDES = ("left", "right")
 RADIUS = 8  # px, discs
 
 
-def disc_batch(rng: np.random.Generator, size: int, objects: int
-               ) -> tuple[np.ndarray, list[str], list[str]]:
+def disc_batch(rng: np.random.Generator, size: int, objects: int, cell: int = PATCH
+               ) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
     """(size, 96, 96, 3) uint8 grey images with ``objects`` discs of distinct categories, the
-    category asked about in each, its side. The asked disc lies on a random side and the others
+    category asked about in each, its side, the images' (size, (96 / cell)²) token labels
+    (``train_tiny.token_labels``). The asked disc lies on a random side and the others
     on the other side, so an answer that does not read the name is right half the time at most
     (the side of one disc at random) or never (the side with more discs, for 3 or more)."""
     yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
     images = np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 125, np.uint8)
-    names, sides = [], []
+    names, sides, labels = [], [], []
     half = IMAGE_SIZE / 2
     for image in images:
         cats = rng.choice(len(CATEGORIES), objects, replace=False)  # cats[0] is asked about
@@ -57,17 +63,21 @@ def disc_batch(rng: np.random.Generator, size: int, objects: int
         xs = (rng.uniform(RADIUS, half - RADIUS, objects)
               + half * np.where(np.arange(objects) == 0, side, 1 - side))
         ys = rng.uniform(RADIUS, IMAGE_SIZE - RADIUS, objects)
-        for c, cx, cy in zip(cats, xs, ys):
-            image[(xx - cx) ** 2 + (yy - cy) ** 2 < RADIUS ** 2] = CATEGORIES[c].colour
+        masks = [(CATEGORIES[c].name, (xx - cx) ** 2 + (yy - cy) ** 2 < RADIUS ** 2)
+                 for c, cx, cy in zip(cats, xs, ys)]
+        for name, mask in masks:
+            image[mask] = CATEGORIES[ORDER[name]].colour
         names.append(CATEGORIES[cats[0]].name)
         sides.append(SIDES[side])
-    return images, names, sides
+        labels.append(token_labels(masks, (IMAGE_SIZE, IMAGE_SIZE), cell,
+                                   (IMAGE_SIZE, IMAGE_SIZE), (0, 0)))
+    return images, names, sides, np.stack(labels)
 
 
 def scene_batch(rng: np.random.Generator, size: int, views: Views
-                ) -> tuple[np.ndarray, list[str], list[str]]:
+                ) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
     """Views with an instance (uint8, as the processor resized them), a category of each, the
-    side of its leftmost instance's centre in the padded square."""
+    side of its leftmost instance's centre in the padded square, the views' token labels."""
     useful = [v for v, found in enumerate(views.instances) if found]
     picked = rng.choice(useful, size)
     images = np.stack([views.pixels[v].permute(1, 2, 0).numpy() for v in picked])
@@ -78,7 +88,7 @@ def scene_batch(rng: np.random.Generator, size: int, views: Views
         x0, _, x1, _ = next(box for n, box in views.instances[v] if n == name)
         names.append(name)
         sides.append(SIDES[int((x0 + x1) / 2 >= 0.5)])
-    return images, names, sides
+    return images, names, sides, np.stack([views.labels[v] for v in picked])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patch", type=int, default=PATCH)
     ap.add_argument("--positions", default="learned", choices=POSITIONS)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--name-last", action="store_true",
+                    help="the answer starts with the name: the side is asked of its token")
+    ap.add_argument("--align", type=float, default=0.0,
+                    help="weight of train_tiny.ImageTokens' alignment loss (0: none)")
     args = ap.parse_args(argv)
     for option, objects in (("--objects", args.objects), ("--warm-objects", args.warm_objects)):
         if not 1 <= objects <= len(CATEGORIES):
@@ -104,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     processor, model = build(args.seed, args.patch, args.positions, ("on", "or", *SIDES))
     tok = processor.tokenizer
     prompts = {c.name: prompt_ids(processor, QUESTION.format(c.name)) for c in CATEGORIES}
+    if args.name_last:
+        prompts = {name: torch.cat([ids, torch.tensor(tok.convert_tokens_to_ids([name]))])
+                   for name, ids in prompts.items()}
     side_ids = torch.tensor(tok.convert_tokens_to_ids(list(SIDES)))
     ip = processor.image_processor
     mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
@@ -111,20 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     views = make_views(args.scenes, args.seed, processor) if args.images == "scenes" else None
 
+    image_tokens = ImageTokens(model, tok) if args.align else None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     model.train()
     t0, right, counts, curve = time.time(), [], {s: 0 for s in SIDES}, []
     for step in range(args.steps):
         objects = args.warm_objects if step < args.warm_steps else args.objects
-        images, names, sides = (disc_batch(rng, args.batch, objects) if views is None
-                                else scene_batch(rng, args.batch, views))
+        images, names, sides, labels = (disc_batch(rng, args.batch, objects, args.patch)
+                                        if views is None else scene_batch(rng, args.batch, views))
         pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
         ids = torch.stack([prompts[n] for n in names])
-        labels = side_ids[[SIDES.index(s) for s in sides]]
+        truth = side_ids[[SIDES.index(s) for s in sides]]
         logits = model(input_ids=ids, pixel_values=pixels, logits_to_keep=1).logits[:, -1]
-        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss = torch.nn.functional.cross_entropy(logits, truth)
+        if args.align:
+            loss = loss + args.align * image_tokens.loss(torch.from_numpy(labels).long().ravel())
         said = side_ids[logits[:, side_ids].argmax(-1)]  # the likelier of the two sides
-        right.append(float((said == labels).float().mean()))
+        right.append(float((said == truth).float().mean()))
         for s in sides:
             counts[s] += 1
         opt.zero_grad()

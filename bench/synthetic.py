@@ -50,7 +50,7 @@ import supervision as sv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_tiny import WHERE, view_names  # noqa: E402
+from train_tiny import GRID, POINTS, WHERE, view_names  # noqa: E402
 # (importing it registers segment-anything's variant "tiny": vlpipe.tiny.sam)
 from train_tiny_sam import MODEL as SAM_MODEL, interactive_ious, load_trained  # noqa: E402
 
@@ -62,6 +62,7 @@ from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
 from vlpipe.pipeline import PipelineSpec, registry, resolve_pipeline  # noqa: E402
+from vlpipe.results import decode_mask  # noqa: E402
 from vlpipe.synthetic import make_scenes  # noqa: E402
 from vlpipe.testing.oracle import OracleWorld  # noqa: E402
 
@@ -263,6 +264,60 @@ def where_answers(gt: Path, mllm: str | Path) -> dict:
             "iou50": float(np.mean(np.array(ious) >= 0.5)), "distinct": len(answers)}
 
 
+def answer_cells(text: str) -> list[tuple[str, int, int]]:
+    """(name, row, column) of each "name 37" of an answer to ``POINTS``: the cell of row 3,
+    column 7 of a ``GRID`` x ``GRID`` grid over the model's frame."""
+    return [(name, int(row), int(col))
+            for name, row, col in re.findall(r"([a-z]+) (\d)(\d)\b", text)]
+
+
+def cells_on(mask: np.ndarray, frame_wh: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+    """(GRID, GRID) bool: the cells of the grid over the model's (w, h) frame that hold a pixel
+    of ``mask`` (h, w), the image lying at ``offset`` in the frame."""
+    (fw, fh), (ox, oy) = frame_wh, offset
+    ys, xs = np.nonzero(mask)
+    on = np.zeros((GRID, GRID), bool)
+    rows, cols = (ys + oy) * GRID // fh, (xs + ox) * GRID // fw
+    on[rows.clip(0, GRID - 1), cols.clip(0, GRID - 1)] = True
+    return on
+
+
+def point_answers(gt: Path, mllm: str | Path) -> dict | None:
+    """The ``points`` task, for a model trained on it (its vocabulary has "point"), asked on
+    the held-apart full images: "point to the objects ." Each answered cell against the
+    instances of its name.
+
+    Returns {"images", "points", "hits" (share of the cells that hold a pixel of an instance of
+    their name), "chance" (the mean share of the image's cells that do), "distinct" (distinct
+    answers)}, or None for a model without the task."""
+    model = Mllm.load(str(mllm), "cpu", "float32")
+    if "point" not in model.tokenizer.get_vocab():
+        return None
+    data = json.loads(Path(gt).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    hits, chance, answers = [], [], set()
+    for image_info in data["images"]:
+        image = load_image(Path(gt).parent / image_info["file_name"])
+        fitted, offset = model.fit(image)
+        frame = (fitted.shape[1], fitted.shape[0])
+        on = {}
+        for a in data["annotations"]:
+            if a["image_id"] == image_info["id"]:
+                cells = cells_on(decode_mask(a["segmentation"]), frame, offset)
+                name = names[a["category_id"]]
+                on[name] = on.get(name, False) | cells
+        image_cells = cells_on(np.ones(image.shape[:2], bool), frame, offset)
+        text = model.generate([image], [model.prompt(POINTS)], 64)[0].text
+        answers.add(text)
+        for name, row, col in answer_cells(text):
+            named = on.get(name, np.zeros((GRID, GRID), bool))
+            hits.append(bool(named[row, col]))
+            chance.append(named.sum() / image_cells.sum())
+    return {"images": len(data["images"]), "points": len(hits),
+            "hits": float(np.mean(hits)) if hits else 0.0,
+            "chance": float(np.mean(chance)) if chance else 0.0, "distinct": len(answers)}
+
+
 def run_synthetic(gt: Path, out: Path, mllm: str | Path, **settings) -> tuple[dict, dict]:
     """(vlpipe eval's metrics, pointing summary) of one run over the dataset into ``out``."""
     entries, data = list_inputs(gt)
@@ -305,6 +360,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"its where task on the full images: {where['questions']} questions, first box's "
               f"mean IoU {where['mean_iou']:.3f}, IoU >= 0.5 for {where['iou50']:.3f}, "
               f"{where['distinct']} distinct first boxes", flush=True)
+        points = point_answers(gt, args.mllm)
+        if points is not None:
+            print(f"its points task on the full images: {points['points']} points, "
+                  f"{points['hits']:.3f} in a cell of an instance of their name (chance "
+                  f"{points['chance']:.3f}), {points['distinct']} distinct answers of "
+                  f"{points['images']}", flush=True)
         for k, (label, settings) in enumerate(chain(args.questions, args.read)):
             metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm,
                                               sam=args.sam, **settings)
@@ -337,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                           "ablation": [[label, m["bbox"]["AP"]] for label, m, _ in rows[:-1]],
                           "table": [[label, p["pointing"], p["chance"], p["row_offset"],
                                      m["bbox"]["AP"], m["segm"]["AP"]] for label, m, p in rows],
-                          "sam": sam_ious, "where": where}))
+                          "sam": sam_ious, "where": where, "points": points}))
 
 
 if __name__ == "__main__":

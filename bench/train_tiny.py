@@ -21,13 +21,20 @@ as the detect recipe shows them — the tasks of a real MLLM's mix (``TASKS``, `
 * ``boxes``: "list the objects with their boxes ." -> "disc [0.12, ...] , box [...]" per instance,
   left to right or, with ``--boxes-order random``, in a random order (views of at most
   ``MAX_LISTED`` instances);
-* ``count``: "how many disc are there ?" -> "2" (0 for an absent category).
+* ``count``: "how many disc are there ?" -> "2" (0 for an absent category);
+* ``points`` (not in the default mix): "point to the objects ." -> "disc 37 , box 52" per
+  instance, a point inside it as the cell of a ``GRID`` x ``GRID`` grid over the frame (row 3,
+  column 7; one token, as Kosmos-2's location tokens), in ``--boxes-order``. The name is the
+  token that must say where its instance is.
 
 The region tasks are there to make a name's tokens read its instances: a box cannot be written
-without looking at the object. Nothing but next-token prediction of the answer is trained: where
-the attention of a name's tokens goes is left to the model. (The committed models did not learn
-the region tasks: they answer "where" with nearly the same box for every image;
-docs/trained-models.md, "A weak model, not a wrong read-out".)
+without looking at the object. On next-token prediction alone the models did not learn them
+(they answered "where" with nearly the same box for every image; docs/trained-models.md, "A weak
+model, not a wrong read-out"): nothing made an image token look like the name of what it shows.
+``--align W`` adds that (:class:`ImageTokens`): each image token, scored against the word
+embeddings of the names, learns the name of the instance under it, as LLaVA's first stage aligns
+the projector's tokens with the language model's words. Where the attention of a name's tokens
+goes is still left to the model.
 
 The language model reads local image tokens: the tower's patch embeddings (with their position
 embeddings, random at the start as CLIP's or, with ``--positions sincos``, 2-D sine-cosine),
@@ -49,9 +56,10 @@ import re
 import time
 from pathlib import Path
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -69,7 +77,11 @@ MIN_AREA = 8.0  # px² in the 96 px input: smaller objects are not named
 QUESTIONS = load_questions("list_objects", 10)
 WHERE, COUNT = "where is the {} ?", "how many {} are there ?"
 BOXES = "list the objects with their boxes ."
+POINTS = "point to the objects ."
+POINT_WORDS = ("point",)  # the words of POINTS the vocabulary lacks (build's extra_words)
 TASKS = {"list": 0.4, "where": 0.25, "boxes": 0.2, "count": 0.15}  # the default mix
+ALL_TASKS = (*TASKS, "points")
+GRID = 10  # a point's text: its cell of a GRID x GRID grid of the frame, "37" = row 3, column 7
 QWEN_SIDE = 192  # Qwen2-VL twin: views up to 192² px, 12x12 merged tokens for a square
 LIST_ORDERS = ("left", "random", "area")  # the list task's orders of names (--list-order)
 BOXES_ORDERS = ("left", "random")  # the boxes task's orders of instances (--boxes-order)
@@ -148,16 +160,18 @@ def build(seed: int, patch: int = PATCH, positions: str = "learned", extra_words
     return processor, model
 
 
-def build_qwen2_vl(seed: int):
-    """(processor, untrained model): tiny Qwen2-VL over :func:`vocabulary`, width and depth as
-    :func:`build`'s; a vision tower of no blocks (patch embedding + 2x2 merger: local image
-    tokens, placed by the language model's M-RoPE), views up to ``QWEN_SIDE``² px -> at most
-    12x12 merged tokens."""
+def build_qwen2_vl(seed: int, extra_words: tuple = ()):
+    """(processor, untrained model): tiny Qwen2-VL over :func:`vocabulary` (and ``extra_words``
+    it lacks, after it), width and depth as :func:`build`'s; a vision tower of no blocks (patch
+    embedding + 2x2 merger: local image tokens, placed by the language model's M-RoPE), views
+    up to ``QWEN_SIDE``² px -> at most 12x12 merged tokens."""
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
                               Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     torch.manual_seed(seed)
-    tok, ids = qwen_tokenizer(vocabulary("qwen2_vl"), ["<|box_start|>", "<|box_end|>"])
+    words = vocabulary("qwen2_vl")
+    tok, ids = qwen_tokenizer(words + [w for w in dict.fromkeys(extra_words) if w not in words],
+                              ["<|box_start|>", "<|box_end|>"])
     config = Qwen2VLConfig(
         vision_config={"depth": 0, "embed_dim": 96, "hidden_size": 96, "num_heads": 4,
                        "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
@@ -179,7 +193,11 @@ def build_qwen2_vl(seed: int):
     return processor, Qwen2VLForConditionalGeneration(config)
 
 
-BUILDERS = {"llava": build, "qwen2_vl": lambda seed, patch, positions: build_qwen2_vl(seed)}
+BUILDERS = {"llava": build,
+            "qwen2_vl": lambda seed, patch, positions, extra_words=(): build_qwen2_vl(seed,
+                                                                                     extra_words)}
+TOKEN_CELL = {"llava": lambda processor: processor.patch_size,  # px of the view per image token
+              "qwen2_vl": lambda processor: 16}  # a 2x2 merge of 8 px patches
 
 
 def view_areas(masks: list[tuple[str, np.ndarray]], side: int) -> dict[str, float]:
@@ -206,24 +224,73 @@ def view_names(masks: list[tuple[str, np.ndarray]], side: int) -> list[str]:
 Box = tuple[float, float, float, float]
 
 
+def large_instances(masks: list[tuple[str, np.ndarray]],
+                    frame: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
+    """The (name, mask) of ``masks`` with at least ``MIN_AREA`` px² at the model's input (the long
+    side of ``frame`` shrunk to ``IMAGE_SIZE``)."""
+    scale2 = (IMAGE_SIZE / max(frame)) ** 2
+    return [(name, m) for name, m in masks if m.sum() * scale2 >= MIN_AREA]
+
+
 def view_instances(masks: list[tuple[str, np.ndarray]], frame: tuple[int, int],
                    offset: tuple[int, int]) -> list[tuple[str, Box]]:
-    """(name, box) of each instance of a view with at least ``MIN_AREA`` px² at the model's
-    input (the long side of ``frame`` shrunk to ``IMAGE_SIZE``), left to right (ties: category
+    """(name, box) of each of a view's :func:`large_instances`, left to right (ties: category
     order); box = x0, y0, x1, y1 of its pixels in the model's frame of (w, h) px (LLaVA-1.5: the
     padded square; the view at ``offset`` = (x, y) in it), divided by w and h."""
     fw, fh = frame
-    scale2 = (IMAGE_SIZE / max(frame)) ** 2
     found = []
-    for name, m in masks:
-        if m.sum() * scale2 < MIN_AREA:
-            continue
+    for name, m in large_instances(masks, frame):
         ys, xs = np.nonzero(m)
         dx, dy = offset
         box = ((xs.min() + dx) / fw, (ys.min() + dy) / fh, (xs.max() + 1 + dx) / fw,
                (ys.max() + 1 + dy) / fh)
         found.append((name, tuple(float(v) for v in box)))
     return sorted(found, key=lambda f: (f[1][0], ORDER[f[0]]))
+
+
+Point = tuple[float, float]
+
+
+def view_points(masks: list[tuple[str, np.ndarray]], frame: tuple[int, int],
+                offset: tuple[int, int]) -> list[tuple[str, Point]]:
+    """(name, point) of each instance of :func:`view_instances`, left to right by the point
+    (ties: category order); the point is the instance's pixel farthest from its edge (inside
+    it, also for a ring or a moon), its centre's x, y in the model's frame divided by w, h."""
+    fw, fh = frame
+    found = []
+    for name, m in large_instances(masks, frame):
+        depth = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        dx, dy = offset
+        found.append((name, ((x + 0.5 + dx) / fw, (y + 0.5 + dy) / fh)))
+    return sorted(found, key=lambda f: (f[1][0], ORDER[f[0]]))
+
+
+def point_text(point: Point) -> str:
+    """A point's cell of the ``GRID`` x ``GRID`` grid as one token, row then column: (0.75,
+    0.31) -> "37" (Kosmos-2's location tokens, on a coarser grid)."""
+    x, y = (min(int(v * GRID), GRID - 1) for v in point)
+    return f"{y}{x}"
+
+
+def token_labels(masks: list[tuple[str, np.ndarray]], view_hw: tuple[int, int], cell: int,
+                 frame: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+    """(rows * cols,) uint8, row by row: for each image token (a ``cell`` px square of the
+    (h, w) view as the model sees it), 1 + the category index of the instance under its
+    centre, 0 for none (background, padding). The view shows the ``frame`` (w, h), in which the
+    crop that ``masks`` cover lies at ``offset``."""
+    (h, w), (fw, fh), (dx, dy) = view_hw, frame, offset
+    ys = np.floor((np.arange(h // cell) + 0.5) * cell * fh / h - dy).astype(int)
+    xs = np.floor((np.arange(w // cell) + 0.5) * cell * fw / w - dx).astype(int)
+    labels = np.zeros((len(ys), len(xs)), np.uint8)
+    if not masks:
+        return labels.ravel()
+    ch, cw = masks[0][1].shape
+    inside = ((ys >= 0) & (ys < ch))[:, None] & ((xs >= 0) & (xs < cw))[None]
+    rows, cols = np.ix_(ys.clip(0, ch - 1), xs.clip(0, cw - 1))
+    for name, m in masks:
+        labels[m[rows, cols] & inside] = ORDER[name] + 1
+    return labels.ravel()
 
 
 def box_text(box: Box, family: str = "llava") -> str:
@@ -255,20 +322,24 @@ def model_view(family: str, processor, crop: np.ndarray
 @dataclass
 class Views:
     """Training views: each (3, h, w) uint8 as the model sees it, the names seen in each (left
-    to right) with their areas (px² at the model's input), the instances seen in each."""
+    to right) with their areas (px² at the model's input), the instances seen in each, their
+    points (:func:`view_points`) and each image token's category (:func:`token_labels`)."""
 
     pixels: list[torch.Tensor]
     names: list[list[str]]
     areas: list[list[float]]
     instances: list[list[tuple[str, Box]]]
+    points: list[list[tuple[str, Point]]] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
 
 
 def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Views:
     """Views as :func:`model_view` gives them (full image + 2x2 tiles of each scene, each also
     mirrored left to right), their names and areas (:func:`view_areas`), their
-    instances (:func:`view_instances`)."""
+    instances (:func:`view_instances`), points and token labels."""
     rng = np.random.default_rng(seed)
-    pixels, names, areas, instances = [], [], [], []
+    cell = TOKEN_CELL[family](processor)
+    pixels, names, areas, instances, points, labels = [], [], [], [], [], []
     for _ in range(n_scenes):
         w, h = SIZES[int(rng.integers(len(SIZES)))]
         image, objects = render_scene(rng, w, h)
@@ -283,15 +354,19 @@ def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Vi
                 names.append(list(seen))
                 areas.append(list(seen.values()))
                 instances.append(view_instances(masks, frame, offset))
-    return Views(pixels, names, areas, instances)
+                points.append(view_points(masks, frame, offset))
+                labels.append(token_labels(masks, view.shape[1:], cell, frame, offset))
+    return Views(pixels, names, areas, instances, points, labels)
 
 
 def answer(task: str, names: list[str], instances: list[tuple[str, Box]], about: str,
-           family: str = "llava") -> str:
+           family: str = "llava", points: list[tuple[str, Point]] = ()) -> str:
     """The answer of ``task`` for a view (``about``: the category a where / count question
-    names), boxes in the ``family``'s text."""
+    names), boxes in the ``family``'s text, points as :func:`point_text`."""
     if task == "list":
         return " , ".join(names) if names else "none"
+    if task == "points":
+        return " , ".join(f"{n} {point_text(p)}" for n, p in points) if points else "none"
     if task == "boxes":
         return (" , ".join(f"{n} {box_text(b, family)}" for n, b in instances) if instances
                 else "none")
@@ -331,6 +406,8 @@ class Batches:
         prompt = partial(prompt_ids, processor, family=family)
         self.prompts = {("list", k): prompt(q) for k, q in enumerate(QUESTIONS)}
         self.prompts[("boxes", 0)] = prompt(BOXES)
+        if "points" in tasks:
+            self.prompts[("points", 0)] = prompt(POINTS)
         for k, c in enumerate(CATEGORIES):
             self.prompts[("where", k)] = prompt(WHERE.format(c.name))
             self.prompts[("count", k)] = prompt(COUNT.format(c.name))
@@ -343,11 +420,11 @@ class Batches:
     def _pick(self, v: int) -> tuple[torch.Tensor, str]:
         """(prompt ids, answer text) of a random task about view ``v``."""
         task = self.tasks[int(torch.multinomial(self.weights, 1, generator=self.gen))]
-        if task == "boxes" and len(self.instances[v]) > MAX_LISTED:
+        if task in ("boxes", "points") and len(self.instances[v]) > MAX_LISTED:
             task = "list"
         if task == "list":
             k = int(torch.randint(len(QUESTIONS), (1,), generator=self.gen))
-        elif task == "boxes":
+        elif task in ("boxes", "points"):
             k = 0
         else:  # a category of the view 3 times in 4, else any
             present = sorted({ORDER[n] for n, _ in self.instances[v]})
@@ -362,10 +439,13 @@ class Batches:
         elif self.list_order == "area":  # the most prominent first (a stable sort keeps ties)
             by_area = sorted(range(len(names)), key=lambda i: -self.views.areas[v][i])
             names = [names[i] for i in by_area]
+        points = self.views.points[v] if task == "points" else []
         if task == "boxes" and self.boxes_order == "random":
             order = torch.randperm(len(instances), generator=self.gen).tolist()
             instances = [instances[i] for i in order]
-        text = answer(task, names, instances, CATEGORIES[k].name, self.family)
+        if task == "points" and self.boxes_order == "random":
+            points = [points[i] for i in torch.randperm(len(points), generator=self.gen).tolist()]
+        text = answer(task, names, instances, CATEGORIES[k].name, self.family, points)
         ids = self.prompts[(task, k)]
         if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
             h, w = self.views.pixels[v].shape[1:]
@@ -375,8 +455,12 @@ class Batches:
         return ids, text
 
     def sample(self, size: int) -> dict:
+        """The model's inputs and labels for ``size`` random views, and ``token_labels``: the
+        views' :func:`token_labels` one after the other (None for views without them)."""
         views = torch.randint(len(self.names), (size,), generator=self.gen)
         picked = [self._pick(int(v)) for v in views]
+        token_labels = (torch.from_numpy(np.concatenate([self.views.labels[v] for v in views]))
+                        .long() if self.views.labels else None)
         seqs = [torch.cat([p, torch.tensor(self.tok(a, add_special_tokens=False)["input_ids"]
                                            + [self.tok.eos_token_id])]) for p, a in picked]
         n = max(len(s) for s in seqs)
@@ -386,7 +470,8 @@ class Batches:
         for k, (s, (p, _)) in enumerate(zip(seqs, picked)):
             ids[k, :len(s)], mask[k, :len(s)] = s, 1
             labels[k, len(p):len(s)] = s[len(p):]
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                 "token_labels": token_labels}
         if self.family == "qwen2_vl":
             images = [self.views.pixels[v].permute(1, 2, 0).numpy() for v in views.tolist()]
             out = self.processor.image_processor(images=images, do_resize=False,
@@ -401,27 +486,63 @@ class Batches:
 def cached_views(path: Path | None, scenes: int, seed: int, processor, family: str = "llava"
                  ) -> Views:
     """:func:`make_views`, read from ``path`` (.npz: the views' uint8 pixels one after the other
-    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``areas`` and ``instances`` as
-    JSON) when it exists, else rendered and written there (no path: rendered only)."""
+    in ``pixels``, their ``shapes``, ``names`` joined by "|", ``areas``, ``instances`` and
+    ``points`` as JSON, the token ``labels`` one after the other) when it exists, else rendered
+    and written there (no path: rendered only)."""
     if path is not None and path.exists():
         with np.load(path) as z:
             if "areas" not in z:
                 raise ValueError(f"{path}: a views cache without the names' areas (written by an "
                                  "older train_tiny); delete it to render the views again")
+            if "labels" not in z:
+                raise ValueError(f"{path}: a views cache without points and token labels "
+                                 "(written by an older train_tiny); delete it to render the "
+                                 "views again")
             sizes = [int(np.prod(shape)) for shape in z["shapes"]]
             flat = torch.from_numpy(z["pixels"]).split(sizes)
+            cell = TOKEN_CELL[family](processor)
+            cells = [(h // cell) * (w // cell) for _, h, w in z["shapes"]]
             return Views([p.view(*shape) for p, shape in zip(flat, z["shapes"].tolist())],
                          [n.split("|") if n else [] for n in z["names"]],
                          [json.loads(a) for a in z["areas"]],
-                         [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]])
+                         [[(n, tuple(b)) for n, b in json.loads(i)] for i in z["instances"]],
+                         [[(n, tuple(p)) for n, p in json.loads(i)] for i in z["points"]],
+                         np.split(z["labels"], np.cumsum(cells)[:-1]))
     views = make_views(scenes, seed, processor, family)
     if path is not None:
         np.savez_compressed(path, pixels=torch.cat([p.flatten() for p in views.pixels]).numpy(),
                             shapes=np.array([p.shape for p in views.pixels]),
                             names=np.array(["|".join(n) for n in views.names]),
                             areas=np.array([json.dumps(a) for a in views.areas]),
-                            instances=np.array([json.dumps(i) for i in views.instances]))
+                            instances=np.array([json.dumps(i) for i in views.instances]),
+                            points=np.array([json.dumps(p) for p in views.points]),
+                            labels=np.concatenate(views.labels))
     return views
+
+
+class ImageTokens:
+    """The image tokens the language model reads (the projector's or the merger's output),
+    caught on each forward, and their alignment loss: each token scored against the word
+    embeddings of the category names and "none" (dot products), cross-entropy with the
+    category under it (:func:`token_labels`). As LLaVA's first stage aligns the projector to
+    the word embeddings (there through captions, here per token), so that a name's tokens can
+    find their image tokens by content; where attention goes is still left to the model."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokens = model, None
+        self.words = torch.tensor(tokenizer.convert_tokens_to_ids(
+            ["none", *(c.name for c in CATEGORIES)]))
+        inner = model.model
+        module = inner.visual.merger if hasattr(inner, "visual") else inner.multi_modal_projector
+        module.register_forward_hook(self._catch)
+
+    def _catch(self, module, inputs, output) -> None:
+        self.tokens = output.reshape(-1, output.shape[-1])  # (views' tokens, hidden)
+
+    def loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """labels: (views' tokens,) 0 none, 1 + category index, the batch's views in order."""
+        scores = self.tokens @ self.model.get_input_embeddings().weight[self.words].T
+        return torch.nn.functional.cross_entropy(scores, labels)
 
 
 WARMUP = 40
@@ -437,9 +558,10 @@ def learning_rate_factor(step: int) -> float:
 def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, threads: int,
           views: Path | None = None, tasks: dict[str, float] = TASKS, patch: int = PATCH,
           save_every: int = 100, family: str = "llava", list_order: str = "left",
-          boxes_order: str = "left", positions: str = "learned") -> dict:
+          boxes_order: str = "left", positions: str = "learned", align: float = 0.0) -> dict:
     torch.set_num_threads(threads)
-    processor, model = BUILDERS[family](seed, patch, positions)
+    processor, model = BUILDERS[family](seed, patch, positions,
+                                        POINT_WORDS if "points" in tasks else ())
     t0 = time.time()
     data = cached_views(views, scenes, seed, processor, family)
     print(f"{len(data.names)} views from {scenes} scenes in {time.time() - t0:.0f} s; "
@@ -452,9 +574,14 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
     gen.eos_token_id, gen.pad_token_id = processor.tokenizer.eos_token_id, data.pad
     processor.save_pretrained(out)
     model.train()
+    image_tokens = ImageTokens(model, processor.tokenizer) if align else None
     t0, running = time.time(), None
     for step in range(steps):
-        loss = model(**data.sample(batch)).loss
+        inputs = data.sample(batch)
+        token_labels = inputs.pop("token_labels")
+        loss = model(**inputs).loss
+        if align:
+            loss = loss + align * image_tokens.loss(token_labels)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -471,7 +598,8 @@ def train(out: Path, scenes: int, steps: int, batch: int, lr: float, seed: int, 
                                                            "family": family,
                                                            "list_order": list_order,
                                                            "boxes_order": boxes_order,
-                                                           "positions": positions}))
+                                                           "positions": positions,
+                                                           "align": align}))
     return {"views": len(data.names), "steps": steps, "loss": running,
             "minutes": (time.time() - t0) / 60}
 
@@ -481,9 +609,9 @@ def task_mix(text: str) -> dict[str, float]:
     mix = {}
     for part in text.split(","):
         task, _, weight = part.partition("=")
-        if task not in TASKS or not weight:
+        if task not in ALL_TASKS or not weight:
             raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT, TASK one of "
-                                             f"{', '.join(TASKS)}")
+                                             f"{', '.join(ALL_TASKS)}")
         mix[task] = float(weight)
     return mix
 
@@ -513,6 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--positions", default="learned", choices=POSITIONS,
                     help="LLaVA: the vision tower's position embeddings start random (CLIP's) "
                     "or as 2-D sine-cosine of the patch grid")
+    ap.add_argument("--align", type=float, default=0.0,
+                    help="weight of the image tokens' alignment to the category names' word "
+                    "embeddings (ImageTokens); 0: none")
     ap.add_argument("--family", default="llava", choices=sorted(BUILDERS),
                     help="llava: LLaVA-1.5; qwen2_vl: its Qwen2-VL twin (--patch unused)")
     args = ap.parse_args(argv)
@@ -520,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--positions: the LLaVA tower's position embeddings; the Qwen2-VL twin has none")
     summary = train(args.out, args.scenes, args.steps, args.batch, args.lr, args.seed,
                     args.threads, args.views, args.tasks, args.patch, args.save_every, args.family,
-                    args.list_order, args.boxes_order, args.positions)
+                    args.list_order, args.boxes_order, args.positions, args.align)
     print(json.dumps(summary))
 
 
