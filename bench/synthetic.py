@@ -42,6 +42,7 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +232,19 @@ def first_box(text: str, units: str, frame_wh: tuple[int, int], offset: tuple[in
     return np.array([float(v) for v in found.groups()]) * frame - [dx, dy, dx, dy]
 
 
+def images_with_instances(gt: Path) -> Iterator[tuple[np.ndarray, dict[str, list[dict]]]]:
+    """(image (h, w, 3) uint8, {name: its instances' COCO annotations}) of each image of the
+    COCO file ``gt``."""
+    data = json.loads(Path(gt).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    for image_info in data["images"]:
+        instances: dict[str, list[dict]] = {}
+        for a in data["annotations"]:
+            if a["image_id"] == image_info["id"]:
+                instances.setdefault(names[a["category_id"]], []).append(a)
+        yield load_image(Path(gt).parent / image_info["file_name"]), instances
+
+
 def where_answers(gt: Path, mllm: str | Path) -> dict:
     """The ``where`` task the MLLM was trained on, asked on the held-apart full images: "where is
     the disc ?" for each category of each image; the answer's first box (in the family's units of
@@ -241,16 +255,10 @@ def where_answers(gt: Path, mllm: str | Path) -> dict:
     answers every question with the same box)}."""
     model = Mllm.load(str(mllm), "cpu", "float32")
     units = get_family(model.family).boxes
-    data = json.loads(Path(gt).read_text())
-    names = {c["id"]: c["name"] for c in data["categories"]}
     ious, answers = [], set()
-    for image_info in data["images"]:
-        image = load_image(Path(gt).parent / image_info["file_name"])
-        boxes: dict[str, list[np.ndarray]] = {}
-        for a in data["annotations"]:
-            if a["image_id"] == image_info["id"]:
-                x, y, w, h = a["bbox"]
-                boxes.setdefault(names[a["category_id"]], []).append(np.array([x, y, x + w, y + h]))
+    for image, instances in images_with_instances(gt):
+        boxes = {name: [np.array([x, y, x + w, y + h]) for x, y, w, h in (a["bbox"] for a in found)]
+                 for name, found in instances.items()}
         fitted, offset = model.fit(image)
         questions = sorted(boxes)
         gens = model.generate([image] * len(questions),
@@ -293,19 +301,13 @@ def point_answers(gt: Path, mllm: str | Path) -> dict | None:
     model = Mllm.load(str(mllm), "cpu", "float32")
     if "point" not in model.tokenizer.get_vocab():
         return None
-    data = json.loads(Path(gt).read_text())
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    hits, chance, answers = [], [], set()
-    for image_info in data["images"]:
-        image = load_image(Path(gt).parent / image_info["file_name"])
+    hits, chance, answers, images = [], [], set(), 0
+    for image, instances in images_with_instances(gt):
+        images += 1
         fitted, offset = model.fit(image)
         frame = (fitted.shape[1], fitted.shape[0])
-        on = {}
-        for a in data["annotations"]:
-            if a["image_id"] == image_info["id"]:
-                cells = cells_on(decode_mask(a["segmentation"]), frame, offset)
-                name = names[a["category_id"]]
-                on[name] = on.get(name, False) | cells
+        on = {name: np.logical_or.reduce([cells_on(decode_mask(a["segmentation"]), frame, offset)
+                                          for a in found]) for name, found in instances.items()}
         image_cells = cells_on(np.ones(image.shape[:2], bool), frame, offset)
         text = model.generate([image], [model.prompt(POINTS)], 64)[0].text
         answers.add(text)
@@ -313,7 +315,7 @@ def point_answers(gt: Path, mllm: str | Path) -> dict | None:
             named = on.get(name, np.zeros((GRID, GRID), bool))
             hits.append(bool(named[row, col]))
             chance.append(named.sum() / image_cells.sum())
-    return {"images": len(data["images"]), "points": len(hits),
+    return {"images": images, "points": len(hits),
             "hits": float(np.mean(hits)) if hits else 0.0,
             "chance": float(np.mean(chance)) if chance else 0.0, "distinct": len(answers)}
 

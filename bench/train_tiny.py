@@ -253,7 +253,7 @@ Point = tuple[float, float]
 
 def view_points(masks: list[tuple[str, np.ndarray]], frame: tuple[int, int],
                 offset: tuple[int, int]) -> list[tuple[str, Point]]:
-    """(name, point) of each instance of :func:`view_instances`, left to right by the point
+    """(name, point) of each of a view's :func:`large_instances`, left to right by the point
     (ties: category order); the point is the instance's pixel farthest from its edge (inside
     it, also for a ring or a moon), its centre's x, y in the model's frame divided by w, h."""
     fw, fh = frame
