@@ -196,8 +196,14 @@ def build_qwen2_vl(seed: int, extra_words: tuple = ()):
 BUILDERS = {"llava": build,
             "qwen2_vl": lambda seed, patch, positions, extra_words=(): build_qwen2_vl(seed,
                                                                                      extra_words)}
-TOKEN_CELL = {"llava": lambda processor: processor.patch_size,  # px of the view per image token
-              "qwen2_vl": lambda processor: 16}  # a 2x2 merge of 8 px patches
+
+
+def token_cell(family: str, processor) -> int:
+    """px of a view (as the model sees it) per image token: LLaVA's patch; Qwen2-VL's patch
+    times its merge (8 px x 2 = 16 for the twin)."""
+    if family == "qwen2_vl":
+        return processor.image_processor.patch_size * processor.image_processor.merge_size
+    return processor.patch_size
 
 
 def view_areas(masks: list[tuple[str, np.ndarray]], side: int) -> dict[str, float]:
@@ -309,7 +315,7 @@ def model_view(family: str, processor, crop: np.ndarray
     (w, h) frame boxes are relative to; the view's offset in that frame."""
     ip = processor.image_processor
     if family == "qwen2_vl":
-        h, w = smart_resize(crop.shape[0], crop.shape[1], factor=16,
+        h, w = smart_resize(crop.shape[0], crop.shape[1], factor=token_cell(family, processor),
                             min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge)
         resized = np.asarray(Image.fromarray(crop).resize((w, h), Image.BICUBIC))
         return resized.transpose(2, 0, 1).copy(), (crop.shape[1], crop.shape[0]), (0, 0)
@@ -338,7 +344,7 @@ def make_views(n_scenes: int, seed: int, processor, family: str = "llava") -> Vi
     mirrored left to right), their names and areas (:func:`view_areas`), their
     instances (:func:`view_instances`), points and token labels."""
     rng = np.random.default_rng(seed)
-    cell = TOKEN_CELL[family](processor)
+    cell = token_cell(family, processor)
     pixels, names, areas, instances, points, labels = [], [], [], [], [], []
     for _ in range(n_scenes):
         w, h = SIZES[int(rng.integers(len(SIZES)))]
@@ -415,6 +421,7 @@ class Batches:
         self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
         self.pad = tok.pad_token_id
+        self.cell = token_cell(family, processor)
         self.gen = torch.Generator().manual_seed(seed)
 
     def _pick(self, v: int) -> tuple[torch.Tensor, str]:
@@ -447,11 +454,12 @@ class Batches:
             points = [points[i] for i in torch.randperm(len(points), generator=self.gen).tolist()]
         text = answer(task, names, instances, CATEGORIES[k].name, self.family, points)
         ids = self.prompts[(task, k)]
-        if self.family == "qwen2_vl":  # one image token per merged 16 px cell of the view
+        if self.family == "qwen2_vl":  # one image token per merged cell of the view
             h, w = self.views.pixels[v].shape[1:]
             pad = self.tok.convert_tokens_to_ids("<|image_pad|>")
             at = int(torch.nonzero(ids == pad)[0, 0])
-            ids = torch.cat([ids[:at], torch.full(((h // 16) * (w // 16),), pad), ids[at + 1:]])
+            ids = torch.cat([ids[:at], torch.full(((h // self.cell) * (w // self.cell),), pad),
+                             ids[at + 1:]])
         return ids, text
 
     def sample(self, size: int) -> dict:
@@ -500,7 +508,7 @@ def cached_views(path: Path | None, scenes: int, seed: int, processor, family: s
                                  "views again")
             sizes = [int(np.prod(shape)) for shape in z["shapes"]]
             flat = torch.from_numpy(z["pixels"]).split(sizes)
-            cell = TOKEN_CELL[family](processor)
+            cell = token_cell(family, processor)
             cells = [(h // cell) * (w // cell) for _, h, w in z["shapes"]]
             return Views([p.view(*shape) for p, shape in zip(flat, z["shapes"].tolist())],
                          [n.split("|") if n else [] for n in z["names"]],
