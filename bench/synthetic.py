@@ -2,19 +2,21 @@
 
     python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes]
                               [--sam tests/data/tiny_sam_shapes/sam_tiny.safetensors | oracle]
+                              [--sam-variant tiny_512]
                               [--scenes 20] [--seed 0] [--questions 10] [--read preceding] [--json]
 
 On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; both models
 were trained on scenes of other random streams, ``bench/train_tiny.py`` and
 ``bench/train_tiny_sam.py``), the detect recipe runs with the trained MLLM — its own answers,
 its own attention maps through the production ``mllm_objects`` / ``attention_maps`` nodes — and
-the trained SAM through the ``official`` backend (``variant: tiny``; ``--sam oracle``: the
-oracle SAM of :mod:`vlpipe.testing.oracle`, the true instance under the positive point), through the
-production batch runner, results and ``vlpipe eval``. First the SAM alone:
+the trained SAM through the ``official`` backend (``--sam-variant``; ``--sam oracle``: the
+oracle SAM of :mod:`vlpipe.testing.oracle`, the true instance under the positive point), through
+the production batch runner, results and ``vlpipe eval``. First the SAM alone:
 ``train_tiny_sam.interactive_ious`` (one point, its mask fed back, a negative point on a spill,
-corrective rounds). Then the MLLM's own ``where`` task (``where_answers``: "where is the disc ?"
-for each category of each full image, the first box of the answer against the category's
-instances), which tells a model that does not locate what it names from a read-out that misses.
+corrective rounds, the ceiling its input size sets). Then the MLLM's own ``where`` task
+(``where_answers``: "where is the disc ?" for each category of each full image, the first box of
+the answer against the category's instances), which tells a model that does not locate what it
+names from a read-out that misses.
 Then it prints
 
 * pointing accuracy: the share of named objects (one per map: a name in one view's answer)
@@ -52,8 +54,9 @@ import supervision as sv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_tiny import GRID, POINTS, WHERE, view_names  # noqa: E402
-# (importing it registers segment-anything's variant "tiny": vlpipe.tiny.sam)
-from train_tiny_sam import MODEL as SAM_MODEL, interactive_ious, load_trained  # noqa: E402
+# (importing it registers segment-anything's variants "tiny" and "tiny_512": vlpipe.tiny.sam)
+from train_tiny_sam import (MODEL as SAM_MODEL, VARIANT as SAM_VARIANT,  # noqa: E402
+                            interactive_ious, load_trained)
 
 from vlpipe.agents.mllm.families import get_family  # noqa: E402
 from vlpipe.agents.mllm.model import Mllm  # noqa: E402
@@ -186,12 +189,12 @@ registry.register("pointing_attention_maps", PointingMapsNode)
 
 
 def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, sam: str | Path = SAM_MODEL,
-                   head_weighting: bool = True, flow: bool = True, regularize: bool = True,
+                   sam_variant: str = SAM_VARIANT, head_weighting: bool = True, flow: bool = True, regularize: bool = True,
                    n_negative: int = 1, rounds: int = 3, tiles: str = "2x2", questions: int = 10,
                    read: str = "name") -> tuple[PipelineSpec, dict]:
     """The detect recipe's spec, and its params, with the trained MLLM (recording pointing and
     names under ``record``) and the SAM checkpoint ``sam`` (``official`` backend, variant
-    ``tiny``; "oracle": the oracle SAM); the other keyword arguments are the ablation chain's
+    ``sam_variant``; "oracle": the oracle SAM); the other keyword arguments are the ablation chain's
     switches."""
     OracleWorld.open(gt)
     spec = PipelineSpec.load(resolve_pipeline("detect"))
@@ -203,7 +206,7 @@ def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, sam: str | Path =
     sam_node.params["n_negative"] = n_negative
     spec.name = "detect-synthetic"
     segmenter = (dict(sam=str(Path(gt).resolve()), sam_backend="oracle") if str(sam) == "oracle"
-                 else dict(sam=str(sam), sam_backend="official", sam_variant="tiny"))
+                 else dict(sam=str(sam), sam_backend="official", sam_variant=sam_variant))
     return spec, dict(mllm=str(mllm), **segmenter, tiles=tiles, questions=questions,
                       rounds=rounds, max_new_tokens=24, device="cpu", dtype="float32")
 
@@ -337,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mllm", default=str(MODEL), help="the trained model (bench/train_tiny.py)")
     ap.add_argument("--sam", default=str(SAM_MODEL),
                     help="the trained SAM checkpoint (bench/train_tiny_sam.py), or 'oracle'")
+    ap.add_argument("--sam-variant", default=SAM_VARIANT, help="its architecture: tiny, tiny_512")
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", type=int, default=10)
@@ -349,15 +353,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gt = make_scenes(Path(tmp) / "scenes", args.scenes, args.seed)
         if args.sam != "oracle":
-            sam_ious = interactive_ious(load_trained(args.sam), gt)
-            neg = sam_ious["negative_point"]
+            sam_ious = interactive_ious(load_trained(args.sam, args.sam_variant), gt)
+            neg, boxes = sam_ious["negative_point"], sam_ious["one_point_boxes"]
             print(f"trained SAM alone, {sam_ious['instances']} instances: one point mIoU "
                   f"{sam_ious['one_point']:.3f}, its mask fed back "
                   f"{sam_ious['mask_feedback']:.3f}; "
                   f"a negative point on {neg['instances']} spilling masks "
                   + (f"{neg['before']:.3f} -> {neg['after']:.3f}" if neg["instances"] else "-")
                   + "; corrective rounds "
-                  + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"]), flush=True)
+                  + " -> ".join(f"{v:.3f}" for v in sam_ious["corrective"])
+                  + f"; no mask of its input size passes {sam_ious['ceiling']:.3f}; one point's "
+                  f"boxes: IoU {boxes['box_iou']:.3f}, {boxes['fragmented']} masks in pieces, "
+                  f"their largest region alone {boxes['largest_region']:.3f}", flush=True)
         where = where_answers(gt, args.mllm)
         print(f"its where task on the full images: {where['questions']} questions, first box's "
               f"mean IoU {where['mean_iou']:.3f}, IoU >= 0.5 for {where['iou50']:.3f}, "
@@ -370,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{points['images']}", flush=True)
         for k, (label, settings) in enumerate(chain(args.questions, args.read)):
             metrics, pointing = run_synthetic(gt, Path(tmp) / f"run{k}", args.mllm,
-                                              sam=args.sam, **settings)
+                                              sam=args.sam, sam_variant=args.sam_variant,
+                                              **settings)
             rows.append((label, metrics, pointing))
             print(f"{label}: box AP {metrics['bbox']['AP']:.3f}, pointing "
                   f"{pointing['pointing']:.3f} (chance {pointing['chance']:.3f})", flush=True)

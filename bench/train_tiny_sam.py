@@ -1,32 +1,36 @@
-"""Train segment-anything's ``Sam`` (variant ``tiny``) on synthetic scenes with SAM's recipe.
+"""Train segment-anything's ``Sam`` (variant ``tiny_512``) on synthetic scenes with SAM's recipe.
 
-    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps N]
+    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps N] [--variant tiny]
 
 The model is :func:`vlpipe.tiny.sam.build_tiny_official_sam` (the official ``ImageEncoderViT``,
-``PromptEncoder`` and ``MaskDecoder``; 256 px input, a 16x16 embedding, 64x64 low-res masks).
-Views are scenes of :mod:`vlpipe.synthetic` (both kinds, every size; half of them a random
-crop of half the width and height, as detect's 2x2 tiles show them), from another random stream
-than the held-apart ``make_scenes`` ones. Per view, up to ``--objects`` instances are prompted
-as SAM was trained (Kirillov et al. 2023, appendix A): a positive point drawn uniformly in the
+``PromptEncoder`` and ``MaskDecoder``; ``tiny_512``: 512 px input, a 32x32 embedding, 128x128
+low-res masks; ``tiny``: 256 px, 16x16, 64x64, whose input size caps its masks: see
+:func:`input_size_ceiling`).
+Views are scenes of :mod:`vlpipe.synthetic` (both kinds, every size; half of them a random crop
+of half the width and height, as detect's 2x2 tiles show them), from another random stream than
+the held-apart ``make_scenes`` ones. Per view, up to ``--objects`` instances are prompted as SAM
+was trained (Kirillov et al. 2023, appendix A): a positive point drawn uniformly in the
 instance, then ``--rounds`` - 1 corrective rounds, each adding one point drawn uniformly from
 the error region of the previous mask (positive in a false negative, negative in a false
 positive pixel) and feeding the previous low-res logits back as the mask prompt. Every round's
 mask is trained with focal + dice loss against the instance, and the IoU head with the mean
-squared error to the mask's true IoU. SAM weighs focal 20:1 against dice (``--focal-weight``);
-here 1:1, as from scratch 20:1 collapsed to empty masks: on two views, 80 steps at 2e-3, IoU
-0.000 with 20:1 against 0.275 with 1:1 (120 steps of a full run: 0.000). Only the single-mask
-output is trained: the ``official`` backend decodes with ``multimask_output=False``. Two
-additions for the prompts the detect recipe gives: half of the first rounds also get a
-negative point drawn outside the instance (the recipe's first round: positive and negative
-points from an attention map, no mask prompt), and a corrective round goes without the mask
-prompt with probability ``DROP_MASK``.
+squared error to the mask's true IoU. The mask loss is taken on the low-res logits against each
+low-res cell's share of the instance (:func:`low_res_target`), not on the logits upscaled to the
+input: 16 times fewer pixels, and at 512 px the upscaled loss took most of a step. SAM weighs
+focal 20:1 against dice (``--focal-weight``); here 1:1, as from scratch 20:1 collapsed to empty
+masks: on two views, 80 steps at 2e-3, IoU 0.000 with 20:1 against 0.275 with 1:1 (120 steps of
+a full run: 0.000). Only the single-mask output is trained: the ``official`` backend decodes
+with ``multimask_output=False``. Two additions for the prompts the detect recipe gives: half of
+the first rounds also get a negative point drawn outside the instance (the recipe's first round:
+positive and negative points from an attention map, no mask prompt), and a corrective round goes
+without the mask prompt with probability ``DROP_MASK``.
 
 CPU, one torch thread, seeded: the same command gives the same weights. A safetensors checkpoint
 ``sam_tiny.safetensors`` is written every ``--save-every`` steps with ``training.json`` (the
 steps done); the learning rate does not depend on ``--steps``
 (``train_tiny.learning_rate_factor``), so a stopped run's checkpoint after n steps is what
 ``--steps n`` gives.
-Load it with ``sam: {model: .../sam_tiny.safetensors, backend: official, variant: tiny}``.
+Load it with ``sam: {model: .../sam_tiny.safetensors, backend: official, variant: tiny_512}``.
 """
 
 from __future__ import annotations
@@ -34,22 +38,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+import supervision as sv
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from segment_anything import sam_model_registry
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import sigmoid_focal_loss
 
 from train_tiny import learning_rate_factor
 from vlpipe.results import decode_mask
 from vlpipe.synthetic import CATEGORIES, SCENE_KINDS, SIZES, render_scene
-from vlpipe.tiny.sam import build_tiny_official_sam
+import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny and tiny_512)
 
 WEIGHTS = "sam_tiny.safetensors"
+VARIANT = "tiny_512"  # the committed model's architecture
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_sam_shapes" / WEIGHTS
 MIN_PIXELS = 12  # an instance with fewer pixels at the model's input is not prompted
 DROP_MASK = 0.2  # a corrective round without the previous mask prompt
@@ -150,20 +158,22 @@ def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def interactive(model, embedding: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                rounds: int, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                rounds: int, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                           list[torch.Tensor]]:
     """SAM's interactive training loop for the K instances ``gt`` (K, S, S) bool of one image
     whose embedding is (1, C, e, e) (``valid``: (S, S) bool, the image without its padding):
-    per round (K, S, S) mask logits at the input size and (K,) predicted IoU. Round 1: the
-    :func:`first_points`; each later round adds a point from the previous mask's error region
-    and feeds its low-res logits back (not with probability ``DROP_MASK``)."""
+    per round (K, S/4, S/4) low-res mask logits, (K,) predicted IoU and (K, S, S) bool the
+    mask at the input size (no gradient). Round 1: the :func:`first_points`; each later round
+    adds a point from the previous mask's error region and feeds its low-res logits back (not
+    with probability ``DROP_MASK``)."""
     s = gt.shape[-1]
     coords, labels = first_points(gt, gen, valid)
     low = None
-    masks, ious = [], []
+    lows, ious, masks = [], [], []
     pe = model.prompt_encoder.get_dense_pe()
     for r in range(rounds):
         if r:
-            point, label = error_points(masks[-1].detach() > 0, gt, gen)
+            point, label = error_points(masks[-1], gt, gen)
             coords = torch.cat([coords, point[:, None]], 1)
             labels = torch.cat([labels, label[:, None]], 1)
         if low is not None and torch.rand(1, generator=gen).item() < DROP_MASK:
@@ -173,9 +183,16 @@ def interactive(model, embedding: torch.Tensor, gt: torch.Tensor, valid: torch.T
         low, iou = model.mask_decoder(image_embeddings=embedding, image_pe=pe,
                                       sparse_prompt_embeddings=sparse,
                                       dense_prompt_embeddings=dense, multimask_output=False)
-        masks.append(F.interpolate(low, (s, s), mode="bilinear", align_corners=False)[:, 0])
+        lows.append(low[:, 0])
         ious.append(iou[:, 0])
-    return masks, ious
+        with torch.no_grad():
+            masks.append(F.interpolate(low, (s, s), mode="bilinear", align_corners=False)[:, 0] > 0)
+    return lows, ious, masks
+
+
+def low_res_target(gt: torch.Tensor) -> torch.Tensor:
+    """(K, S, S) bool -> (K, S/4, S/4) float: each low-res cell's share of the instance."""
+    return F.avg_pool2d(gt.float()[:, None], 4)[:, 0]
 
 
 def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -190,6 +207,21 @@ def dense_ious(pred: np.ndarray, gt: np.ndarray) -> list[float]:
     return mask_iou(torch.from_numpy(pred), torch.from_numpy(gt)).tolist()
 
 
+def box_ious(pred: np.ndarray, gt: np.ndarray) -> list[float]:
+    """(K, H, W) bool each -> K IoUs of their bounding boxes (an empty mask: 0)."""
+    return [float(sv.box_iou_batch(sv.mask_to_xyxy(p[None]), sv.mask_to_xyxy(g[None]))[0, 0])
+            if p.any() else 0.0 for p, g in zip(pred, gt)]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> its largest 8-connected region (the mask itself when it has one)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
+    if count <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def save(model: torch.nn.Module, path: Path) -> None:
     """Safetensors checkpoint, written to a temporary file first (a kill leaves the last one)."""
     from safetensors.torch import save_file
@@ -200,10 +232,10 @@ def save(model: torch.nn.Module, path: Path) -> None:
 
 
 def train(out: Path, steps: int, batch: int, objects: int, rounds: int, lr: float, seed: int,
-          threads: int, save_every: int, focal_weight: float) -> dict:
+          threads: int, save_every: int, focal_weight: float, variant: str = VARIANT) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = build_tiny_official_sam()
+    model = sam_model_registry[variant]()
     size = model.image_encoder.img_size
     views, gen = Views(seed, size), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -219,15 +251,14 @@ def train(out: Path, steps: int, batch: int, objects: int, rounds: int, lr: floa
         for b, (_, all_masks, valid) in enumerate(data):
             pick = torch.randperm(len(all_masks), generator=gen)[:objects]
             gt = torch.from_numpy(all_masks)[pick]
-            masks, ious = interactive(model, embeddings[b:b + 1], gt, torch.from_numpy(valid),
-                                      rounds, gen)
-            target = gt.float()
-            for logits, iou in zip(masks, ious):
-                true_iou = mask_iou(logits.detach() > 0, gt)
+            lows, ious, masks = interactive(model, embeddings[b:b + 1], gt,
+                                            torch.from_numpy(valid), rounds, gen)
+            target = low_res_target(gt)
+            for logits, iou, mask in zip(lows, ious, masks):
                 focal = sigmoid_focal_loss(logits, target, reduction="none").flatten(1).mean(1)
                 losses.append(focal_weight * focal + dice_loss(logits, target)
-                              + (iou - true_iou) ** 2)
-            first_iou.append(mask_iou(masks[0].detach() > 0, gt))
+                              + (iou - mask_iou(mask, gt)) ** 2)
+            first_iou.append(mask_iou(masks[0], gt))
         loss = torch.cat(losses).mean()
         opt.zero_grad()
         loss.backward()
@@ -245,16 +276,17 @@ def train(out: Path, steps: int, batch: int, objects: int, rounds: int, lr: floa
             (out / "training.json").write_text(json.dumps({"steps": step + 1, "batch": batch,
                                                            "objects": objects, "rounds": rounds,
                                                            "lr": lr, "seed": seed,
-                                                           "focal_weight": focal_weight}))
+                                                           "focal_weight": focal_weight,
+                                                           "variant": variant}))
     return {"steps": steps, "loss": running, "train_one_point_iou": running_iou,
             "minutes": (time.time() - t0) / 60, "categories": len(CATEGORIES)}
 
 
-def load_trained(weights: str | Path = MODEL):
+def load_trained(weights: str | Path = MODEL, variant: str = VARIANT):
     """The ``official`` backend's SAM from the checkpoint, as a recipe loads it."""
     from vlpipe.agents.sam.backends import load_official_sam
 
-    return load_official_sam(str(weights), "cpu", "float32", variant="tiny")
+    return load_official_sam(str(weights), "cpu", "float32", variant=variant)
 
 
 def innermost(region: np.ndarray) -> tuple[float, float]:
@@ -264,37 +296,64 @@ def innermost(region: np.ndarray) -> tuple[float, float]:
     return x + 0.5, y + 0.5
 
 
+def images_with_masks(gt_path: Path, min_pixels: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(H, W, 3) uint8 image, (K, H, W) bool masks of its instances of at least ``min_pixels``
+    px, for each image of the LVIS dataset ``gt_path`` that has any."""
+    data = json.loads(Path(gt_path).read_text())
+    for image_info in data["images"]:
+        gt = [decode_mask(a["segmentation"]) for a in data["annotations"]
+              if a["image_id"] == image_info["id"] and a["area"] >= min_pixels]
+        if gt:
+            path = Path(gt_path).parent / image_info["file_name"]
+            yield np.asarray(Image.open(path).convert("RGB")), np.stack(gt)
+
+
+def input_size_ceiling(sam, gt_path: Path, min_pixels: int = 64) -> float:
+    """The best one-mask mIoU a SAM of ``sam``'s input size can reach on the instances of
+    ``interactive_ious``: each instance's own mask, resized as the image (``model_input``),
+    made low-res logits (a cell's share of the instance, > 1/2 positive) and brought back to
+    the image by the backend's upscaling."""
+    ious = []
+    for image, truth in images_with_masks(gt_path, min_pixels):
+        sam.set_image(image)
+        size = sam.model.image_encoder.img_size
+        resized = torch.from_numpy(model_input(image, list(truth), size)[1][:-1])
+        logits = 2 * low_res_target(resized)[:, None] - 1
+        ious += dense_ious(sam.upscale(logits).to_dense(), truth)
+    return float(np.mean(ious))
+
+
 def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int = 3) -> dict:
     """SAM's interactive evaluation, through the ``official`` backend, of every instance of at
     least ``min_pixels`` px in the LVIS dataset ``gt_path`` (full images). Mean IoU of
 
     * ``one_point``: one positive point at the instance's innermost pixel;
+    * ``one_point_boxes``: those masks' ``box_iou`` (of their bounding boxes), ``fragmented``
+      (how many have more than one region) and ``largest_region`` (the box IoU of each mask's
+      largest region alone);
     * ``mask_feedback``: the same point plus that mask's low-res logits (VL-SAM's refinement);
     * ``negative_point``: on the instances whose one-point mask spills over (false-positive
       pixels: at least ``SPILL`` of the instance's area), that mask's IoU (``before``) and the
       IoU with a negative point added at the spill's innermost pixel (``after``), without a mask
       prompt, as the recipe's first round;
     * ``corrective``: each of ``corrections`` rounds adding a point at the innermost pixel of the
-      previous mask's error region (positive in a miss, negative in a spill) with its logits."""
-    data = json.loads(Path(gt_path).read_text())
-    one, feedback, before, after = [], [], [], []
+      previous mask's error region (positive in a miss, negative in a spill) with its logits;
+    * ``ceiling``: :func:`input_size_ceiling`, what no prompt can pass at this input size."""
+    one, feedback, before, after, boxes, largest, fragmented = [], [], [], [], [], [], 0
     corrected: list[list[float]] = [[] for _ in range(corrections)]
-    for image_info in data["images"]:
-        path = Path(gt_path).parent / image_info["file_name"]
-        image = np.asarray(Image.open(path).convert("RGB"))
-        gt = [decode_mask(a["segmentation"]) for a in data["annotations"]
-              if a["image_id"] == image_info["id"] and a["area"] >= min_pixels]
-        if not gt:
-            continue
+    for image, truth in images_with_masks(gt_path, min_pixels):
         sam.set_image(image)
-        truth = np.stack(gt)
-        points = np.array([[innermost(m)] for m in gt], np.float32)
-        labels = np.ones((len(gt), 1), np.int64)
+        points = np.array([[innermost(m)] for m in truth], np.float32)
+        labels = np.ones((len(truth), 1), np.int64)
         masks, _, low = sam.predict(points, labels, None)
         dense = masks.to_dense()
         one += dense_ious(dense, truth)
+        regions = np.stack([largest_component(m) for m in dense])
+        boxes += box_ious(dense, truth)
+        largest += box_ious(regions, truth)
+        fragmented += int((regions != dense).any((1, 2)).sum())
         feedback += dense_ious(sam.predict(points, labels, low)[0].to_dense(), truth)
-        spill = [k for k in range(len(gt))
+        spill = [k for k in range(len(truth))
                  if (dense[k] & ~truth[k]).sum() >= SPILL * truth[k].sum()]
         if spill:
             neg = np.array([[innermost(dense[k] & ~truth[k])] for k in spill], np.float32)
@@ -314,9 +373,12 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
         return float(np.mean(values)) if values else None
 
     return {"instances": len(one), "one_point": mean(one), "mask_feedback": mean(feedback),
+            "one_point_boxes": {"box_iou": mean(boxes), "fragmented": fragmented,
+                                "largest_region": mean(largest)},
             "negative_point": {"instances": len(before), "before": mean(before),
                                "after": mean(after)},
-            "corrective": [mean(c) for c in corrected]}
+            "corrective": [mean(c) for c in corrected],
+            "ceiling": input_size_ceiling(sam, gt_path, min_pixels)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,9 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--focal-weight", type=float, default=1.0, help="SAM: 20")
+    ap.add_argument("--variant", choices=("tiny", "tiny_512"), default=VARIANT,
+                    help="input size: 256 or 512 px")
     args = ap.parse_args(argv)
     summary = train(args.out, args.steps, args.batch, args.objects, args.rounds, args.lr,
-                    args.seed, args.threads, args.save_every, args.focal_weight)
+                    args.seed, args.threads, args.save_every, args.focal_weight, args.variant)
     print(json.dumps(summary))
 
 

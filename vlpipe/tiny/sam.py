@@ -1,6 +1,6 @@
 """Tiny SAMs: transformers SamModel, Sam2Model, SAM 3's tracker, and segment-anything's
-architecture (registered as its variant ``tiny``, so ``backend: official`` with ``variant:
-tiny`` loads the checkpoint wherever this module is imported)."""
+architecture (registered as its variants ``tiny`` and ``tiny_512``, so ``backend: official`` with
+``variant: tiny`` loads such a checkpoint wherever this module is imported)."""
 
 from __future__ import annotations
 
@@ -69,19 +69,21 @@ def build_hf_sam2(out: Path, image_size: int = 256) -> Path:
     return out
 
 
-def build_tiny_official_sam(checkpoint: None = None) -> torch.nn.Module:
-    """A tiny official-architecture SAM: 256 px input, 16x16 embedding, 64x64 low-res masks.
-    segment-anything's variant ``tiny`` (``sam_model_registry["tiny"]``, added on import)."""
+def build_tiny_official_sam(checkpoint: None = None, image_size: int = 256) -> torch.nn.Module:
+    """A tiny official-architecture SAM: ``image_size`` px input, patch 16 (a 16x16 embedding
+    and 64x64 low-res masks at 256 px, 32x32 and 128x128 at 512). segment-anything's variants
+    ``tiny`` (256 px) and ``tiny_512`` (``sam_model_registry``, added on import)."""
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                            TwoWayTransformer)
 
+    cells = image_size // 16
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2,
+            img_size=image_size, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2,
             out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=4, global_attn_indexes=[1]),
-        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(16, 16),
-                                     input_image_size=(256, 256), mask_in_chans=8),
+            use_rel_pos=True, window_size=cells // 4, global_attn_indexes=[1]),
+        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(cells, cells),
+                                     input_image_size=(image_size, image_size), mask_in_chans=8),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3, transformer_dim=32, iou_head_depth=2, iou_head_hidden_dim=32,
             transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2)),
@@ -89,6 +91,7 @@ def build_tiny_official_sam(checkpoint: None = None) -> torch.nn.Module:
 
 
 sam_model_registry["tiny"] = build_tiny_official_sam
+sam_model_registry["tiny_512"] = partial(build_tiny_official_sam, image_size=512)
 
 
 def build_official_sam(out: Path) -> Path:
