@@ -189,13 +189,14 @@ registry.register("pointing_attention_maps", PointingMapsNode)
 
 
 def synthetic_spec(gt: Path, mllm: str | Path, record: str, *, sam: str | Path = SAM_MODEL,
-                   sam_variant: str = SAM_VARIANT, head_weighting: bool = True, flow: bool = True, regularize: bool = True,
-                   n_negative: int = 1, rounds: int = 3, tiles: str = "2x2", questions: int = 10,
-                   read: str = "name") -> tuple[PipelineSpec, dict]:
+                   sam_variant: str = SAM_VARIANT, head_weighting: bool = True, flow: bool = True,
+                   regularize: bool = True, n_negative: int = 1, rounds: int = 3,
+                   tiles: str = "2x2", questions: int = 10, read: str = "name"
+                   ) -> tuple[PipelineSpec, dict]:
     """The detect recipe's spec, and its params, with the trained MLLM (recording pointing and
     names under ``record``) and the SAM checkpoint ``sam`` (``official`` backend, variant
-    ``sam_variant``; "oracle": the oracle SAM); the other keyword arguments are the ablation chain's
-    switches."""
+    ``sam_variant``; "oracle": the oracle SAM); the other keyword arguments are the ablation
+    chain's switches."""
     OracleWorld.open(gt)
     spec = PipelineSpec.load(resolve_pipeline("detect"))
     objects, maps, sam_node = spec.nodes["objects"], spec.nodes["maps"], spec.nodes["sam"]
