@@ -308,19 +308,15 @@ def images_with_masks(gt_path: Path, min_pixels: int) -> Iterator[tuple[np.ndarr
             yield np.asarray(Image.open(path).convert("RGB")), np.stack(gt)
 
 
-def input_size_ceiling(sam, gt_path: Path, min_pixels: int = 64) -> float:
-    """The best one-mask mIoU a SAM of ``sam``'s input size can reach on the instances of
-    ``interactive_ious``: each instance's own mask, resized as the image (``model_input``),
-    made low-res logits (a cell's share of the instance, > 1/2 positive) and brought back to
-    the image by the backend's upscaling."""
-    ious = []
-    for image, truth in images_with_masks(gt_path, min_pixels):
-        sam.set_image(image)
-        size = sam.model.image_encoder.img_size
-        resized = torch.from_numpy(model_input(image, list(truth), size)[1][:-1])
-        logits = 2 * low_res_target(resized)[:, None] - 1
-        ious += dense_ious(sam.upscale(logits).to_dense(), truth)
-    return float(np.mean(ious))
+def input_size_ceiling(sam, image: np.ndarray, truth: np.ndarray) -> list[float]:
+    """The best mask IoU a SAM of ``sam``'s input size can reach on each of the instances
+    ``truth`` (K, H, W) bool of ``image``, the image ``sam`` has set: each instance's own mask,
+    resized as the image (``model_input``), made low-res logits (a cell's share of the
+    instance, > 1/2 positive) and brought back to the image by the backend's upscaling."""
+    size = sam.model.image_encoder.img_size
+    resized = torch.from_numpy(model_input(image, list(truth), size)[1][:-1])
+    logits = 2 * low_res_target(resized)[:, None] - 1
+    return dense_ious(sam.upscale(logits).to_dense(), truth)
 
 
 def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int = 3) -> dict:
@@ -338,11 +334,13 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
       prompt, as the recipe's first round;
     * ``corrective``: each of ``corrections`` rounds adding a point at the innermost pixel of the
       previous mask's error region (positive in a miss, negative in a spill) with its logits;
-    * ``ceiling``: :func:`input_size_ceiling`, what no prompt can pass at this input size."""
+    * ``ceiling``: :func:`input_size_ceiling`'s mean, what no prompt can pass at this input size."""
     one, feedback, before, after, boxes, largest, fragmented = [], [], [], [], [], [], 0
+    ceiling = []
     corrected: list[list[float]] = [[] for _ in range(corrections)]
     for image, truth in images_with_masks(gt_path, min_pixels):
         sam.set_image(image)
+        ceiling += input_size_ceiling(sam, image, truth)
         points = np.array([[innermost(m)] for m in truth], np.float32)
         labels = np.ones((len(truth), 1), np.int64)
         masks, _, low = sam.predict(points, labels, None)
@@ -378,7 +376,7 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
             "negative_point": {"instances": len(before), "before": mean(before),
                                "after": mean(after)},
             "corrective": [mean(c) for c in corrected],
-            "ceiling": input_size_ceiling(sam, gt_path, min_pixels)}
+            "ceiling": mean(ceiling)}
 
 
 def main(argv: list[str] | None = None) -> None:
