@@ -52,6 +52,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import sigmoid_focal_loss
 
 from train_tiny import learning_rate_factor
+from vlpipe.agents.sam.masks import largest_region
 from vlpipe.results import decode_mask
 from vlpipe.synthetic import CATEGORIES, SCENE_KINDS, SIZES, render_scene
 import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny and tiny_512)
@@ -213,15 +214,6 @@ def box_ious(pred: np.ndarray, gt: np.ndarray) -> list[float]:
             if p.any() else 0.0 for p, g in zip(pred, gt)]
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> its largest 8-connected region (the mask itself when it has one)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
-                                                               connectivity=8)
-    if count <= 2:
-        return mask
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
 def save(model: torch.nn.Module, path: Path) -> None:
     """Safetensors checkpoint, written to a temporary file first (a kill leaves the last one)."""
     from safetensors.torch import save_file
@@ -346,7 +338,7 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
         masks, _, low = sam.predict(points, labels, None)
         dense = masks.to_dense()
         one += dense_ious(dense, truth)
-        regions = np.stack([largest_component(m) for m in dense])
+        regions = np.stack([largest_region(m) for m in dense])
         boxes += box_ious(dense, truth)
         largest += box_ious(regions, truth)
         fragmented += int((regions != dense).any((1, 2)).sum())

@@ -66,7 +66,7 @@ class DiscSam:
     def __init__(self, hw: tuple[int, int]) -> None:
         self.hw, self.points = hw, []
 
-    def predict(self, points, labels, mask_logits):
+    def predict(self, points, labels, mask_logits, boxes=None):
         h, w = self.hw
         ys, xs = np.mgrid[0:h, 0:w] + 0.5
         masks = np.zeros((len(points), h, w), bool)
@@ -202,7 +202,7 @@ class ScriptedSam:
     def set_image(self, image):
         pass
 
-    def predict(self, points, labels, mask_logits):
+    def predict(self, points, labels, mask_logits, boxes=None):
         k = self.calls
         self.calls += 1
         return (BoxMasks.from_dense(self.masks[k][None].repeat(len(points), 0)),

@@ -451,3 +451,15 @@ def test_every_port_of_the_built_in_nodes_is_catalogued():
     assert {"FuseNode", "LocatePointsNode", "TilesNode"} <= {cls.__name__ for cls in built_in}
     declared = {t for cls in built_in for t in [*cls.inputs.values(), *cls.outputs.values()]}
     assert declared == set(PORT_TYPES)
+
+
+def test_largest_region_reaches_every_sam_node_of_the_detect_recipes():
+    from vlpipe.pipeline import resolve_pipeline
+
+    for recipe in ["detect", "detect-fused", "detect-branches"]:
+        spec = PipelineSpec.load(resolve_pipeline(recipe))
+        sams = [n for n, node in spec.nodes.items() if node.type in ("sam", "sam_boxes")]
+        assert len(sams) == {"detect": 1, "detect-fused": 2, "detect-branches": 4}[recipe]
+        for given, expected in [({}, False), ({"largest_region": True}, True)]:
+            nodes = spec.build(device="cpu", **given).nodes
+            assert [nodes[n].largest_region for n in sams] == [expected] * len(sams), recipe

@@ -79,7 +79,7 @@ class Recorder:
     def set_image(self, image):
         self.inner.set_image(image)
 
-    def predict(self, points, labels, mask_logits):
+    def predict(self, points, labels, mask_logits, boxes=None):
         out = self.inner.predict(points, labels, mask_logits)
         self.calls.append((points, mask_logits, out[2]))
         return out
@@ -148,6 +148,39 @@ def test_mask_coverage_by_hand():
                                              (28, 10)), expected, rtol=1e-6)
 
 
+class StraySam:
+    """A SAM that answers each prompt with a 20 x 20 px square centred on its first point and a
+    stray pixel in the image's bottom-right corner."""
+
+    def __init__(self, hw: tuple[int, int]) -> None:
+        self.hw = hw
+
+    def predict(self, points, labels, mask_logits, boxes=None):
+        h, w = self.hw
+        masks = np.zeros((len(points), h, w), bool)
+        for k, (x, y) in enumerate(points[:, 0].astype(int)):
+            masks[k, y - 10:y + 10, x - 10:x + 10] = True
+            masks[k, h - 1, w - 1] = True
+        return BoxMasks.from_dense(masks), np.ones(len(points), np.float32), torch.zeros(
+            len(points), 1, 4, 4)
+
+
+@pytest.mark.parametrize("largest_region", [False, True])
+def test_largest_region_drops_a_masks_stray_pixel(largest_region):
+    image = np.zeros((300, 450, 3), np.uint8)
+    view = View(image, Tile(0, 0, 450, 300), (300, 450))
+    node = SamNode("sam", model="-", rounds=1, largest_region=largest_region, device="cpu")
+    dets = node.segment_view(StraySam((300, 450)), view, planted_maps(2))
+    # first points on the 50 px cells' centres: (25, 25) and (125, 75)
+    squares = [[15, 15, 35, 35], [115, 65, 135, 85]]
+    if largest_region:
+        np.testing.assert_array_equal(dets.xyxy, squares)
+        assert dets.mask.to_dense().sum((1, 2)).tolist() == [400, 400]
+    else:  # each box reaches the corner pixel
+        np.testing.assert_array_equal(dets.xyxy, [[x0, y0, 450, 300] for x0, y0, _, _ in squares])
+        assert dets.mask.to_dense().sum((1, 2)).tolist() == [401, 401]
+
+
 def test_bad_backend_and_rounds_are_clear_errors():
     with pytest.raises(ValueError, match="unknown SAM backend 'sam9'"):
         SamNode("s", model="m", backend="sam9")
@@ -155,6 +188,8 @@ def test_bad_backend_and_rounds_are_clear_errors():
         SamNode("s", model="m", rounds=0)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         SamNode("s", model="m", batch_size=0)
+    with pytest.raises(ValueError, match="largest_region must be true or false, got 'yes'"):
+        SamNode("s", model="m", largest_region="yes")
 
 
 def test_hf2_batched_call_matches_the_processor_path(tiny_models, image):

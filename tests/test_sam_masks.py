@@ -6,7 +6,8 @@ import supervision as sv
 import torch
 import torch.nn.functional as F
 
-from vlpipe.agents.sam.masks import BoxMasks, MaskResize, resize_matrix, rle_counts, upscale_in_boxes
+from vlpipe.agents.sam.masks import (BoxMasks, MaskResize, largest_region, resize_matrix, rle_counts,
+                                     upscale_in_boxes)
 
 
 def full_upscale(low, pad, reshaped, original):
@@ -66,6 +67,36 @@ def test_from_dense_and_compact_round_trip():
     assert boxed.boxes.tolist() == [[3, 2, 8, 4], [-1, -1, -1, -1], [0, 10, 0, 19]]
     np.testing.assert_array_equal(boxed.to_dense(), masks)
     np.testing.assert_array_equal(boxed.to_compact().to_dense(), masks[[0, 2]])
+
+
+def test_largest_region_counts_diagonal_neighbours_and_breaks_ties_by_first_pixel():
+    mask = np.zeros((6, 8), bool)
+    mask[0, 5:8] = True  # 3 pixels, first in row-major order
+    mask[3, 0], mask[4, 1], mask[5, 2] = True, True, True  # 3 pixels, joined at the corners
+    mask[5, 7] = True  # 1 pixel
+    expected = np.zeros_like(mask)
+    expected[0, 5:8] = True
+    np.testing.assert_array_equal(largest_region(mask), expected)
+    mask[2, 0] = True  # the diagonal region grows to 4 pixels
+    expected = np.zeros_like(mask)
+    expected[2:4, 0], expected[4, 1], expected[5, 2] = True, True, True
+    np.testing.assert_array_equal(largest_region(mask), expected)
+    one = np.zeros((3, 3), bool)
+    one[1, 1] = True
+    assert largest_region(one) is one
+
+
+def test_largest_regions_tighten_each_box_to_its_region():
+    masks = np.zeros((3, 20, 30), bool)
+    masks[0, 2:5, 3:9] = True  # one region: unchanged
+    masks[1, 10:14, 20:26] = True  # 24 pixels at x 20-25, y 10-13 ...
+    masks[1, 1, 2] = True  # ... and a stray pixel far up-left
+    boxed = BoxMasks.from_dense(masks).largest_regions()
+    assert boxed.boxes.tolist() == [[3, 2, 8, 4], [20, 10, 25, 13], [-1, -1, -1, -1]]
+    expected = masks.copy()
+    expected[1, 1, 2] = False
+    np.testing.assert_array_equal(boxed.to_dense(), expected)
+    assert [c.shape for c in boxed.crops] == [(3, 6), (4, 6), (0, 0)]
 
 
 def test_rle_counts_equal_supervisions_encoder_crop_by_crop():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import import_bench
+from vlpipe.agents.sam.masks import largest_region
 from vlpipe.synthetic import make_scenes
 
 (train_tiny_sam,) = import_bench("train_tiny_sam")
@@ -53,14 +54,14 @@ def test_input_size_ceiling_keeps_a_cell_aligned_square_and_loses_a_half_cell_ba
     assert ious == pytest.approx([1020 / 1024, 0.0])
 
 
-def test_box_ious_and_largest_component_on_a_mask_with_a_stray_pixel():
+def test_box_ious_of_a_mask_with_a_stray_pixel_and_of_its_largest_region():
     gt = np.zeros((1, 10, 10), bool)
     gt[0, 2:6, 2:6] = True  # box x 2-5, y 2-5
     pred = gt.copy()
     pred[0, 9, 9] = True  # a stray pixel: box x 2-9, y 2-9
     # supervision's boxes end at the last pixel: 3x3 of 7x7
     assert train_tiny_sam.box_ious(pred, gt) == pytest.approx([9 / 49])
-    region = train_tiny_sam.largest_component(pred[0])
+    region = largest_region(pred[0])
     assert (region == gt[0]).all()
     assert train_tiny_sam.box_ious(region[None], gt) == [1.0]
     assert train_tiny_sam.box_ious(np.zeros_like(gt), gt) == [0.0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import supervision as sv
 import torch
@@ -121,6 +122,19 @@ class BoxMasks:
                 out[k, y0:y1 + 1, x0:x1 + 1] = crop
         return out
 
+    def largest_regions(self) -> BoxMasks:
+        """Each mask cut to its :func:`largest_region`, its box tightened to that region."""
+        boxes, crops = self.boxes.copy(), list(self.crops)
+        for k, crop in enumerate(self.crops):
+            if crop.size == 0:
+                continue
+            region = largest_region(crop)
+            y0, y1, x0, x1 = _extent(region)
+            crops[k] = region[y0:y1 + 1, x0:x1 + 1]
+            left, top = self.boxes[k][:2]
+            boxes[k] = [left + x0, top + y0, left + x1, top + y1]
+        return BoxMasks(boxes, crops, self.shape)
+
     def to_compact(self) -> sv.CompactMask:
         """The non-empty masks as one ``sv.CompactMask`` (in order), run-length encoded all at
         once (:func:`rle_counts`)."""
@@ -129,6 +143,17 @@ class BoxMasks:
         shapes = np.array([c.shape for c in crops], np.int32).reshape(-1, 2)
         offsets = self.boxes[keep, :2].astype(np.int32).reshape(-1, 2)
         return sv.CompactMask(rle_counts(crops), shapes, offsets, tuple(self.shape))
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> its largest 8-connected region (of equal ones, the first OpenCV labels:
+    the one whose first pixel comes first in row-major order); the mask itself when it has at
+    most one region."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
+    if count <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def rle_counts(crops: list[np.ndarray]) -> list[np.ndarray]:

@@ -75,18 +75,31 @@ def _attention_share(heat: np.ndarray, masks: BoxMasks, k: int) -> float:
 
 
 class _SamModelNode(Node):
-    """Shared parameters of the SAM nodes: which weights, which backend, where."""
+    """Shared parameters of the SAM nodes: which weights, which backend, where; and
+    ``largest_region``: keep only each mask's largest 8-connected region (off by default; a
+    prompt asks for one object, but an occluded object may come in pieces)."""
 
     def __init__(self, name: str, *, model: str, backend: str = "hf", variant: str = "vit_h",
-                 device: str = "auto", **params) -> None:
+                 device: str = "auto", largest_region: bool = False, **params) -> None:
         super().__init__(name, device=resolve_device(device), **params)
         SAM_BACKENDS.check(backend)
+        if not isinstance(largest_region, bool):
+            raise ValueError(f"largest_region must be true or false, got {largest_region!r}")
         self.model_id, self.backend, self.variant = model, backend, variant
+        self.largest_region = largest_region
 
     @property
     def sam(self) -> SamBackend:
         return SAM_BACKENDS.load(self.pool, self.backend, self.model_id, self.device, "float32",
                                  variant=self.variant)
+
+    def predict(self, sam: SamBackend, points: np.ndarray, labels: np.ndarray,
+                logits: torch.Tensor | None, boxes: np.ndarray | None = None
+                ) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
+        """:meth:`SamBackend.predict`, each mask cut to its largest region where the node says
+        so (the low-res logits fed to the next round stay SAM's own)."""
+        masks, iou, low = sam.predict(points, labels, logits, boxes=boxes)
+        return (masks.largest_regions() if self.largest_region else masks), iou, low
 
 
 class SamBoxNode(_SamModelNode):
@@ -109,8 +122,8 @@ class SamBoxNode(_SamModelNode):
                 continue
             sam.set_image(image)
             k = len(dets)
-            masks, iou, _ = sam.predict(np.zeros((k, 0, 2), np.float32), np.zeros((k, 0), np.int64),
-                                        None, boxes=dets.xyxy)
+            masks, iou, _ = self.predict(sam, np.zeros((k, 0, 2), np.float32),
+                                         np.zeros((k, 0), np.int64), None, boxes=dets.xyxy)
             confidence = np.ones(k) if dets.confidence is None else dets.confidence
             segmented = _mask_detections(masks, confidence * np.clip(iou, 0.0, 1.0),
                                          {CLASS_NAME: np.asarray(dets.data[CLASS_NAME])})
@@ -179,11 +192,11 @@ class SamNode(_SamModelNode):
         rounds = []
         for r in range(self.rounds):
             if r == 1:  # round 2: the same points plus round 1's logits
-                masks, iou, logits = _decode(sam, prompts, logits)
+                masks, iou, logits = self._decode(sam, prompts, logits)
             elif r >= 2:  # round 3+: resample inside the previous round's mask
                 prompts = [self._points(maps[k], valid[k], masks, j, prompts[j])
                            for j, k in enumerate(targets)]
-                masks, iou, logits = _decode(sam, prompts, logits)
+                masks, iou, logits = self._decode(sam, prompts, logits)
             share = [_attention_share(heat[k], masks, j) for j, k in enumerate(targets)]
             score = np.clip(iou, 0.0, 1.0) * np.array(share)  # predicted IoU may leave [0, 1]
             rounds.append(_detections(masks, score, [maps[k] for k in targets], r))
@@ -210,7 +223,7 @@ class SamNode(_SamModelNode):
                 break
             points = [(points_to_image(p, tuple(maps[k].map.shape), maps[k].region), p.labels)
                       for k, p in step]
-            masks, iou, logits = _decode(sam, points, None)
+            masks, iou, logits = self._decode(sam, points, None)
             for j, (k, _) in enumerate(step):
                 searches[k].explain(_coverage(masks, j, maps[k]))
             targets += [k for k, _ in step]
@@ -219,6 +232,11 @@ class SamNode(_SamModelNode):
         masks, iou, logits = zip(*steps)
         return targets, prompts, (BoxMasks.concat(masks), np.concatenate(iou),
                                   torch.cat(logits))
+
+    def _decode(self, sam: SamBackend, prompts, logits
+                ) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
+        """One decoder call for K prompts [(points, labels)] (+ K low-res logits or None)."""
+        return self.predict(sam, *_pad_prompts(prompts), logits)
 
     def _points(self, m: ObjectMap, valid: np.ndarray, masks: BoxMasks, k: int,
                 previous: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -229,11 +247,6 @@ class SamNode(_SamModelNode):
         if p is None:
             return previous
         return points_to_image(p, tuple(m.map.shape), m.region), p.labels
-
-
-def _decode(sam: SamBackend, prompts, logits) -> tuple[BoxMasks, np.ndarray, torch.Tensor]:
-    """One decoder call for K prompts [(points, labels)] (+ K low-res logits or None)."""
-    return sam.predict(*_pad_prompts(prompts), logits)
 
 
 def _detections(masks: BoxMasks, score: np.ndarray, maps: list[ObjectMap], rnd: int):
