@@ -52,7 +52,6 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import sigmoid_focal_loss
 
 from train_tiny import learning_rate_factor
-from vlpipe.agents.sam.masks import largest_region
 from vlpipe.results import decode_mask
 from vlpipe.synthetic import CATEGORIES, SCENE_KINDS, SIZES, render_scene
 import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny and tiny_512)
@@ -338,7 +337,7 @@ def interactive_ious(sam, gt_path: Path, min_pixels: int = 64, corrections: int 
         masks, _, low = sam.predict(points, labels, None)
         dense = masks.to_dense()
         one += dense_ious(dense, truth)
-        regions = np.stack([largest_region(m) for m in dense])
+        regions = masks.largest_regions().to_dense()  # as the SAM nodes' largest_region
         boxes += box_ious(dense, truth)
         largest += box_ious(regions, truth)
         fragmented += int((regions != dense).any((1, 2)).sum())
