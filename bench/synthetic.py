@@ -2,7 +2,7 @@
 
     python bench/synthetic.py [--mllm tests/data/tiny_llava_shapes]
                               [--sam tests/data/tiny_sam_shapes/sam_tiny.safetensors | oracle]
-                              [--sam-variant tiny_512]
+                              [--sam-variant tiny_512_deep]
                               [--scenes 20] [--seed 0] [--questions 10] [--read preceding] [--json]
 
 On held-apart scenes of :mod:`vlpipe.synthetic` (``make_scenes`` with ``--seed``; both models
@@ -55,7 +55,7 @@ import supervision as sv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_tiny import GRID, POINTS, WHERE, view_names  # noqa: E402
-# (importing it registers segment-anything's variants "tiny" and "tiny_512": vlpipe.tiny.sam)
+# (importing it registers segment-anything's tiny variants: vlpipe.tiny.sam)
 from train_tiny_sam import (MODEL as SAM_MODEL, VARIANT as SAM_VARIANT,  # noqa: E402
                             interactive_ious, load_trained)
 
@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mllm", default=str(MODEL), help="the trained model (bench/train_tiny.py)")
     ap.add_argument("--sam", default=str(SAM_MODEL),
                     help="the trained SAM checkpoint (bench/train_tiny_sam.py), or 'oracle'")
-    ap.add_argument("--sam-variant", default=SAM_VARIANT, help="its architecture: tiny, tiny_512")
+    ap.add_argument("--sam-variant", default=SAM_VARIANT,
+                    help="its architecture: tiny, tiny_512, tiny_512_deep")
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", type=int, default=10)

@@ -1,11 +1,13 @@
-"""Train segment-anything's ``Sam`` (variant ``tiny_512``) on synthetic scenes with SAM's recipe.
+"""Train segment-anything's ``Sam`` (variant ``tiny_512_deep``) on synthetic scenes with SAM's
+recipe.
 
-    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps N] [--variant tiny]
+    python bench/train_tiny_sam.py --out tests/data/tiny_sam_shapes [--steps N] [--threads T]
+        [--variant tiny_512]
 
 The model is :func:`vlpipe.tiny.sam.build_tiny_official_sam` (the official ``ImageEncoderViT``,
-``PromptEncoder`` and ``MaskDecoder``; ``tiny_512``: 512 px input, a 32x32 embedding, 128x128
-low-res masks; ``tiny``: 256 px, 16x16, 64x64, whose input size caps its masks: see
-:func:`input_size_ceiling`).
+``PromptEncoder`` and ``MaskDecoder``; ``tiny_512_deep``: 512 px input, a 32x32 embedding,
+128x128 low-res masks, 4 encoder blocks; ``tiny_512``: the same with 2 blocks; ``tiny``: 256 px,
+16x16, 64x64, 2 blocks, whose input size caps its masks: see :func:`input_size_ceiling`).
 Views are scenes of :mod:`vlpipe.synthetic` (both kinds, every size; half of them a random crop
 of half the width and height, as detect's 2x2 tiles show them), from another random stream than
 the held-apart ``make_scenes`` ones. Per view, up to ``--objects`` instances are prompted as SAM
@@ -25,12 +27,13 @@ the first rounds also get a negative point drawn outside the instance (the recip
 positive and negative points from an attention map, no mask prompt), and a corrective round goes
 without the mask prompt with probability ``DROP_MASK``.
 
-CPU, one torch thread, seeded: the same command gives the same weights. A safetensors checkpoint
-``sam_tiny.safetensors`` is written every ``--save-every`` steps with ``training.json`` (the
-steps done); the learning rate does not depend on ``--steps``
+CPU, seeded: the same command (``--threads`` included) gives the same weights. A safetensors
+checkpoint ``sam_tiny.safetensors`` is written every ``--save-every`` steps with
+``training.json`` (the steps done); the learning rate does not depend on ``--steps``
 (``train_tiny.learning_rate_factor``), so a stopped run's checkpoint after n steps is what
 ``--steps n`` gives.
-Load it with ``sam: {model: .../sam_tiny.safetensors, backend: official, variant: tiny_512}``.
+Load it with ``sam: {model: .../sam_tiny.safetensors, backend: official, variant:
+tiny_512_deep}``.
 """
 
 from __future__ import annotations
@@ -54,10 +57,10 @@ from torchvision.ops import sigmoid_focal_loss
 from train_tiny import learning_rate_factor
 from vlpipe.results import decode_mask
 from vlpipe.synthetic import CATEGORIES, SCENE_KINDS, SIZES, render_scene
-import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny and tiny_512)
+import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny, tiny_512, tiny_512_deep)
 
 WEIGHTS = "sam_tiny.safetensors"
-VARIANT = "tiny_512"  # the committed model's architecture
+VARIANT = "tiny_512_deep"  # the committed model's architecture
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_sam_shapes" / WEIGHTS
 MIN_PIXELS = 12  # an instance with fewer pixels at the model's input is not prompted
 DROP_MASK = 0.2  # a corrective round without the previous mask prompt
@@ -268,7 +271,8 @@ def train(out: Path, steps: int, batch: int, objects: int, rounds: int, lr: floa
                                                            "objects": objects, "rounds": rounds,
                                                            "lr": lr, "seed": seed,
                                                            "focal_weight": focal_weight,
-                                                           "variant": variant}))
+                                                           "variant": variant,
+                                                           "threads": threads}))
     return {"steps": steps, "loss": running, "train_one_point_iou": running_iou,
             "minutes": (time.time() - t0) / 60, "categories": len(CATEGORIES)}
 
@@ -382,8 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--focal-weight", type=float, default=1.0, help="SAM: 20")
-    ap.add_argument("--variant", choices=("tiny", "tiny_512"), default=VARIANT,
-                    help="input size: 256 or 512 px")
+    ap.add_argument("--variant", choices=("tiny", "tiny_512", "tiny_512_deep"), default=VARIANT,
+                    help="input size 256 or 512 px; _deep: 4 encoder blocks, not 2")
     args = ap.parse_args(argv)
     summary = train(args.out, args.steps, args.batch, args.objects, args.rounds, args.lr,
                     args.seed, args.threads, args.save_every, args.focal_weight, args.variant)

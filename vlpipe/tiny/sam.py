@@ -1,6 +1,7 @@
 """Tiny SAMs: transformers SamModel, Sam2Model, SAM 3's tracker, and segment-anything's
-architecture (registered as its variants ``tiny`` and ``tiny_512``, so ``backend: official`` with
-``variant: tiny`` loads such a checkpoint wherever this module is imported)."""
+architecture (registered as its variants ``tiny``, ``tiny_512`` and ``tiny_512_deep``, so
+``backend: official`` with ``variant: tiny`` loads such a checkpoint wherever this module is
+imported)."""
 
 from __future__ import annotations
 
@@ -69,19 +70,22 @@ def build_hf_sam2(out: Path, image_size: int = 256) -> Path:
     return out
 
 
-def build_tiny_official_sam(checkpoint: None = None, image_size: int = 256) -> torch.nn.Module:
+def build_tiny_official_sam(checkpoint: None = None, image_size: int = 256,
+                            depth: int = 2) -> torch.nn.Module:
     """A tiny official-architecture SAM: ``image_size`` px input, patch 16 (a 16x16 embedding
-    and 64x64 low-res masks at 256 px, 32x32 and 128x128 at 512). segment-anything's variants
-    ``tiny`` (256 px) and ``tiny_512`` (``sam_model_registry``, added on import)."""
+    and 64x64 low-res masks at 256 px, 32x32 and 128x128 at 512), an image encoder of ``depth``
+    windowed blocks of width 64, the last with global attention. segment-anything's variants
+    ``tiny`` (256 px), ``tiny_512`` and ``tiny_512_deep`` (512 px, 4 blocks)
+    (``sam_model_registry``, added on import)."""
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                            TwoWayTransformer)
 
     cells = image_size // 16
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=image_size, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2,
+            img_size=image_size, patch_size=16, embed_dim=64, depth=depth, num_heads=4, mlp_ratio=2,
             out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=cells // 4, global_attn_indexes=[1]),
+            use_rel_pos=True, window_size=cells // 4, global_attn_indexes=[depth - 1]),
         prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(cells, cells),
                                      input_image_size=(image_size, image_size), mask_in_chans=8),
         mask_decoder=MaskDecoder(
@@ -92,6 +96,7 @@ def build_tiny_official_sam(checkpoint: None = None, image_size: int = 256) -> t
 
 sam_model_registry["tiny"] = build_tiny_official_sam
 sam_model_registry["tiny_512"] = partial(build_tiny_official_sam, image_size=512)
+sam_model_registry["tiny_512_deep"] = partial(build_tiny_official_sam, image_size=512, depth=4)
 
 
 def build_official_sam(out: Path) -> Path:
