@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--focal-weight", type=float, default=1.0, help="SAM: 20")
-    ap.add_argument("--variant", choices=("tiny", "tiny_512", "tiny_512_deep"), default=VARIANT,
+    ap.add_argument("--variant", default=VARIANT,
+                    choices=sorted(v for v in sam_model_registry if v.startswith("tiny")),
                     help="input size 256 or 512 px; _deep: 4 encoder blocks, not 2")
     args = ap.parse_args(argv)
     summary = train(args.out, args.steps, args.batch, args.objects, args.rounds, args.lr,
