@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_tiny import GRID, POINTS, WHERE, view_names  # noqa: E402
 # (importing it registers segment-anything's tiny variants: vlpipe.tiny.sam)
 from train_tiny_sam import (MODEL as SAM_MODEL, VARIANT as SAM_VARIANT,  # noqa: E402
-                            interactive_ious, load_trained)
+                            VARIANTS as SAM_VARIANTS, interactive_ious, load_trained)
 
 from vlpipe.agents.mllm.families import get_family  # noqa: E402
 from vlpipe.agents.mllm.model import Mllm  # noqa: E402
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sam", default=str(SAM_MODEL),
                     help="the trained SAM checkpoint (bench/train_tiny_sam.py), or 'oracle'")
     ap.add_argument("--sam-variant", default=SAM_VARIANT,
-                    help="its architecture: tiny, tiny_512, tiny_512_deep")
+                    help=f"its architecture: {', '.join(SAM_VARIANTS)}")
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--questions", type=int, default=10)

@@ -61,6 +61,7 @@ import vlpipe.tiny.sam  # noqa: F401  (registers the variants tiny, tiny_512, ti
 
 WEIGHTS = "sam_tiny.safetensors"
 VARIANT = "tiny_512_deep"  # the committed model's architecture
+VARIANTS = sorted(v for v in sam_model_registry if v.startswith("tiny"))  # vlpipe.tiny.sam's
 MODEL = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_sam_shapes" / WEIGHTS
 MIN_PIXELS = 12  # an instance with fewer pixels at the model's input is not prompted
 DROP_MASK = 0.2  # a corrective round without the previous mask prompt
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--focal-weight", type=float, default=1.0, help="SAM: 20")
     ap.add_argument("--variant", default=VARIANT,
-                    choices=sorted(v for v in sam_model_registry if v.startswith("tiny")),
+                    choices=VARIANTS,
                     help="input size 256 or 512 px; _deep: 4 encoder blocks, not 2")
     args = ap.parse_args(argv)
     summary = train(args.out, args.steps, args.batch, args.objects, args.rounds, args.lr,
