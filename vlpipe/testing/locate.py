@@ -76,7 +76,8 @@ class OracleCrowdGrounding(OracleGrounding):
 
 @GROUNDING_BACKENDS.register("oracle_crowd")
 def load_oracle_crowd_grounding(weights: str, device: str, dtype: str) -> OracleCrowdGrounding:
-    return OracleCrowdGrounding(OracleWorld._open[weights])
+    """``weights``: the world's COCO annotation file (opened here unless this process has)."""
+    return OracleCrowdGrounding(OracleWorld.open(weights))
 
 
 class _OracleLocate(Node):

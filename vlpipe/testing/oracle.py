@@ -253,13 +253,14 @@ registry.register("oracle_maps", OracleMapsNode)
 
 @SAM_BACKENDS.register("oracle")
 def load_oracle_sam(weights: str, device: str, dtype: str) -> OracleSam:
-    """``weights``: the key of an open world (its annotation file's resolved path)."""
-    return OracleSam(OracleWorld._open[weights])
+    """``weights``: the world's COCO annotation file (opened here unless this process has)."""
+    return OracleSam(OracleWorld.open(weights))
 
 
 @GROUNDING_BACKENDS.register("oracle")
 def load_oracle_grounding(weights: str, device: str, dtype: str) -> OracleGrounding:
-    return OracleGrounding(OracleWorld._open[weights])
+    """``weights`` as for :func:`load_oracle_sam`."""
+    return OracleGrounding(OracleWorld.open(weights))
 
 
 def oracle_spec(gt: str | Path, images: str | Path | None = None, *, family: str = "llava",
