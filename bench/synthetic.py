@@ -20,8 +20,9 @@ names from a read-out that misses.
 Then it prints
 
 * pointing accuracy: the share of named objects (one per map: a name in one view's answer)
-  whose first positive point falls inside an instance of that name, against chance (that
-  name's share of the view's area; 0 for a name with no instance there);
+  whose first positive point (the SAM node's, among the map's cells inside the view) falls
+  inside an instance of that name, against chance (that name's share of the view's area; 0
+  for a name with no instance there);
 * name recall: the share of (view, question, category visible in the view) named in the answer
   (visible: as the training labels, ``train_tiny.view_names``), and name precision;
 * the mean row offset of those points from the nearest instance of their name (in view heights,
@@ -62,7 +63,8 @@ from train_tiny_sam import (MODEL as SAM_MODEL, VARIANT as SAM_VARIANT,  # noqa:
 from vlpipe.agents.mllm.families import get_family  # noqa: E402
 from vlpipe.agents.mllm.model import Mllm  # noqa: E402
 from vlpipe.agents.mllm.nodes import AttentionMapNode, ObjectListNode  # noqa: E402
-from vlpipe.agents.sam.points import instance_prompts, points_to_image  # noqa: E402
+from vlpipe.agents.sam.points import (inside_cells, instance_prompts,  # noqa: E402
+                                      points_to_image)
 from vlpipe.batch import list_inputs, run, write_results  # noqa: E402
 from vlpipe.eval import evaluate  # noqa: E402
 from vlpipe.io import load_image  # noqa: E402
@@ -171,15 +173,17 @@ class PointingMapsNode(AttentionMapNode):
 
 def point_hit(m, instances: list[tuple[str, np.ndarray]], hw: tuple[int, int]
               ) -> tuple[bool, float, float | None]:
-    """(the map's first positive point lies in an instance of its name, that name's share of
-    the view's area, the point's row minus the nearest such instance's centroid row in view
-    heights: > 0 below it; None without an instance)."""
+    """(the map's first positive point, as the SAM node prompts it (among the cells inside the
+    view), lies in an instance of its name, that name's share of the view's area, the point's
+    row minus the nearest such instance's centroid row in view heights: > 0 below it; None
+    without an instance)."""
     mine = [mask for name, mask in instances if name == m.name]
     if not mine:
         return False, 0.0, None
     union = np.logical_or.reduce(mine)
-    prompt = instance_prompts(m.map)[0]
-    x, y = points_to_image(prompt, tuple(m.map.shape), m.region)[0]
+    grid = tuple(m.map.shape)
+    prompt = instance_prompts(m.map, valid=inside_cells(grid, m.region, hw))[0]
+    x, y = points_to_image(prompt, grid, m.region)[0]
     h, w = hw
     inside = 0 <= x < w and 0 <= y < h and bool(union[int(y), int(x)])
     centroids = [np.argwhere(mask).mean(0) + 0.5 for mask in mine]  # (row, col) pixel centres
