@@ -4,8 +4,8 @@
         --boxes-order random --tasks list=0.35,where=0.05,boxes=0.05,count=0.1,points=0.45 \\
         --align 1 --steps 5000
     python bench/train_tiny.py --family qwen2_vl --out tests/data/tiny_qwen2_vl_shapes \\
-        --scenes 800 --list-order random --boxes-order random \\
-        --tasks list=0.3,where=0.15,boxes=0.15,count=0.1,points=0.3 --align 1 --steps 2500
+        --scenes 1500 --list-order area --boxes-order random \\
+        --tasks list=0.35,where=0.05,boxes=0.05,count=0.1,points=0.45 --align 1 --steps 5000
 
 A LLaVA-1.5-architecture model built from configs (CLIP-style vision tower, 96 px input, patch
 ``--patch`` -> a 12x12 grid at 8; Llama-style language model; about 0.5 M parameters) learns,
@@ -16,7 +16,7 @@ as the detect recipe shows them — the tasks of a real MLLM's mix (``TASKS``, `
   with the categories it can see ("box , disc , star"), ordered by their leftmost pixel, or with
   ``--list-order random`` in a random order drawn for each sample (docs/trained-models.md:
   left to right is learnt late, and the model that has learnt it points less), or with
-  ``--list-order area`` the name with the most area in the view first (the committed LLaVA: the
+  ``--list-order area`` the name with the most area in the view first (the committed models: the
   token before a name then looks at the object it names more often; docs/trained-models.md,
   "Largest first");
 * ``where``: "where is the disc ?" -> the boxes of its instances as LLaVA-1.5's RefCOCO data
